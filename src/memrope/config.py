@@ -1,0 +1,147 @@
+"""Cache policy configuration, validated on construction."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import torch
+
+Policy = Literal["memrope", "sink", "full"]
+Pooling = Literal["mean", "per_position"]
+
+POLICIES: tuple[str, ...] = ("memrope", "sink", "full")
+POOLINGS: tuple[str, ...] = ("mean", "per_position")
+MEMORY_FRAMES_MEMROPE = 2
+DEFAULT_MAX_POSITIONS = 1024
+ADAPTIVE_RATE_MIN_FACTOR = 0.1
+ADAPTIVE_RATE_MAX_FACTOR = 5.0
+
+
+def _check_int(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int >= {minimum}, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
+    return value
+
+
+def _check_alpha(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a float in [0, 1], got {type(value).__name__} {value!r}")
+    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise ValueError(f"{name} must be a float in [0, 1], got {value}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class MemRoPEConfig:
+    """How the KV cache of an autoregressive video DiT is bounded.
+
+    Defaults are the paper's: 12 frames = 3 sink + 2 memory + 4 recent + 3 chunk.
+
+    * ``policy``: ``"memrope"`` (sink + long/short EMA memory + recent + chunk; official
+      ``compression_method: ema``), ``"sink"`` (sink + FIFO; official ``eviction``) or ``"full"``
+      (unbounded: every frame is kept at its global position, up to ``max_positions`` frames).
+    * ``cache_frames``: latent frames the cache holds (official ``local_attn_size``); ignored by
+      ``"full"``.
+    * ``sink_frames``: frames at the start of the video kept forever (official ``sink_size``).
+    * ``chunk_frames``: latent frames generated per chunk (official ``num_frame_per_block``).
+    * ``alpha_long`` / ``alpha_short``: EMA rates, ``m <- a*x + (1-a)*m``.
+    * ``pooling``: ``"mean"`` pools evicted frames over all their tokens (official default);
+      ``"per_position"`` pools over the evicted frames only, one vector per spatial position.
+    * ``adaptive_short_rate``: the official hidden ``ema_adaptive`` rate for the short memory,
+      ``a_short * (0.1 + 4.9 * motion)``; requires ``pooling="per_position"``.
+    * ``memory_dtype``: dtype of the EMA accumulators (float32 by default, so alpha 0.01 does not
+      stall in bf16); ``None`` keeps them in the cache dtype like the official code.
+    * ``max_positions``: length of the RoPE tables (temporal positions 0..max_positions-1).
+    """
+
+    policy: Policy = "memrope"
+    cache_frames: int = 12
+    sink_frames: int = 3
+    chunk_frames: int = 3
+    alpha_long: float = 0.01
+    alpha_short: float = 0.1
+    pooling: Pooling = "mean"
+    adaptive_short_rate: bool = False
+    memory_dtype: torch.dtype | None = field(default=torch.float32)
+    max_positions: int = DEFAULT_MAX_POSITIONS
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise ValueError(f"policy must be one of {POLICIES}, got {self.policy!r}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        _check_int("chunk_frames", self.chunk_frames, 1)
+        _check_int("sink_frames", self.sink_frames, 0)
+        _check_int("max_positions", self.max_positions, 1)
+        _check_alpha("alpha_long", self.alpha_long)
+        _check_alpha("alpha_short", self.alpha_short)
+        if not isinstance(self.adaptive_short_rate, bool):
+            raise TypeError(f"adaptive_short_rate must be a bool, got {self.adaptive_short_rate!r}")
+        if self.adaptive_short_rate and self.pooling != "per_position":
+            raise ValueError(
+                "adaptive_short_rate=True requires pooling='per_position' (the official ema_adaptive "
+                f"knob pools per position), got pooling={self.pooling!r}"
+            )
+        if self.adaptive_short_rate and self.alpha_short * ADAPTIVE_RATE_MAX_FACTOR > 1.0:
+            raise ValueError(
+                f"alpha_short must be <= {1 / ADAPTIVE_RATE_MAX_FACTOR} with adaptive_short_rate=True "
+                f"(the adaptive rate reaches {ADAPTIVE_RATE_MAX_FACTOR} * alpha_short), got {self.alpha_short}"
+            )
+        if self.memory_dtype is not None and (
+            not isinstance(self.memory_dtype, torch.dtype) or not self.memory_dtype.is_floating_point
+        ):
+            raise TypeError(f"memory_dtype must be a floating torch.dtype or None, got {self.memory_dtype!r}")
+        if self.policy == "full":
+            return
+        _check_int("cache_frames", self.cache_frames, 1)
+        minimum = self.sink_frames + self.memory_frames + self.chunk_frames
+        if self.cache_frames < minimum:
+            parts = "sink_frames + 2 memory frames + chunk_frames"
+            if self.policy == "sink":
+                parts = "sink_frames + chunk_frames"
+            raise ValueError(
+                f"cache_frames must be >= {parts} = {minimum} for policy {self.policy!r}, "
+                f"got cache_frames={self.cache_frames}"
+            )
+        if self.cache_frames > self.max_positions:
+            raise ValueError(
+                f"cache_frames must be <= max_positions={self.max_positions}, got {self.cache_frames}"
+            )
+
+    @property
+    def bounded(self) -> bool:
+        """Whether the cache has a fixed size (every policy but ``"full"``)."""
+        return self.policy != "full"
+
+    @property
+    def memory_frames(self) -> int:
+        """Frames holding EMA memory tokens: 2 for ``"memrope"``, else 0."""
+        return MEMORY_FRAMES_MEMROPE if self.policy == "memrope" else 0
+
+    @property
+    def recent_frames(self) -> int:
+        """Frames of the recent window, between the memory and the current chunk, once full."""
+        if not self.bounded:
+            return 0
+        return self.cache_frames - self.sink_frames - self.memory_frames - self.chunk_frames
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly dict (the dtype as a string) that :meth:`from_dict` reads back."""
+        data = asdict(self)
+        data["memory_dtype"] = None if self.memory_dtype is None else str(self.memory_dtype).removeprefix("torch.")
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MemRoPEConfig:
+        values = dict(data)
+        dtype_name = values.get("memory_dtype")
+        if isinstance(dtype_name, str):
+            dtype = getattr(torch, dtype_name, None)
+            if not isinstance(dtype, torch.dtype):
+                raise ValueError(f"memory_dtype must name a torch dtype, got {dtype_name!r}")
+            values["memory_dtype"] = dtype
+        return cls(**values)
