@@ -1,0 +1,496 @@
+"""The MemRoPE KV cache: fixed-size per-layer buffers of un-roped keys and values.
+
+Layout of a bounded cache once full (defaults, one slot = one latent frame of ``H' * W'`` tokens)::
+
+    slot:   0 1 2 | 3        | 4         | 5 6 7 8 | 9 10 11
+            sink  | long EMA | short EMA | recent  | current chunk
+
+Call protocol per layer (SPEC §3): the first call of a chunk (``start_frame`` equal to the end of
+what the layer has seen) *advances* the cache — evicts and compresses, then writes the chunk into
+the last slots; every later call with the same ``start_frame`` *rewrites* the chunk's slots in
+place. Keys are stored without RoPE; RoPE is applied with slot-relative temporal positions, so no
+position ever leaves ``[0, cache_frames)``.
+
+RoPE'd keys are kept in a workspace: per layer (default, fastest: only the chunk's own keys are
+rotated per call, the rest once per chunk) or one workspace shared by all layers (resident memory
+at the minimum plus one layer's keys; every call rotates its layer's whole context).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from memrope.config import ADAPTIVE_RATE_MAX_FACTOR, ADAPTIVE_RATE_MIN_FACTOR, MemRoPEConfig
+from memrope.rope import RotaryEmbedding, frame_grid_positions, wan_axis_pairs
+
+KeyWorkspace = Literal["per_layer", "shared"]
+KEY_WORKSPACES: tuple[str, ...] = ("per_layer", "shared")
+EMPTY_SLOT = -1
+LONG_MEMORY_SLOT = -2
+SHORT_MEMORY_SLOT = -3
+MOTION_EPS = 1e-8
+FULL_POLICY_INITIAL_CHUNKS = 4
+
+
+@dataclass(frozen=True)
+class CacheContext:
+    """What one attention call reads from the cache (views, nothing copied).
+
+    * ``keys``: RoPE'd keys of every filled slot, ``[B, filled_tokens, H, D]``.
+    * ``values``: values of every filled slot, ``[B, filled_tokens, H, D]``.
+    * ``query_cos`` / ``query_sin``: float32 RoPE tables of the chunk's slots, ``[L, D]``.
+    """
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    query_cos: torch.Tensor
+    query_sin: torch.Tensor
+
+
+@dataclass
+class LayerState:
+    """Buffers and host-side counters of one layer (counters are Python ints: no host sync)."""
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    keys_roped: torch.Tensor | None
+    filled_frames: int = 0
+    end_frame: int = 0
+    chunk_start: int = 0
+    chunk_slot: int = 0
+    roped_frames: int = 0
+    memory: dict[str, torch.Tensor] = field(default_factory=dict)
+    slot_frames: list[int] = field(default_factory=list)
+
+    @property
+    def memory_ready(self) -> bool:
+        return bool(self.memory)
+
+
+def _slot_label(frame: int) -> str:
+    return {LONG_MEMORY_SLOT: "long", SHORT_MEMORY_SLOT: "short"}.get(frame, f"f{frame}")
+
+
+class MemRoPECache:
+    """Per-layer KV cache with MemRoPE eviction, EMA memory tokens and online RoPE indexing.
+
+    Args:
+        config: the cache policy.
+        num_layers: attention layers sharing this cache (each has its own state).
+        batch_size, num_heads, head_dim: ``B``, ``H``, ``D`` of the keys and values.
+        frame_shape: token grid ``(H', W')`` of one latent frame (Wan 480x832: ``(30, 52)``).
+        device, dtype: where and in what the keys and values live.
+        rope: the rotary embedding (default: Wan 3-axis, interleaved, ``config.max_positions``).
+        key_workspace: ``"per_layer"`` or ``"shared"`` (see the module docstring).
+    """
+
+    def __init__(
+        self,
+        config: MemRoPEConfig,
+        *,
+        num_layers: int,
+        batch_size: int,
+        num_heads: int,
+        head_dim: int,
+        frame_shape: tuple[int, int],
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+        rope: RotaryEmbedding | None = None,
+        key_workspace: KeyWorkspace = "per_layer",
+    ) -> None:
+        if not isinstance(config, MemRoPEConfig):
+            raise TypeError(f"config must be a MemRoPEConfig, got {type(config).__name__}")
+        for name, value in (("num_layers", num_layers), ("batch_size", batch_size), ("num_heads", num_heads)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim < 2 or head_dim % 2:
+            raise ValueError(f"head_dim must be a positive even int, got {head_dim!r}")
+        if (
+            not isinstance(frame_shape, (tuple, list))
+            or len(frame_shape) != 2
+            or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in frame_shape)
+        ):
+            raise ValueError(f"frame_shape must be a pair of ints >= 1 (tokens per frame row, column), got {frame_shape!r}")
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+        if key_workspace not in KEY_WORKSPACES:
+            raise ValueError(f"key_workspace must be one of {KEY_WORKSPACES}, got {key_workspace!r}")
+        if rope is None:
+            rope = RotaryEmbedding(head_dim, wan_axis_pairs(head_dim), max_positions=config.max_positions)
+        if rope.head_dim != head_dim or rope.num_axes != 3:
+            raise ValueError(
+                f"rope must be a 3-axis RotaryEmbedding with head_dim={head_dim}, got {rope!r}"
+            )
+        self.config = config
+        self.num_layers = num_layers
+        self.batch_size = batch_size
+        self.num_heads = num_heads
+        self.head_dim = head_dim
+        self.frame_shape = (int(frame_shape[0]), int(frame_shape[1]))
+        self.frame_seqlen = self.frame_shape[0] * self.frame_shape[1]
+        self.dtype = dtype
+        self.device = torch.empty(0, device=device).device
+        self.rope = rope
+        self.key_workspace: KeyWorkspace = key_workspace
+        self.memory_dtype = config.memory_dtype or dtype
+        if config.bounded:
+            self.capacity_frames = config.cache_frames
+        else:
+            self.capacity_frames = min(FULL_POLICY_INITIAL_CHUNKS * config.chunk_frames, rope.max_positions)
+        self._slot_cos, self._slot_sin = self._slot_tables(self.capacity_frames)
+        self._shared_keys: torch.Tensor | None = None
+        self._shared_owner: int | None = None
+        self.layers = [self._new_layer() for _ in range(num_layers)]
+
+    # ------------------------------------------------------------------ allocation
+    def _buffer(self, frames: int) -> torch.Tensor:
+        shape = (self.batch_size, frames * self.frame_seqlen, self.num_heads, self.head_dim)
+        return torch.zeros(shape, device=self.device, dtype=self.dtype)
+
+    def _new_layer(self) -> LayerState:
+        per_layer = self.key_workspace == "per_layer"
+        keys_roped = self._buffer(self.capacity_frames) if per_layer else None
+        if not per_layer and self._shared_keys is None:
+            self._shared_keys = self._buffer(self.capacity_frames)
+        return LayerState(self._buffer(self.capacity_frames), self._buffer(self.capacity_frames), keys_roped)
+
+    def _slot_tables(self, frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+        positions = frame_grid_positions(range(frames), self.frame_shape)
+        return self.rope.cos_sin(positions, device=self.device)
+
+    def _grow(self, state: LayerState, frames_needed: int) -> None:
+        """Enlarge a ``full``-policy layer to hold ``frames_needed`` frames (amortised doubling)."""
+        limit = self.rope.max_positions
+        if frames_needed > limit:
+            raise ValueError(
+                f"start_frame + chunk_frames = {frames_needed} frames exceed the RoPE table "
+                f"(max_positions={limit}) of the unbounded 'full' policy; use policy 'memrope' or 'sink' "
+                "for longer videos"
+            )
+        frames = min(max(2 * state.keys.shape[1] // self.frame_seqlen, frames_needed), limit)
+        if frames > self._slot_cos.shape[0] // self.frame_seqlen:
+            self._slot_cos, self._slot_sin = self._slot_tables(frames)
+            self.capacity_frames = frames
+        used = state.filled_frames * self.frame_seqlen
+        for name in ("keys", "values", "keys_roped"):
+            old = getattr(state, name)
+            if old is None:
+                continue
+            new = self._buffer(frames)
+            new[:, :used] = old[:, :used]
+            setattr(state, name, new)
+        if self._shared_keys is not None and self._shared_keys.shape[1] < frames * self.frame_seqlen:
+            self._shared_keys = self._buffer(frames)
+            self._shared_owner = None
+
+    # ------------------------------------------------------------------ validation
+    def _check_call(self, key: torch.Tensor, value: torch.Tensor, layer: int, start_frame: int) -> bool:
+        """Validate one call; returns ``True`` for an advance, ``False`` for a rewrite."""
+        if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < self.num_layers:
+            raise ValueError(f"layer must be an int in [0, {self.num_layers}), got {layer!r}")
+        if isinstance(start_frame, bool) or not isinstance(start_frame, int):
+            raise TypeError(f"start_frame must be an int, got {type(start_frame).__name__}")
+        chunk_tokens = self.config.chunk_frames * self.frame_seqlen
+        expected = (self.batch_size, chunk_tokens, self.num_heads, self.head_dim)
+        for name, tensor in (("key", key), ("value", value)):
+            if not isinstance(tensor, torch.Tensor):
+                raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+            if tuple(tensor.shape) != expected:
+                raise ValueError(
+                    f"{name} must have shape [B, L, H, D] = {list(expected)} (L = chunk_frames "
+                    f"{self.config.chunk_frames} x {self.frame_seqlen} tokens of frame_shape {self.frame_shape}), "
+                    f"got {list(tensor.shape)}"
+                )
+            if tensor.dtype != self.dtype:
+                raise TypeError(f"{name} must have the cache dtype {self.dtype}, got {tensor.dtype}")
+            if tensor.device != self.device:
+                raise ValueError(f"{name} must be on the cache device {self.device}, got {tensor.device}")
+        state = self.layers[layer]
+        if start_frame == state.end_frame:
+            return True
+        if state.end_frame > 0 and start_frame == state.chunk_start:
+            return False
+        allowed = f"{state.end_frame} (next chunk)"
+        if state.end_frame > 0:
+            allowed += f" or {state.chunk_start} (rewrite the current chunk)"
+        raise ValueError(f"start_frame for layer {layer} must be {allowed}, got {start_frame}")
+
+    # ------------------------------------------------------------------ the per-call path
+    def update(self, key: torch.Tensor, value: torch.Tensor, *, layer: int, start_frame: int) -> CacheContext:
+        """Write one chunk's un-roped ``key`` / ``value`` ``[B, L, H, D]`` for ``layer``.
+
+        The first call with a new ``start_frame`` advances the cache; later calls with the same
+        ``start_frame`` rewrite the chunk's slots. Invalid calls raise before anything changes.
+        Returns the views attention needs (see :class:`CacheContext`).
+        """
+        advance = self._check_call(key, value, layer, start_frame)
+        state = self.layers[layer]
+        if advance:
+            self._advance(state, start_frame)
+        tokens = self.frame_seqlen
+        chunk_begin = state.chunk_slot * tokens
+        chunk_end = chunk_begin + key.shape[1]
+        state.keys[:, chunk_begin:chunk_end] = key
+        state.values[:, chunk_begin:chunk_end] = value
+        keys_roped = self._roped_keys(layer, state)
+        filled_tokens = state.filled_frames * tokens
+        return CacheContext(
+            keys=keys_roped[:, :filled_tokens],
+            values=state.values[:, :filled_tokens],
+            query_cos=self._slot_cos[chunk_begin:chunk_end],
+            query_sin=self._slot_sin[chunk_begin:chunk_end],
+        )
+
+    def _roped_keys(self, layer: int, state: LayerState) -> torch.Tensor:
+        """The layer's keys with RoPE, re-rotating only the slots whose rotation is stale."""
+        if state.keys_roped is not None:
+            workspace = state.keys_roped
+        else:
+            assert self._shared_keys is not None
+            workspace = self._shared_keys
+            if self._shared_owner != layer:
+                state.roped_frames = 0
+                self._shared_owner = layer
+        self._rope_frames(state.keys, workspace, min(state.roped_frames, state.chunk_slot), state.filled_frames)
+        state.roped_frames = state.filled_frames
+        return workspace
+
+    def _rope_frames(self, source: torch.Tensor, target: torch.Tensor, first: int, end: int) -> None:
+        """RoPE slots ``[first, end)`` of ``source`` into ``target``, one frame at a time (small transients)."""
+        tokens = self.frame_seqlen
+        for frame in range(first, end):
+            span = slice(frame * tokens, (frame + 1) * tokens)
+            target[:, span] = self.rope.apply(source[:, span], self._slot_cos[span], self._slot_sin[span])
+
+    def _advance(self, state: LayerState, start_frame: int) -> None:
+        """Make room for a new chunk starting at global frame ``start_frame`` (SPEC §4-§6)."""
+        chunk = self.config.chunk_frames
+        if not self.config.bounded and state.filled_frames + chunk > state.keys.shape[1] // self.frame_seqlen:
+            self._grow(state, state.filled_frames + chunk)
+        capacity = state.keys.shape[1] // self.frame_seqlen
+        if state.filled_frames + chunk <= capacity:
+            state.chunk_slot = state.filled_frames
+            state.filled_frames += chunk
+            state.slot_frames.extend(range(start_frame, start_frame + chunk))
+        else:
+            evicted = state.filled_frames + chunk - capacity
+            sink = self.config.sink_frames
+            evict_from = sink + self.config.memory_frames
+            if self.config.policy == "memrope":
+                self._compress(state, evict_from, evicted)
+            self._shift_left(state, evict_from, evicted)
+            kept = state.slot_frames[evict_from + evicted :]
+            memory_labels = [LONG_MEMORY_SLOT, SHORT_MEMORY_SLOT][: self.config.memory_frames]
+            state.slot_frames = state.slot_frames[:sink] + memory_labels + kept
+            state.slot_frames.extend(range(start_frame, start_frame + chunk))
+            state.chunk_slot = capacity - chunk
+            state.filled_frames = capacity
+            state.roped_frames = min(state.roped_frames, sink)
+        state.chunk_start = start_frame
+        state.end_frame = start_frame + chunk
+
+    def _shift_left(self, state: LayerState, destination: int, distance: int) -> None:
+        """Move slots ``[destination + distance, filled)`` to ``destination`` without a temporary.
+
+        Pieces of at most ``distance`` frames never overlap their source, so each copy is safe.
+        """
+        tokens = self.frame_seqlen
+        frame = destination
+        while frame + distance < state.filled_frames:
+            width = min(distance, state.filled_frames - frame - distance)
+            target = slice(frame * tokens, (frame + width) * tokens)
+            source = slice((frame + distance) * tokens, (frame + distance + width) * tokens)
+            state.keys[:, target] = state.keys[:, source]
+            state.values[:, target] = state.values[:, source]
+            frame += width
+
+    def _compress(self, state: LayerState, evict_from: int, evicted: int) -> None:
+        """Fold the evicted frames into the long and short EMA memories and write the memory slots.
+
+        The evicted block is slots ``[sink + 2, sink + 2 + evicted)``; on the first eviction this
+        drops the frames in the memory slots (the official behaviour, SPEC §5).
+        """
+        tokens = self.frame_seqlen
+        span = slice(evict_from * tokens, (evict_from + evicted) * tokens)
+        pooled = {name: self._pool(buffer[:, span], evicted) for name, buffer in (("keys", state.keys), ("values", state.values))}
+        if not state.memory_ready:
+            for name in ("keys", "values"):
+                state.memory[f"long_{name}"] = pooled[name].clone()
+                state.memory[f"short_{name}"] = pooled[name]
+        else:
+            alpha_long = self.config.alpha_long
+            short_rate: torch.Tensor | float = self.config.alpha_short
+            if self.config.adaptive_short_rate:
+                short_rate = self._adaptive_rate(pooled["keys"], state.memory["short_keys"])
+            for name in ("keys", "values"):
+                long_memory = state.memory[f"long_{name}"]
+                short_memory = state.memory[f"short_{name}"]
+                long_memory.copy_(alpha_long * pooled[name] + (1 - alpha_long) * long_memory)
+                short_memory.copy_(short_rate * pooled[name] + (1 - short_rate) * short_memory)
+        sink = self.config.sink_frames
+        shape = (self.batch_size, tokens, self.num_heads, self.head_dim)
+        for slot, which in ((sink, "long"), (sink + 1, "short")):
+            target = slice(slot * tokens, (slot + 1) * tokens)
+            state.keys[:, target] = state.memory[f"{which}_keys"].expand(shape)
+            state.values[:, target] = state.memory[f"{which}_values"].expand(shape)
+
+    def _pool(self, frames: torch.Tensor, frame_count: int) -> torch.Tensor:
+        """Pool ``[B, frame_count * P, H, D]`` to ``[B, 1, H, D]`` (mean) or ``[B, P, H, D]`` (per position)."""
+        frames = frames.to(self.memory_dtype)
+        if self.config.pooling == "mean":
+            return frames.mean(dim=1, keepdim=True)
+        return frames.unflatten(1, (frame_count, self.frame_seqlen)).mean(dim=1)
+
+    def _adaptive_rate(self, pooled_keys: torch.Tensor, short_keys: torch.Tensor) -> torch.Tensor:
+        """Per-position short-memory rate ``a_short * (0.1 + 4.9 * motion)``, shape ``[B, P, 1, 1]``."""
+        motion = (pooled_keys - short_keys).norm(dim=-1).mean(dim=-1)
+        motion = motion / (motion.amax(dim=1, keepdim=True) + MOTION_EPS)
+        span = ADAPTIVE_RATE_MAX_FACTOR - ADAPTIVE_RATE_MIN_FACTOR
+        rate = self.config.alpha_short * (ADAPTIVE_RATE_MIN_FACTOR + span * motion)
+        return rate[:, :, None, None]
+
+    # ------------------------------------------------------------------ inspection
+    def layer_contents(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Un-roped keys and values of the filled slots of ``layer`` in slot order, ``[B, filled_tokens, H, D]``."""
+        state = self.layers[layer]
+        filled_tokens = state.filled_frames * self.frame_seqlen
+        return state.keys[:, :filled_tokens], state.values[:, :filled_tokens]
+
+    def slot_layout(self, layer: int = 0) -> list[str]:
+        """What each filled slot of ``layer`` holds: ``"f<global frame>"``, ``"long"`` or ``"short"``."""
+        return [_slot_label(frame) for frame in self.layers[layer].slot_frames]
+
+    def resident_bytes(self) -> int:
+        """Bytes held by the cache buffers, memory accumulators and RoPE tables."""
+        tensors: list[torch.Tensor] = [self._slot_cos, self._slot_sin]
+        if self._shared_keys is not None:
+            tensors.append(self._shared_keys)
+        for state in self.layers:
+            tensors += [state.keys, state.values, *state.memory.values()]
+            if state.keys_roped is not None:
+                tensors.append(state.keys_roped)
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def summary(self) -> str:
+        """A readable description of the layout: which global frame sits in which slot."""
+        config = self.config
+        lines = [
+            f"MemRoPECache(policy={config.policy!r}, layers={self.num_layers}, batch={self.batch_size}, "
+            f"heads={self.num_heads}, head_dim={self.head_dim}, frame_shape={self.frame_shape}, "
+            f"dtype={str(self.dtype).removeprefix('torch.')}, device={self.device})",
+        ]
+        if config.bounded:
+            lines.append(
+                f"  frames: {config.cache_frames} = {config.sink_frames} sink + {config.memory_frames} memory + "
+                f"{config.recent_frames} recent + {config.chunk_frames} chunk"
+            )
+        layouts = {tuple(state.slot_frames) for state in self.layers}
+        state = self.layers[0]
+        slots = " ".join(f"{slot}:{label}" for slot, label in enumerate(self.slot_layout(0))) or "(empty)"
+        lines.append(f"  layer 0 slots: {slots}")
+        lines.append(f"  filled {state.filled_frames}/{self.capacity_frames} frames, next chunk at frame {state.end_frame}")
+        if len(layouts) > 1:
+            lines.append("  (layers differ: a chunk is in progress)")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return self.summary()
+
+    # ------------------------------------------------------------------ state management
+    def reset(self) -> None:
+        """Forget every frame; buffers are kept (and zeroed) for the next video."""
+        for state in self.layers:
+            state.keys.zero_()
+            state.values.zero_()
+            state.filled_frames = state.end_frame = state.chunk_start = state.chunk_slot = state.roped_frames = 0
+            state.memory = {}
+            state.slot_frames = []
+        self._shared_owner = None
+
+    def to(self, device: torch.device | str) -> MemRoPECache:
+        """Move every buffer to ``device`` (in place) and return ``self``."""
+        self.device = torch.empty(0, device=device).device
+        self._slot_cos = self._slot_cos.to(self.device)
+        self._slot_sin = self._slot_sin.to(self.device)
+        if self._shared_keys is not None:
+            self._shared_keys = self._shared_keys.to(self.device)
+        for state in self.layers:
+            state.keys = state.keys.to(self.device)
+            state.values = state.values.to(self.device)
+            if state.keys_roped is not None:
+                state.keys_roped = state.keys_roped.to(self.device)
+            state.memory = {name: tensor.to(self.device) for name, tensor in state.memory.items()}
+        return self
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Flat ``{name: tensor}`` (safetensors-friendly) holding everything needed to resume exactly.
+
+        Per layer ``i``: ``layers.i.keys`` / ``layers.i.values`` (filled slots, un-roped),
+        ``layers.i.counters`` (filled frames, end frame, chunk start, chunk slot),
+        ``layers.i.slot_frames`` and, once memory exists, ``layers.i.{long,short}_{keys,values}``.
+        """
+        result: dict[str, torch.Tensor] = {}
+        for index, state in enumerate(self.layers):
+            keys, values = self.layer_contents(index)
+            prefix = f"layers.{index}."
+            result[prefix + "keys"] = keys.contiguous().clone()
+            result[prefix + "values"] = values.contiguous().clone()
+            counters = [state.filled_frames, state.end_frame, state.chunk_start, state.chunk_slot]
+            result[prefix + "counters"] = torch.tensor(counters, dtype=torch.int64)
+            result[prefix + "slot_frames"] = torch.tensor(state.slot_frames, dtype=torch.int64)
+            for name, tensor in state.memory.items():
+                result[prefix + name] = tensor.clone()
+        return result
+
+    def load_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Restore a :meth:`state_dict`; everything is validated before the cache is touched."""
+        expected_names = set()
+        plans = []
+        for index in range(self.num_layers):
+            prefix = f"layers.{index}."
+            for name in ("keys", "values", "counters", "slot_frames"):
+                if prefix + name not in state_dict:
+                    raise ValueError(f"state_dict is missing {prefix + name!r}")
+            counters = [int(n) for n in state_dict[prefix + "counters"].tolist()]
+            if len(counters) != 4:
+                raise ValueError(f"{prefix}counters must hold 4 ints, got {counters}")
+            filled, end_frame, chunk_start, chunk_slot = counters
+            capacity = self.capacity_frames if self.config.bounded else self.rope.max_positions
+            if not 0 <= filled <= capacity or not 0 <= chunk_slot <= max(filled - self.config.chunk_frames, 0):
+                raise ValueError(f"{prefix}counters {counters} do not fit a cache of {capacity} frames")
+            shape = (self.batch_size, filled * self.frame_seqlen, self.num_heads, self.head_dim)
+            for name in ("keys", "values"):
+                if tuple(state_dict[prefix + name].shape) != shape:
+                    raise ValueError(
+                        f"{prefix + name} must have shape {list(shape)}, got {list(state_dict[prefix + name].shape)}"
+                    )
+            slot_frames = [int(n) for n in state_dict[prefix + "slot_frames"].tolist()]
+            if len(slot_frames) != filled:
+                raise ValueError(f"{prefix}slot_frames must list {filled} slots, got {len(slot_frames)}")
+            memory = {}
+            for name in ("long_keys", "long_values", "short_keys", "short_values"):
+                if prefix + name in state_dict:
+                    memory[name] = state_dict[prefix + name]
+            if memory and len(memory) != 4:
+                raise ValueError(f"state_dict has only part of layer {index}'s memory: {sorted(memory)}")
+            expected_names |= {prefix + n for n in ("keys", "values", "counters", "slot_frames", *memory)}
+            plans.append((filled, end_frame, chunk_start, chunk_slot, slot_frames, memory))
+        unexpected = sorted(set(state_dict) - expected_names)
+        if unexpected:
+            raise ValueError(f"state_dict has unexpected entries: {unexpected[:5]} ({len(unexpected)} in all)")
+        for index, (filled, end_frame, chunk_start, chunk_slot, slot_frames, memory) in enumerate(plans):
+            state = self.layers[index]
+            if not self.config.bounded and filled > state.keys.shape[1] // self.frame_seqlen:
+                self._grow(state, filled)
+            prefix = f"layers.{index}."
+            used = filled * self.frame_seqlen
+            state.keys[:, :used] = state_dict[prefix + "keys"].to(self.device, self.dtype)
+            state.values[:, :used] = state_dict[prefix + "values"].to(self.device, self.dtype)
+            state.filled_frames, state.end_frame, state.chunk_start, state.chunk_slot = filled, end_frame, chunk_start, chunk_slot
+            state.slot_frames = slot_frames
+            state.memory = {name: tensor.to(self.device, self.memory_dtype).clone() for name, tensor in memory.items()}
+            state.roped_frames = 0
+        self._shared_owner = None
