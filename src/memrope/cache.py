@@ -83,6 +83,8 @@ class MemRoPECache:
         batch_size, num_heads, head_dim: ``B``, ``H``, ``D`` of the keys and values.
         frame_shape: token grid ``(H', W')`` of one latent frame (Wan 480x832: ``(30, 52)``).
         device, dtype: where and in what the keys and values live.
+        layer_devices: optional device of each layer's state (for models split over devices);
+            overrides ``device``. A layer's keys and values must arrive on its device.
         rope: the rotary embedding (default: Wan 3-axis, interleaved, ``config.max_positions``).
         key_workspace: ``"per_layer"`` or ``"shared"`` (see the module docstring).
     """
@@ -100,6 +102,7 @@ class MemRoPECache:
         dtype: torch.dtype = torch.float32,
         rope: RotaryEmbedding | None = None,
         key_workspace: KeyWorkspace = "per_layer",
+        layer_devices: list[torch.device | str] | tuple[torch.device | str, ...] | None = None,
     ) -> None:
         if not isinstance(config, MemRoPEConfig):
             raise TypeError(f"config must be a MemRoPEConfig, got {type(config).__name__}")
@@ -132,7 +135,12 @@ class MemRoPECache:
         self.frame_shape = (int(frame_shape[0]), int(frame_shape[1]))
         self.frame_seqlen = self.frame_shape[0] * self.frame_shape[1]
         self.dtype = dtype
-        self.device = torch.empty(0, device=device).device
+        if layer_devices is None:
+            layer_devices = [device] * num_layers
+        if len(layer_devices) != num_layers:
+            raise ValueError(f"layer_devices must name one device per layer ({num_layers}), got {len(layer_devices)}")
+        self.layer_devices = [torch.empty(0, device=d).device for d in layer_devices]
+        self.device = self.layer_devices[0]
         self.rope = rope
         self.key_workspace: KeyWorkspace = key_workspace
         self.memory_dtype = config.memory_dtype or dtype
@@ -140,26 +148,31 @@ class MemRoPECache:
             self.capacity_frames = config.cache_frames
         else:
             self.capacity_frames = min(FULL_POLICY_INITIAL_CHUNKS * config.chunk_frames, rope.max_positions)
-        self._slot_cos, self._slot_sin = self._slot_tables(self.capacity_frames)
-        self._shared_keys: torch.Tensor | None = None
-        self._shared_owner: int | None = None
-        self.layers = [self._new_layer() for _ in range(num_layers)]
+        self._tables: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._table_frames = self.capacity_frames
+        self._shared_keys: dict[torch.device, torch.Tensor] = {}
+        self._shared_owner: dict[torch.device, int] = {}
+        self.layers = [self._new_layer(d) for d in self.layer_devices]
+        self._build_tables()
 
     # ------------------------------------------------------------------ allocation
-    def _buffer(self, frames: int) -> torch.Tensor:
+    def _buffer(self, frames: int, device: torch.device) -> torch.Tensor:
         shape = (self.batch_size, frames * self.frame_seqlen, self.num_heads, self.head_dim)
-        return torch.zeros(shape, device=self.device, dtype=self.dtype)
+        return torch.zeros(shape, device=device, dtype=self.dtype)
 
-    def _new_layer(self) -> LayerState:
+    def _new_layer(self, device: torch.device) -> LayerState:
         per_layer = self.key_workspace == "per_layer"
-        keys_roped = self._buffer(self.capacity_frames) if per_layer else None
-        if not per_layer and self._shared_keys is None:
-            self._shared_keys = self._buffer(self.capacity_frames)
-        return LayerState(self._buffer(self.capacity_frames), self._buffer(self.capacity_frames), keys_roped)
+        keys_roped = self._buffer(self.capacity_frames, device) if per_layer else None
+        if not per_layer and device not in self._shared_keys:
+            self._shared_keys[device] = self._buffer(self.capacity_frames, device)
+        frames = self.capacity_frames
+        return LayerState(self._buffer(frames, device), self._buffer(frames, device), keys_roped)
 
-    def _slot_tables(self, frames: int) -> tuple[torch.Tensor, torch.Tensor]:
-        positions = frame_grid_positions(range(frames), self.frame_shape)
-        return self.rope.cos_sin(positions, device=self.device)
+    def _build_tables(self) -> None:
+        """Float32 RoPE tables ``cos, sin`` ``[slots * P, D]`` of every slot position, on each layer device."""
+        positions = frame_grid_positions(range(self._table_frames), self.frame_shape)
+        cos, sin = self.rope.cos_sin(positions)
+        self._tables = {device: (cos.to(device), sin.to(device)) for device in dict.fromkeys(self.layer_devices)}
 
     def _grow(self, state: LayerState, frames_needed: int) -> None:
         """Enlarge a ``full``-policy layer to hold ``frames_needed`` frames (amortised doubling)."""
@@ -171,20 +184,22 @@ class MemRoPECache:
                 "for longer videos"
             )
         frames = min(max(2 * state.keys.shape[1] // self.frame_seqlen, frames_needed), limit)
-        if frames > self._slot_cos.shape[0] // self.frame_seqlen:
-            self._slot_cos, self._slot_sin = self._slot_tables(frames)
-            self.capacity_frames = frames
+        if frames > self._table_frames:
+            self._table_frames = self.capacity_frames = frames
+            self._build_tables()
+        device = state.keys.device
         used = state.filled_frames * self.frame_seqlen
         for name in ("keys", "values", "keys_roped"):
             old = getattr(state, name)
             if old is None:
                 continue
-            new = self._buffer(frames)
+            new = self._buffer(frames, device)
             new[:, :used] = old[:, :used]
             setattr(state, name, new)
-        if self._shared_keys is not None and self._shared_keys.shape[1] < frames * self.frame_seqlen:
-            self._shared_keys = self._buffer(frames)
-            self._shared_owner = None
+        shared = self._shared_keys.get(device)
+        if shared is not None and shared.shape[1] < frames * self.frame_seqlen:
+            self._shared_keys[device] = self._buffer(frames, device)
+            self._shared_owner.pop(device, None)
 
     # ------------------------------------------------------------------ validation
     def _check_call(self, key: torch.Tensor, value: torch.Tensor, layer: int, start_frame: int) -> bool:
@@ -206,8 +221,10 @@ class MemRoPECache:
                 )
             if tensor.dtype != self.dtype:
                 raise TypeError(f"{name} must have the cache dtype {self.dtype}, got {tensor.dtype}")
-            if tensor.device != self.device:
-                raise ValueError(f"{name} must be on the cache device {self.device}, got {tensor.device}")
+            if tensor.device != self.layer_devices[layer]:
+                raise ValueError(
+                    f"{name} must be on the device of layer {layer}'s cache, {self.layer_devices[layer]}, got {tensor.device}"
+                )
         state = self.layers[layer]
         if start_frame == state.end_frame:
             return True
@@ -235,35 +252,35 @@ class MemRoPECache:
         chunk_end = chunk_begin + key.shape[1]
         state.keys[:, chunk_begin:chunk_end] = key
         state.values[:, chunk_begin:chunk_end] = value
-        keys_roped = self._roped_keys(layer, state)
+        slot_cos, slot_sin = self._tables[key.device]
+        keys_roped = self._roped_keys(layer, state, slot_cos, slot_sin)
         filled_tokens = state.filled_frames * tokens
         return CacheContext(
             keys=keys_roped[:, :filled_tokens],
             values=state.values[:, :filled_tokens],
-            query_cos=self._slot_cos[chunk_begin:chunk_end],
-            query_sin=self._slot_sin[chunk_begin:chunk_end],
+            query_cos=slot_cos[chunk_begin:chunk_end],
+            query_sin=slot_sin[chunk_begin:chunk_end],
         )
 
-    def _roped_keys(self, layer: int, state: LayerState) -> torch.Tensor:
-        """The layer's keys with RoPE, re-rotating only the slots whose rotation is stale."""
+    def _roped_keys(
+        self, layer: int, state: LayerState, slot_cos: torch.Tensor, slot_sin: torch.Tensor
+    ) -> torch.Tensor:
+        """The layer's keys with RoPE, re-rotating only stale slots, one frame at a time (small transients)."""
         if state.keys_roped is not None:
             workspace = state.keys_roped
         else:
-            assert self._shared_keys is not None
-            workspace = self._shared_keys
-            if self._shared_owner != layer:
+            device = state.keys.device
+            workspace = self._shared_keys[device]
+            if self._shared_owner.get(device) != layer:
                 state.roped_frames = 0
-                self._shared_owner = layer
-        self._rope_frames(state.keys, workspace, min(state.roped_frames, state.chunk_slot), state.filled_frames)
+                self._shared_owner[device] = layer
+        first = min(state.roped_frames, state.chunk_slot)
+        tokens = self.frame_seqlen
+        for frame in range(first, state.filled_frames):
+            span = slice(frame * tokens, (frame + 1) * tokens)
+            workspace[:, span] = self.rope.apply(state.keys[:, span], slot_cos[span], slot_sin[span])
         state.roped_frames = state.filled_frames
         return workspace
-
-    def _rope_frames(self, source: torch.Tensor, target: torch.Tensor, first: int, end: int) -> None:
-        """RoPE slots ``[first, end)`` of ``source`` into ``target``, one frame at a time (small transients)."""
-        tokens = self.frame_seqlen
-        for frame in range(first, end):
-            span = slice(frame * tokens, (frame + 1) * tokens)
-            target[:, span] = self.rope.apply(source[:, span], self._slot_cos[span], self._slot_sin[span])
 
     def _advance(self, state: LayerState, start_frame: int) -> None:
         """Make room for a new chunk starting at global frame ``start_frame`` (SPEC §4-§6)."""
@@ -365,9 +382,8 @@ class MemRoPECache:
 
     def resident_bytes(self) -> int:
         """Bytes held by the cache buffers, memory accumulators and RoPE tables."""
-        tensors: list[torch.Tensor] = [self._slot_cos, self._slot_sin]
-        if self._shared_keys is not None:
-            tensors.append(self._shared_keys)
+        tensors: list[torch.Tensor] = [table for pair in self._tables.values() for table in pair]
+        tensors += list(self._shared_keys.values())
         for state in self.layers:
             tensors += [state.keys, state.values, *state.memory.values()]
             if state.keys_roped is not None:
@@ -408,21 +424,23 @@ class MemRoPECache:
             state.filled_frames = state.end_frame = state.chunk_start = state.chunk_slot = state.roped_frames = 0
             state.memory = {}
             state.slot_frames = []
-        self._shared_owner = None
+        self._shared_owner = {}
 
     def to(self, device: torch.device | str) -> MemRoPECache:
         """Move every buffer to ``device`` (in place) and return ``self``."""
         self.device = torch.empty(0, device=device).device
-        self._slot_cos = self._slot_cos.to(self.device)
-        self._slot_sin = self._slot_sin.to(self.device)
-        if self._shared_keys is not None:
-            self._shared_keys = self._shared_keys.to(self.device)
+        self.layer_devices = [self.device] * self.num_layers
+        self._build_tables()
+        shared = next(iter(self._shared_keys.values()), None)
+        self._shared_keys = {} if shared is None else {self.device: shared.to(self.device)}
+        self._shared_owner = {}
         for state in self.layers:
             state.keys = state.keys.to(self.device)
             state.values = state.values.to(self.device)
             if state.keys_roped is not None:
                 state.keys_roped = state.keys_roped.to(self.device)
             state.memory = {name: tensor.to(self.device) for name, tensor in state.memory.items()}
+            state.roped_frames = 0
         return self
 
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -487,10 +505,11 @@ class MemRoPECache:
                 self._grow(state, filled)
             prefix = f"layers.{index}."
             used = filled * self.frame_seqlen
-            state.keys[:, :used] = state_dict[prefix + "keys"].to(self.device, self.dtype)
-            state.values[:, :used] = state_dict[prefix + "values"].to(self.device, self.dtype)
+            device = state.keys.device
+            state.keys[:, :used] = state_dict[prefix + "keys"].to(device, self.dtype)
+            state.values[:, :used] = state_dict[prefix + "values"].to(device, self.dtype)
             state.filled_frames, state.end_frame, state.chunk_start, state.chunk_slot = filled, end_frame, chunk_start, chunk_slot
             state.slot_frames = slot_frames
-            state.memory = {name: tensor.to(self.device, self.memory_dtype).clone() for name, tensor in memory.items()}
+            state.memory = {name: tensor.to(device, self.memory_dtype).clone() for name, tensor in memory.items()}
             state.roped_frames = 0
-        self._shared_owner = None
+        self._shared_owner = {}

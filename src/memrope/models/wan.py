@@ -253,8 +253,13 @@ class CausalWanModel(nn.Module):
         dtype: torch.dtype | None = None,
         key_workspace: str = "per_layer",
     ) -> MemRoPECache:
-        """A cache sized for this model; device and dtype default to the model's parameters."""
+        """A cache sized for this model.
+
+        Each layer's state lives on its block's device (models split over devices work as they are)
+        unless ``device`` is given; ``dtype`` defaults to the model's.
+        """
         weight = self.patch_embedding.weight
+        layer_devices = [block.modulation.device if device is None else device for block in self.blocks]
         return MemRoPECache(
             cache_config,
             num_layers=self.config.num_layers,
@@ -262,8 +267,8 @@ class CausalWanModel(nn.Module):
             num_heads=self.config.num_heads,
             head_dim=self.config.head_dim,
             frame_shape=self.token_grid(latent_hw),
-            device=weight.device if device is None else device,
             dtype=weight.dtype if dtype is None else dtype,
+            layer_devices=layer_devices,
             rope=RotaryEmbedding(self.config.head_dim, max_positions=cache_config.max_positions),
             key_workspace=key_workspace,  # type: ignore[arg-type]
         )
