@@ -1,0 +1,721 @@
+"""Checkpoint loading for the Wan2.1 causal DiT (Self-Forcing, LongLive, plain Wan safetensors).
+
+Formats understood (every tensor lands on the CPU):
+
+* Self-Forcing / LongLive training checkpoints: a ``.pt`` file holding a dict with ``generator``
+  and/or ``generator_ema``, each the state dict of the training wrapper (names prefixed ``model.``,
+  possibly with FSDP's ``_fsdp_wrapped_module.`` anywhere in them).
+* A bare state dict saved with ``torch.save`` (name -> tensor).
+* A safetensors file, or a directory of ``*.safetensors`` shards (with or without a
+  ``*.safetensors.index.json`` weight map), e.g. the original Wan layout
+  ``diffusion_pytorch_model*.safetensors``.
+* PEFT LoRA files (LongLive's ``lora.pt``): a dict with ``generator_lora`` or a bare dict of
+  ``...<module>.lora_A[.<adapter>].weight`` ``[rank, in]`` / ``...lora_B[.<adapter>].weight``
+  ``[out, rank]`` tensors, merged into the base weights as ``W += (alpha / rank) * B @ A``.
+
+``.pt`` files are always read with ``torch.load(..., weights_only=True)``: a file that needs
+arbitrary unpickling is refused. Names are normalised to the model's own names (SPEC §9), and
+loading is strict: any missing, unexpected or mis-shaped tensor raises ``CheckpointKeyError``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pickle
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Literal, Union, get_args
+
+import torch
+from huggingface_hub import constants as hub_constants
+from huggingface_hub import hf_hub_download
+from huggingface_hub.utils import (
+    EntryNotFoundError,
+    HfHubHTTPError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from safetensors.torch import load_file as load_safetensors_file
+from torch import nn
+
+__all__ = [
+    "CHECKPOINTS",
+    "CheckpointFormatError",
+    "CheckpointKeyError",
+    "CheckpointKind",
+    "CheckpointSource",
+    "HubFile",
+    "load_state_dict_strict",
+    "load_wan_weights",
+    "merge_lora",
+    "normalise_key",
+    "read_lora_state_dict",
+    "read_state_dict",
+    "resolve_checkpoint",
+]
+
+CheckpointKind = Literal["auto", "self_forcing", "longlive", "safetensors", "state_dict"]
+CHECKPOINT_KINDS: tuple[str, ...] = get_args(CheckpointKind)
+PathLike = Union[str, "os.PathLike[str]"]
+
+HF_URI_SCHEME = "hf://"
+GENERATOR_KEY = "generator"
+GENERATOR_EMA_KEY = "generator_ema"
+GENERATOR_LORA_KEY = "generator_lora"
+WRAPPER_SEGMENTS: tuple[str, ...] = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
+LEADING_PREFIXES: tuple[str, ...] = ("base_model.model.", "model.")
+SAFETENSORS_SUFFIX = ".safetensors"
+SAFETENSORS_INDEX_PATTERN = "*.safetensors.index.json"
+NAMES_SHOWN = 5
+
+
+class CheckpointFormatError(ValueError):
+    """A checkpoint file is not in a format this module reads (or needs unsafe unpickling)."""
+
+
+class CheckpointKeyError(ValueError):
+    """Tensor names or shapes of a checkpoint do not match their target.
+
+    Attributes:
+        missing_keys: names the target needs that the checkpoint lacks.
+        unexpected_keys: names in the checkpoint the target does not have.
+        shape_mismatches: ``(name, checkpoint_shape, target_shape)`` triples.
+    """
+
+    def __init__(
+        self,
+        headline: str,
+        *,
+        missing: Iterable[str] = (),
+        unexpected: Iterable[str] = (),
+        shape_mismatches: Iterable[tuple[str, tuple[int, ...], tuple[int, ...]]] = (),
+    ) -> None:
+        self.missing_keys = sorted(missing)
+        self.unexpected_keys = sorted(unexpected)
+        self.shape_mismatches = sorted(shape_mismatches)
+        parts = [headline]
+        if self.missing_keys:
+            parts.append(f"{_count(self.missing_keys, 'missing key')}: {_first_names(self.missing_keys)}")
+        if self.unexpected_keys:
+            parts.append(
+                f"{_count(self.unexpected_keys, 'unexpected key')}: {_first_names(self.unexpected_keys)}"
+            )
+        if self.shape_mismatches:
+            described = [
+                f"{name} (checkpoint {list(found)}, target {list(wanted)})"
+                for name, found, wanted in self.shape_mismatches
+            ]
+            parts.append(f"{_count(described, 'shape mismatch', 'es')}: {_first_names(described)}")
+        super().__init__("; ".join(parts))
+
+
+def _count(items: Sequence[object], noun: str, plural_suffix: str = "s") -> str:
+    return f"{len(items)} {noun}{'' if len(items) == 1 else plural_suffix}"
+
+
+def _first_names(names: Sequence[str], shown: int = NAMES_SHOWN) -> str:
+    listed = ", ".join(names[:shown])
+    hidden = len(names) - shown
+    return f"{listed}, ... ({hidden} more)" if hidden > 0 else listed
+
+
+# --------------------------------------------------------------------------------------------------
+# Registry and resolution
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HubFile:
+    """One file of a Hugging Face Hub model repository."""
+
+    repo_id: str
+    filename: str
+
+    @property
+    def uri(self) -> str:
+        """The ``hf://repo_id/filename`` form accepted by :func:`resolve_checkpoint`."""
+        return f"{HF_URI_SCHEME}{self.repo_id}/{self.filename}"
+
+
+@dataclass(frozen=True)
+class CheckpointSource:
+    """A named, downloadable set of DiT weights.
+
+    Attributes:
+        weights: the file holding the DiT weights.
+        kind: how to read ``weights`` (see :func:`read_state_dict`).
+        lora: a PEFT LoRA merged into ``weights`` on load, or None.
+        description: one line for humans.
+    """
+
+    weights: HubFile
+    kind: CheckpointKind
+    lora: HubFile | None = None
+    description: str = ""
+
+
+CHECKPOINTS: Mapping[str, CheckpointSource] = MappingProxyType(
+    {
+        "self-forcing": CheckpointSource(
+            weights=HubFile("gdhe17/Self-Forcing", "checkpoints/self_forcing_dmd.pt"),
+            kind="self_forcing",
+            description="Self-Forcing DMD causal Wan2.1-T2V-1.3B (EMA generator)",
+        ),
+        "longlive": CheckpointSource(
+            weights=HubFile("Efficient-Large-Model/LongLive-1.3B", "models/longlive_base.pt"),
+            kind="longlive",
+            lora=HubFile("Efficient-Large-Model/LongLive-1.3B", "models/lora.pt"),
+            description="LongLive-1.3B base generator with its rank-256 LoRA merged",
+        ),
+        "wan2.1-t2v-1.3b": CheckpointSource(
+            weights=HubFile("Wan-AI/Wan2.1-T2V-1.3B", "diffusion_pytorch_model.safetensors"),
+            kind="safetensors",
+            description="original bidirectional Wan2.1-T2V-1.3B DiT",
+        ),
+    }
+)
+
+
+def resolve_checkpoint(
+    source: PathLike,
+    *,
+    cache_dir: PathLike | None = None,
+    local_dir: PathLike | None = None,
+    revision: str | None = None,
+) -> Path:
+    """Turn a checkpoint source into a local path, downloading through the Hub cache if needed.
+
+    Args:
+        source: an existing local file or directory (checked first), ``hf://owner/name/path/in/repo``,
+            or a name of :data:`CHECKPOINTS` (its weights file).
+        cache_dir: Hugging Face cache directory (default: ``HF_HUB_CACHE``).
+        local_dir: download into this plain directory instead of the cache.
+        revision: branch, tag or commit of the Hub repository (default: ``main``).
+
+    Returns:
+        The path of the local file or directory.
+
+    Raises:
+        FileNotFoundError: the source is none of the above, or the Hub file is neither cached nor
+            downloadable (e.g. with ``HF_HUB_OFFLINE=1``); the message says how to fetch it.
+    """
+    local_path = Path(source).expanduser()
+    if local_path.exists():
+        return local_path
+    text = os.fspath(source)
+    if text.startswith(HF_URI_SCHEME):
+        hub_file = parse_hf_uri(text)
+    elif text in CHECKPOINTS:
+        hub_file = CHECKPOINTS[text].weights
+    else:
+        raise FileNotFoundError(
+            f"checkpoint source {text!r} is not an existing file or directory, not an "
+            f"'{HF_URI_SCHEME}owner/name/path/in/repo' URI and not a registered name "
+            f"(one of: {', '.join(sorted(CHECKPOINTS))})"
+        )
+    return _download(hub_file, source=text, cache_dir=cache_dir, local_dir=local_dir, revision=revision)
+
+
+def parse_hf_uri(uri: str) -> HubFile:
+    """Split ``hf://owner/name/path/in/repo`` into repository id and file path.
+
+    Raises:
+        ValueError: the URI lacks the owner, the name or the file path.
+    """
+    parts = uri.removeprefix(HF_URI_SCHEME).strip("/").split("/", 2)
+    if len(parts) < 3 or not all(parts):
+        raise ValueError(f"source must look like '{HF_URI_SCHEME}owner/name/path/in/repo', got {uri!r}")
+    owner, name, filename = parts
+    return HubFile(f"{owner}/{name}", filename)
+
+
+def _download(
+    hub_file: HubFile,
+    *,
+    source: str,
+    cache_dir: PathLike | None,
+    local_dir: PathLike | None,
+    revision: str | None,
+) -> Path:
+    """Fetch one Hub file through ``hf_hub_download`` (which honours ``HF_HUB_OFFLINE``)."""
+    try:
+        downloaded = hf_hub_download(
+            hub_file.repo_id,
+            hub_file.filename,
+            revision=revision,
+            cache_dir=os.fspath(cache_dir) if cache_dir is not None else None,
+            local_dir=os.fspath(local_dir) if local_dir is not None else None,
+        )
+    except (EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError, HfHubHTTPError,
+            ConnectionError) as err:
+        raise FileNotFoundError(_not_available_message(hub_file, source, cache_dir, revision, err)) from err
+    return Path(downloaded)
+
+
+def _not_available_message(
+    hub_file: HubFile, source: str, cache_dir: PathLike | None, revision: str | None, err: Exception
+) -> str:
+    cache = os.fspath(cache_dir) if cache_dir is not None else hub_constants.HF_HUB_CACHE
+    offline = " (HF_HUB_OFFLINE is set, so nothing is downloaded)" if hub_constants.HF_HUB_OFFLINE else ""
+    revision_flag = f" --revision {revision}" if revision else ""
+    cache_flag = f" --cache-dir {cache}" if cache_dir is not None else ""
+    return (
+        f"checkpoint {source!r}: file {hub_file.filename!r} of Hugging Face repo {hub_file.repo_id!r} "
+        f"is not in the local cache {cache} and could not be downloaded{offline}: "
+        f"{type(err).__name__}: {str(err).rstrip('.')}. Run `huggingface-cli download {hub_file.repo_id} "
+        f"{hub_file.filename}{revision_flag}{cache_flag}` (or `hf download ...`) with network access, "
+        f"or pass a local path to the file."
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading files
+# --------------------------------------------------------------------------------------------------
+
+
+def normalise_key(name: str) -> str:
+    """Map a checkpoint tensor name to the Wan model's own name.
+
+    Removes wrapper segments (``_fsdp_wrapped_module.``, ``_checkpoint_wrapped_module.``,
+    ``_orig_mod.``) anywhere, then any leading ``model.`` / ``base_model.model.`` (the training
+    wrapper's and PEFT's prefixes), e.g. ``model._fsdp_wrapped_module.blocks.0.ffn.0.weight`` ->
+    ``blocks.0.ffn.0.weight``.
+    """
+    for segment in WRAPPER_SEGMENTS:
+        name = name.replace(segment, "")
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in LEADING_PREFIXES:
+            if name.startswith(prefix):
+                name = name.removeprefix(prefix)
+                stripped = True
+    return name
+
+
+def _normalise_keys(state_dict: Mapping[str, torch.Tensor], origin: str) -> dict[str, torch.Tensor]:
+    normalised: dict[str, torch.Tensor] = {}
+    originals: dict[str, str] = {}
+    for name, tensor in state_dict.items():
+        key = normalise_key(name)
+        if key in normalised:
+            raise CheckpointFormatError(
+                f"{origin}: tensors {originals[key]!r} and {name!r} both map to {key!r} after "
+                f"removing wrapper prefixes"
+            )
+        normalised[key] = tensor
+        originals[key] = name
+    return normalised
+
+
+def read_state_dict(
+    path: PathLike, *, use_ema: bool = True, kind: CheckpointKind = "auto"
+) -> dict[str, torch.Tensor]:
+    """Read DiT weights from a local file or directory, with normalised names (SPEC §9).
+
+    Args:
+        path: a ``.pt`` checkpoint, a ``.safetensors`` file or a directory of ``*.safetensors``.
+        use_ema: from a training checkpoint take ``generator_ema`` (if present; otherwise
+            ``generator``, with a warning unless ``kind="longlive"``, whose base has no EMA copy);
+            False takes ``generator``.
+        kind: ``"auto"`` (directories and ``.safetensors`` are safetensors; a ``.pt`` holding
+            ``generator``/``generator_ema`` is a training checkpoint, else a bare state dict),
+            ``"self_forcing"`` / ``"longlive"`` (training checkpoint required), ``"safetensors"`` or
+            ``"state_dict"`` (bare ``torch.save``-d state dict required).
+
+    Returns:
+        name -> CPU tensor, names as in the Wan model.
+
+    Raises:
+        CheckpointFormatError: unreadable structure, or a ``.pt`` needing arbitrary unpickling.
+    """
+    _check_kind(kind)
+    path = Path(path)
+    if kind == "safetensors" or (kind == "auto" and _looks_like_safetensors(path)):
+        raw = _read_safetensors(path)
+    elif path.is_dir():
+        raise CheckpointFormatError(
+            f"{path} is a directory; only directories of *.safetensors files are read "
+            f"(kind='auto' or 'safetensors'), got kind={kind!r}"
+        )
+    else:
+        raw = _unwrap_training_checkpoint(_torch_load(path), path=path, kind=kind, use_ema=use_ema)
+    return _normalise_keys(raw, origin=str(path))
+
+
+def read_lora_state_dict(path: PathLike) -> dict[str, torch.Tensor]:
+    """Read a PEFT LoRA file (``.pt`` with ``generator_lora`` or bare, or ``.safetensors``).
+
+    Returns:
+        The LoRA tensors under their names in the file (``merge_lora`` normalises them).
+    """
+    path = Path(path)
+    if _looks_like_safetensors(path):
+        return _read_safetensors(path)
+    checkpoint = _torch_load(path)
+    if isinstance(checkpoint, Mapping) and GENERATOR_LORA_KEY in checkpoint:
+        checkpoint = checkpoint[GENERATOR_LORA_KEY]
+    return _as_tensor_dict(checkpoint, origin=f"LoRA {path}")
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in CHECKPOINT_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(map(repr, CHECKPOINT_KINDS))}, got {kind!r}")
+
+
+def _looks_like_safetensors(path: Path) -> bool:
+    return path.is_dir() or path.suffix == SAFETENSORS_SUFFIX
+
+
+def _torch_load(path: Path) -> object:
+    """``torch.load`` restricted to tensors and plain containers (``weights_only=True``)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointFormatError(
+            f"refusing to load {path}: it holds objects other than tensors and plain containers, and "
+            f"memrope never unpickles arbitrary objects (torch.load(weights_only=True) failed). Re-save "
+            f"its state dict with torch.save or safetensors in a trusted environment. "
+            f"Cause: {_unpickler_reason(err)}"
+        ) from err
+
+
+def _unpickler_reason(err: pickle.UnpicklingError) -> str:
+    """The line of torch's (long) weights-only error that names the refused object, if any."""
+    message = str(err)
+    reasons = [line.strip() for line in message.splitlines() if line.strip().startswith("WeightsUnpickler error:")]
+    return reasons[0] if reasons else message
+
+
+def _unwrap_training_checkpoint(
+    checkpoint: object, *, path: Path, kind: CheckpointKind, use_ema: bool
+) -> dict[str, torch.Tensor]:
+    """Pick the generator state dict out of a training checkpoint, or accept a bare state dict."""
+    if not isinstance(checkpoint, Mapping):
+        raise CheckpointFormatError(f"{path} holds a {type(checkpoint).__name__}, expected a dict")
+    is_training_checkpoint = GENERATOR_KEY in checkpoint or GENERATOR_EMA_KEY in checkpoint
+    if kind == "state_dict" and is_training_checkpoint:
+        raise CheckpointFormatError(
+            f"{path} is a training checkpoint (has {GENERATOR_KEY!r}/{GENERATOR_EMA_KEY!r}), not a bare "
+            f"state dict; use kind='self_forcing' or 'longlive' (or 'auto')"
+        )
+    if kind in ("self_forcing", "longlive") and not is_training_checkpoint:
+        top_level = _first_names([str(key) for key in checkpoint])
+        raise CheckpointFormatError(
+            f"{path} has neither {GENERATOR_EMA_KEY!r} nor {GENERATOR_KEY!r} (kind={kind!r}); "
+            f"its top-level keys: {top_level}"
+        )
+    if not is_training_checkpoint:
+        return _as_tensor_dict(checkpoint, origin=str(path))
+    entry = _select_generator(checkpoint, path=path, use_ema=use_ema, warn_on_fallback=kind != "longlive")
+    return _as_tensor_dict(checkpoint[entry], origin=f"{path}[{entry!r}]")
+
+
+def _select_generator(checkpoint: Mapping[str, object], *, path: Path, use_ema: bool,
+                      warn_on_fallback: bool) -> str:
+    if use_ema and GENERATOR_EMA_KEY in checkpoint:
+        return GENERATOR_EMA_KEY
+    if GENERATOR_KEY in checkpoint:
+        if use_ema and warn_on_fallback:
+            warnings.warn(
+                f"{path} has no {GENERATOR_EMA_KEY!r}; loading {GENERATOR_KEY!r} instead", stacklevel=4
+            )
+        return GENERATOR_KEY
+    raise CheckpointFormatError(
+        f"{path} has {GENERATOR_EMA_KEY!r} but no {GENERATOR_KEY!r}; pass use_ema=True to load the EMA weights"
+    )
+
+
+def _as_tensor_dict(mapping: object, *, origin: str) -> dict[str, torch.Tensor]:
+    """Check that ``mapping`` is a name -> tensor dict and return a plain copy of it."""
+    if not isinstance(mapping, Mapping):
+        raise CheckpointFormatError(f"{origin} holds a {type(mapping).__name__}, expected a state dict")
+    not_tensors = [str(name) for name, value in mapping.items() if not isinstance(value, torch.Tensor)]
+    if not_tensors:
+        raise CheckpointFormatError(
+            f"{origin} is not a state dict: {_count(not_tensors, 'entry', 'ies')} not a tensor "
+            f"({_first_names(not_tensors)})"
+        )
+    return {str(name): tensor for name, tensor in mapping.items()}
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """Read one safetensors file or every shard of a directory into one dict."""
+    shard_paths, indexed_names = _safetensors_shards(path)
+    merged: dict[str, torch.Tensor] = {}
+    for shard_path in shard_paths:
+        shard = load_safetensors_file(shard_path, device="cpu")
+        duplicated = sorted(merged.keys() & shard.keys())
+        if duplicated:
+            raise CheckpointFormatError(
+                f"{shard_path} repeats {_count(duplicated, 'tensor')} of earlier shards: "
+                f"{_first_names(duplicated)}"
+            )
+        merged.update(shard)
+    if indexed_names is not None and indexed_names != merged.keys():
+        raise CheckpointKeyError(
+            f"shards in {path} do not match their index",
+            missing=indexed_names - merged.keys(),
+            unexpected=merged.keys() - indexed_names,
+        )
+    return merged
+
+
+def _safetensors_shards(path: Path) -> tuple[list[Path], set[str] | None]:
+    """Shard files to read, and the tensor names the index promises (None without an index)."""
+    if not path.is_dir():
+        return [path], None
+    index_paths = sorted(path.glob(SAFETENSORS_INDEX_PATTERN))
+    if len(index_paths) > 1:
+        raise CheckpointFormatError(
+            f"{path} holds several safetensors indexes ({', '.join(p.name for p in index_paths)}); "
+            f"pass the directory of one model or one file"
+        )
+    if index_paths:
+        weight_map: dict[str, str] = json.loads(index_paths[0].read_text())["weight_map"]
+        shard_paths = [path / name for name in sorted(set(weight_map.values()))]
+        absent = [str(p) for p in shard_paths if not p.is_file()]
+        if absent:
+            raise CheckpointFormatError(f"{index_paths[0]} lists shard files that do not exist: {', '.join(absent)}")
+        return shard_paths, set(weight_map)
+    shard_paths = sorted(path.glob(f"*{SAFETENSORS_SUFFIX}"))
+    if not shard_paths:
+        raise CheckpointFormatError(f"directory {path} holds no *{SAFETENSORS_SUFFIX} files")
+    return shard_paths, None
+
+
+# --------------------------------------------------------------------------------------------------
+# LoRA merge
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _LoraPair:
+    """The two factors of one LoRA: ``down`` (A) ``[rank, in]`` and ``up`` (B) ``[out, rank]``."""
+
+    down_name: str
+    down: torch.Tensor
+    up_name: str
+    up: torch.Tensor
+
+
+def _split_lora_name(name: str) -> tuple[str, str] | None:
+    """``blocks.0.self_attn.q.lora_A[.default].weight`` -> (``blocks.0.self_attn.q``, ``A``)."""
+    parts = normalise_key(name).split(".")
+    if len(parts) < 3 or parts[-1] != "weight":
+        return None
+    factor_at = len(parts) - 2 if parts[-2] in ("lora_A", "lora_B") else len(parts) - 3
+    if factor_at < 1 or parts[factor_at] not in ("lora_A", "lora_B"):
+        return None
+    return ".".join(parts[:factor_at]), parts[factor_at][-1]
+
+
+def _pair_lora_factors(lora_state_dict: Mapping[str, torch.Tensor]) -> dict[str, _LoraPair]:
+    """Group LoRA tensors by the module they adapt (its normalised name)."""
+    factors: dict[str, dict[str, tuple[str, torch.Tensor]]] = {}
+    unsupported: list[str] = []
+    for name, tensor in lora_state_dict.items():
+        split = _split_lora_name(name)
+        if split is None:
+            unsupported.append(name)
+            continue
+        module_name, factor = split
+        if factor in factors.setdefault(module_name, {}):
+            raise CheckpointFormatError(
+                f"LoRA has two lora_{factor} tensors for {module_name!r} "
+                f"({factors[module_name][factor][0]!r}, {name!r}); merge one adapter at a time"
+            )
+        factors[module_name][factor] = (name, tensor)
+    if unsupported:
+        raise CheckpointFormatError(
+            f"LoRA has {_count(unsupported, 'tensor')} that are not '<module>.lora_A/lora_B[.<adapter>].weight' "
+            f"(only plain LoRA on Linear weights is merged): {_first_names(sorted(unsupported))}"
+        )
+    unpaired = sorted(
+        names[factor][0] for names in factors.values() for factor in names if len(names) == 1
+    )
+    if unpaired:
+        raise CheckpointFormatError(f"LoRA tensors without their A/B partner: {_first_names(unpaired)}")
+    return {
+        module_name: _LoraPair(names["A"][0], names["A"][1], names["B"][0], names["B"][1])
+        for module_name, names in factors.items()
+    }
+
+
+def merge_lora(
+    state_dict: Mapping[str, torch.Tensor],
+    lora_state_dict: Mapping[str, torch.Tensor],
+    *,
+    alpha: float | None = None,
+) -> dict[str, torch.Tensor]:
+    """Merge a PEFT LoRA into base weights: ``W += (alpha / rank) * B @ A`` per adapted Linear.
+
+    Args:
+        state_dict: base weights with normalised names (``blocks.0.self_attn.q.weight`` ``[out, in]``).
+        lora_state_dict: PEFT names such as ``base_model.model.blocks.0.self_attn.q.lora_A.weight``
+            ``[rank, in]`` and ``...lora_B.weight`` ``[out, rank]``; ``model.`` prefixes and adapter
+            names (``lora_A.default.weight``) are accepted. The rank is read from the tensors.
+        alpha: LoRA alpha; None means alpha = rank (scale 1.0, LongLive's alpha 256 / rank 256).
+
+    Returns:
+        A new dict: ``state_dict`` with the adapted weights replaced (merge computed in float32, then
+        cast to each weight's dtype); the inputs are not modified.
+
+    Raises:
+        CheckpointFormatError: a LoRA tensor name is not a plain A/B factor, or lacks its partner.
+        CheckpointKeyError: a LoRA adapts a weight absent from ``state_dict``, or shapes disagree.
+    """
+    if alpha is not None and not (math.isfinite(alpha) and alpha > 0):
+        raise ValueError(f"alpha must be a positive finite number or None (alpha = rank), got {alpha!r}")
+    pairs = _pair_lora_factors(lora_state_dict)
+    if not pairs:
+        raise CheckpointFormatError("LoRA state dict is empty")
+    absent_targets = sorted(
+        name for module, pair in pairs.items() if f"{module}.weight" not in state_dict
+        for name in (pair.down_name, pair.up_name)
+    )
+    if absent_targets:
+        raise CheckpointKeyError(
+            "LoRA adapts weights that are not in the base state dict", unexpected=absent_targets
+        )
+    mismatches = [_lora_shape_mismatch(pair, state_dict[f"{module}.weight"]) for module, pair in pairs.items()]
+    if any(mismatches):
+        raise CheckpointKeyError(
+            "LoRA factors do not fit their base weights (B @ A vs weight)",
+            shape_mismatches=[mismatch for mismatch in mismatches if mismatch is not None],
+        )
+    merged = dict(state_dict)
+    for module, pair in pairs.items():
+        weight = state_dict[f"{module}.weight"]
+        rank = pair.down.shape[0]
+        scale = (float(alpha) if alpha is not None else float(rank)) / rank
+        delta = pair.up.to(weight.device, torch.float32) @ pair.down.to(weight.device, torch.float32)
+        merged[f"{module}.weight"] = (weight.to(torch.float32) + scale * delta).to(weight.dtype)
+    return merged
+
+
+def _lora_shape_mismatch(
+    pair: _LoraPair, weight: torch.Tensor
+) -> tuple[str, tuple[int, ...], tuple[int, ...]] | None:
+    """None when ``B [out, r] @ A [r, in]`` fits ``weight [out, in]``, else a description."""
+    down_shape, up_shape, weight_shape = tuple(pair.down.shape), tuple(pair.up.shape), tuple(weight.shape)
+    fits = (
+        len(down_shape) == 2 and len(up_shape) == 2 and len(weight_shape) == 2
+        and up_shape[1] == down_shape[0] and (up_shape[0], down_shape[1]) == weight_shape
+    )
+    if fits:
+        return None
+    product_shape = (up_shape[0], down_shape[-1])
+    return f"{pair.up_name} {list(up_shape)} @ {pair.down_name} {list(down_shape)}", product_shape, weight_shape
+
+
+# --------------------------------------------------------------------------------------------------
+# Strict loading and the high-level entry point
+# --------------------------------------------------------------------------------------------------
+
+
+def load_state_dict_strict(
+    module: nn.Module, state_dict: Mapping[str, torch.Tensor], *, origin: str | None = None
+) -> nn.Module:
+    """Check names and shapes of ``state_dict`` against ``module``, then load it (strict).
+
+    Args:
+        module: the target; its ``state_dict()`` (parameters and persistent buffers) must be covered
+            exactly.
+        state_dict: name -> tensor; values are copied into the module's tensors (cast to their dtype).
+        origin: where the tensors come from, named in the error message.
+
+    Returns:
+        ``module`` (loaded in place).
+
+    Raises:
+        CheckpointKeyError: listing missing and unexpected names and shape mismatches, with counts.
+    """
+    expected = module.state_dict()
+    mismatches = [
+        (name, tuple(tensor.shape), tuple(expected[name].shape))
+        for name, tensor in state_dict.items()
+        if name in expected and tensor.shape != expected[name].shape
+    ]
+    missing = expected.keys() - state_dict.keys()
+    unexpected = state_dict.keys() - expected.keys()
+    if missing or unexpected or mismatches:
+        source = f"checkpoint {origin}" if origin is not None else "state dict"
+        raise CheckpointKeyError(
+            f"{source} does not match {type(module).__name__}",
+            missing=missing,
+            unexpected=unexpected,
+            shape_mismatches=mismatches,
+        )
+    module.load_state_dict(state_dict, strict=True)
+    return module
+
+
+def load_wan_weights(
+    model: nn.Module,
+    source: PathLike,
+    *,
+    kind: CheckpointKind = "auto",
+    use_ema: bool = True,
+    lora: PathLike | None = None,
+    lora_alpha: float | None = None,
+    cache_dir: PathLike | None = None,
+    dtype: torch.dtype | None = None,
+) -> nn.Module:
+    """Resolve, read, normalise, LoRA-merge, validate and load DiT weights into ``model`` in place.
+
+    Args:
+        model: the Wan causal DiT (``memrope.models.wan.CausalWanModel``), names as in SPEC §9.
+        source: local file/directory, ``hf://owner/name/path``, or a :data:`CHECKPOINTS` name.
+        kind: file format (see :func:`read_state_dict`); ``"auto"`` takes a registry name's own kind.
+            ``"longlive"`` needs a LoRA: ``lora=`` or the registry's.
+        use_ema: prefer the ``generator_ema`` weights of a training checkpoint.
+        lora: source of a PEFT LoRA to merge (same forms as ``source``); default: the registry
+            entry's LoRA when ``source`` is a registry name.
+        lora_alpha: LoRA alpha; None means alpha = rank (scale 1).
+        cache_dir: Hugging Face cache directory for Hub sources.
+        dtype: if given, ``model.to(dtype)`` after loading; None keeps the model's dtypes.
+
+    Returns:
+        ``model``.
+    """
+    _check_kind(kind)
+    registry_entry = _registry_entry(source)
+    effective_kind: CheckpointKind = registry_entry.kind if kind == "auto" and registry_entry else kind
+    weights_path = resolve_checkpoint(source, cache_dir=cache_dir)
+    state_dict = read_state_dict(weights_path, use_ema=use_ema, kind=effective_kind)
+    lora_path = _resolve_lora(lora, registry_entry, cache_dir=cache_dir)
+    if lora_path is not None:
+        state_dict = merge_lora(state_dict, read_lora_state_dict(lora_path), alpha=lora_alpha)
+    elif effective_kind == "longlive":
+        longlive_lora = CHECKPOINTS["longlive"].lora
+        raise ValueError(
+            f"kind='longlive' needs LongLive's LoRA: pass lora=<path to lora.pt> "
+            f"(e.g. lora={longlive_lora.uri if longlive_lora else None!r}) or source='longlive'"
+        )
+    load_state_dict_strict(model, state_dict, origin=str(weights_path))
+    if dtype is not None:
+        model.to(dtype)
+    return model
+
+
+def _registry_entry(source: PathLike) -> CheckpointSource | None:
+    """The registry entry ``source`` names, unless it is an existing local path."""
+    if Path(source).expanduser().exists():
+        return None
+    return CHECKPOINTS.get(os.fspath(source))
+
+
+def _resolve_lora(
+    lora: PathLike | None, registry_entry: CheckpointSource | None, *, cache_dir: PathLike | None
+) -> Path | None:
+    if lora is not None:
+        return resolve_checkpoint(lora, cache_dir=cache_dir)
+    if registry_entry is not None and registry_entry.lora is not None:
+        return resolve_checkpoint(registry_entry.lora.uri, cache_dir=cache_dir)
+    return None
