@@ -18,6 +18,8 @@ at the minimum plus one layer's keys; every call rotates its layer's whole conte
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -27,6 +29,7 @@ from memrope.config import ADAPTIVE_RATE_MAX_FACTOR, ADAPTIVE_RATE_MIN_FACTOR, M
 from memrope.rope import RotaryEmbedding, frame_grid_positions, wan_axis_pairs
 
 KeyWorkspace = Literal["per_layer", "shared"]
+CallKind = Literal["advance", "rewrite", "recache"]
 KEY_WORKSPACES: tuple[str, ...] = ("per_layer", "shared")
 EMPTY_SLOT = -1
 LONG_MEMORY_SLOT = -2
@@ -152,6 +155,7 @@ class MemRoPECache:
         self._table_frames = self.capacity_frames
         self._shared_keys: dict[torch.device, torch.Tensor] = {}
         self._shared_owner: dict[torch.device, int] = {}
+        self._recache: tuple[int, int] | None = None
         self.layers = [self._new_layer(d) for d in self.layer_devices]
         self._build_tables()
 
@@ -202,21 +206,22 @@ class MemRoPECache:
             self._shared_owner.pop(device, None)
 
     # ------------------------------------------------------------------ validation
-    def _check_call(self, key: torch.Tensor, value: torch.Tensor, layer: int, start_frame: int) -> bool:
-        """Validate one call; returns ``True`` for an advance, ``False`` for a rewrite."""
+    def _check_call(self, key: torch.Tensor, value: torch.Tensor, layer: int, start_frame: int) -> CallKind:
+        """Validate one call and say what it does: ``"advance"``, ``"rewrite"`` or ``"recache"``."""
         if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < self.num_layers:
             raise ValueError(f"layer must be an int in [0, {self.num_layers}), got {layer!r}")
         if isinstance(start_frame, bool) or not isinstance(start_frame, int):
             raise TypeError(f"start_frame must be an int, got {type(start_frame).__name__}")
-        chunk_tokens = self.config.chunk_frames * self.frame_seqlen
-        expected = (self.batch_size, chunk_tokens, self.num_heads, self.head_dim)
+        frames = self.config.chunk_frames if self._recache is None else self._recache[1]
+        what = "chunk_frames" if self._recache is None else "recache window frames"
+        expected = (self.batch_size, frames * self.frame_seqlen, self.num_heads, self.head_dim)
         for name, tensor in (("key", key), ("value", value)):
             if not isinstance(tensor, torch.Tensor):
                 raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
             if tuple(tensor.shape) != expected:
                 raise ValueError(
-                    f"{name} must have shape [B, L, H, D] = {list(expected)} (L = chunk_frames "
-                    f"{self.config.chunk_frames} x {self.frame_seqlen} tokens of frame_shape {self.frame_shape}), "
+                    f"{name} must have shape [B, L, H, D] = {list(expected)} (L = {what} "
+                    f"{frames} x {self.frame_seqlen} tokens of frame_shape {self.frame_shape}), "
                     f"got {list(tensor.shape)}"
                 )
             if tensor.dtype != self.dtype:
@@ -226,10 +231,16 @@ class MemRoPECache:
                     f"{name} must be on the device of layer {layer}'s cache, {self.layer_devices[layer]}, got {tensor.device}"
                 )
         state = self.layers[layer]
+        if self._recache is not None:
+            if start_frame != self._recache[0]:
+                raise ValueError(
+                    f"start_frame must be the recache window's first frame {self._recache[0]}, got {start_frame}"
+                )
+            return "recache"
         if start_frame == state.end_frame:
-            return True
+            return "advance"
         if state.end_frame > 0 and start_frame == state.chunk_start:
-            return False
+            return "rewrite"
         allowed = f"{state.end_frame} (next chunk)"
         if state.end_frame > 0:
             allowed += f" or {state.chunk_start} (rewrite the current chunk)"
@@ -240,20 +251,22 @@ class MemRoPECache:
         """Write one chunk's un-roped ``key`` / ``value`` ``[B, L, H, D]`` for ``layer``.
 
         The first call with a new ``start_frame`` advances the cache; later calls with the same
-        ``start_frame`` rewrite the chunk's slots. Invalid calls raise before anything changes.
-        Returns the views attention needs (see :class:`CacheContext`).
+        ``start_frame`` rewrite the chunk's slots; inside :meth:`recaching` a call rewrites the
+        recache window instead. Invalid calls raise before anything changes. Returns the views
+        attention needs (see :class:`CacheContext`).
         """
-        advance = self._check_call(key, value, layer, start_frame)
+        kind = self._check_call(key, value, layer, start_frame)
         state = self.layers[layer]
-        if advance:
+        if kind == "advance":
             self._advance(state, start_frame)
+        first_slot = state.chunk_slot if kind != "recache" else state.slot_frames.index(start_frame)
         tokens = self.frame_seqlen
-        chunk_begin = state.chunk_slot * tokens
+        chunk_begin = first_slot * tokens
         chunk_end = chunk_begin + key.shape[1]
         state.keys[:, chunk_begin:chunk_end] = key
         state.values[:, chunk_begin:chunk_end] = value
         slot_cos, slot_sin = self._tables[key.device]
-        keys_roped = self._roped_keys(layer, state, slot_cos, slot_sin)
+        keys_roped = self._roped_keys(layer, state, first_slot, slot_cos, slot_sin)
         filled_tokens = state.filled_frames * tokens
         return CacheContext(
             keys=keys_roped[:, :filled_tokens],
@@ -263,7 +276,7 @@ class MemRoPECache:
         )
 
     def _roped_keys(
-        self, layer: int, state: LayerState, slot_cos: torch.Tensor, slot_sin: torch.Tensor
+        self, layer: int, state: LayerState, written_slot: int, slot_cos: torch.Tensor, slot_sin: torch.Tensor
     ) -> torch.Tensor:
         """The layer's keys with RoPE, re-rotating only stale slots, one frame at a time (small transients)."""
         if state.keys_roped is not None:
@@ -274,7 +287,7 @@ class MemRoPECache:
             if self._shared_owner.get(device) != layer:
                 state.roped_frames = 0
                 self._shared_owner[device] = layer
-        first = min(state.roped_frames, state.chunk_slot)
+        first = min(state.roped_frames, written_slot)
         tokens = self.frame_seqlen
         for frame in range(first, state.filled_frames):
             span = slice(frame * tokens, (frame + 1) * tokens)
@@ -368,6 +381,40 @@ class MemRoPECache:
         span = ADAPTIVE_RATE_MAX_FACTOR - ADAPTIVE_RATE_MIN_FACTOR
         rate = self.config.alpha_short * (ADAPTIVE_RATE_MIN_FACTOR + span * motion)
         return rate[:, :, None, None]
+
+    # ------------------------------------------------------------------ prompt switches
+    def recache_window(self) -> tuple[int, int]:
+        """``(first global frame, frame count)`` of the frames a prompt switch re-encodes.
+
+        These are the real frames after the sink (recent frames and the last chunk, or every
+        non-sink frame while filling); sink and memory slots keep the past. Every layer must be
+        at the same chunk boundary.
+        """
+        layouts = {tuple(state.slot_frames) for state in self.layers}
+        if len(layouts) != 1:
+            raise ValueError("recache needs every layer at the same chunk boundary; a chunk is half-written")
+        slot_frames = self.layers[0].slot_frames
+        window = [frame for slot, frame in enumerate(slot_frames) if slot >= self.config.sink_frames and frame >= 0]
+        if not window:
+            return self.layers[0].end_frame, 0
+        return window[0], len(window)
+
+    @contextmanager
+    def recaching(self) -> Iterator[tuple[int, int]]:
+        """Context in which each layer's call rewrites the :meth:`recache_window` (LongLive KV re-cache).
+
+        Yields ``(start_frame, frames)``: run the model once on the clean latents of those frames
+        (e.g. at timestep 0 under the new prompt) with that ``start_frame``; queries attend to the
+        whole cache, and the window's keys and values are replaced.
+        """
+        if self._recache is not None:
+            raise ValueError("recaching() is already active")
+        window = self.recache_window()
+        self._recache = window
+        try:
+            yield window
+        finally:
+            self._recache = None
 
     # ------------------------------------------------------------------ inspection
     def layer_contents(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
