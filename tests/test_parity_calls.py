@@ -1,0 +1,76 @@
+"""Parity level 1 (call replay): every official model call and cache dump of every parity set.
+
+Sets are read from ``$MEMROPE_PARITY_DIR`` (default ``../shared/parity``); any set dropped there is
+replayed without code changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from memrope.parity import PARITY_DIR_ENV, ParitySet, find_parity_sets, load_parity_set
+
+TOLERANCE = 1e-4
+DEFAULT_PARITY_DIR = Path(__file__).resolve().parents[2] / "shared" / "parity"
+PARITY_DIR = Path(os.environ.get(PARITY_DIR_ENV, DEFAULT_PARITY_DIR))
+PARITY_SETS = find_parity_sets(PARITY_DIR) if PARITY_DIR.is_dir() else []
+
+
+def test_parity_sets_are_present() -> None:
+    assert PARITY_SETS, f"no parity sets found in {PARITY_DIR} (set {PARITY_DIR_ENV})"
+
+
+def _replay(parity: ParitySet) -> tuple[list[float], list[tuple[int, float, float]]]:
+    """Feed every call in order; return per-call flow errors and per-chunk (chunk, key err, value err)."""
+    model = parity.build_model()
+    cache = model.new_cache(parity.cache_config, parity.pipeline.batch, parity.pipeline.latent_hw)
+    tensors = parity.tensors
+    context = model.encode_context(tensors["context"])
+    flow_errors: list[float] = []
+    cache_errors: list[tuple[int, float, float]] = []
+    chunk = 0
+    with torch.no_grad():
+        for position, call in enumerate(parity.calls):
+            flow = model(
+                tensors[f"call{call.index}.x"], tensors[f"call{call.index}.t"], context,
+                cache=cache, start_frame=call.start_frame,
+            )
+            flow_errors.append((flow - tensors[f"call{call.index}.flow"]).abs().max().item())
+            last_of_chunk = position + 1 == len(parity.calls) or parity.calls[position + 1].start_frame != call.start_frame
+            if last_of_chunk:
+                keys, values = cache.layer_contents(0)
+                expected_keys, expected_values = tensors[f"cache{chunk}.k0"], tensors[f"cache{chunk}.v0"]
+                assert keys.shape == expected_keys.shape, f"chunk {chunk}: cache holds {tuple(keys.shape)}"
+                cache_errors.append(
+                    (chunk, (keys - expected_keys).abs().max().item(), (values - expected_values).abs().max().item())
+                )
+                chunk += 1
+    return flow_errors, cache_errors
+
+
+@pytest.mark.parametrize("path", PARITY_SETS, ids=[p.stem for p in PARITY_SETS])
+def test_call_replay_matches_official(path: Path) -> None:
+    parity = load_parity_set(path)
+    flow_errors, cache_errors = _replay(parity)
+    assert len(flow_errors) == len(parity.calls)
+    worst_call = max(range(len(flow_errors)), key=flow_errors.__getitem__)
+    assert flow_errors[worst_call] < TOLERANCE, f"call {worst_call}: flow max abs error {flow_errors[worst_call]:.3g}"
+    for chunk, key_error, value_error in cache_errors:
+        assert key_error < TOLERANCE and value_error < TOLERANCE, f"chunk {chunk}: cache error k={key_error:.3g} v={value_error:.3g}"
+
+
+@pytest.mark.parametrize("path", PARITY_SETS, ids=[p.stem for p in PARITY_SETS])
+def test_policies_differ_once_the_cache_is_full(path: Path) -> None:
+    """The vectors discriminate: the other policy misses them by far more than the tolerance."""
+    parity = load_parity_set(path)
+    if not parity.cache_config.bounded:
+        pytest.skip("unbounded set: no eviction policy to swap")
+    other = "sink" if parity.cache_config.policy == "memrope" else "memrope"
+    swapped = dataclasses.replace(parity, cache_config=dataclasses.replace(parity.cache_config, policy=other))
+    flow_errors, _ = _replay(swapped)
+    assert max(flow_errors) > 100 * TOLERANCE
