@@ -1,0 +1,183 @@
+"""Reading the parity vectors of the official implementation (``shared/parity``, see its README).
+
+A set ``NAME`` is three files in one folder: ``NAME.json`` (model, cache and pipeline settings and
+the list of model calls), ``NAME.weights.safetensors`` (official state dict) and
+``NAME.calls.safetensors`` (call inputs/outputs, ``context``, ``noise``, ``output``, cache dumps).
+:func:`load_parity_set` turns one into memrope objects; :func:`find_parity_sets` lists a folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+
+from memrope.config import MemRoPEConfig
+from memrope.models.wan import CausalWanModel, WanConfig
+
+PARITY_DIR_ENV = "MEMROPE_PARITY_DIR"
+_POLICY_OF_MODE = {"ema": "memrope", "eviction": "sink"}
+_IGNORED_MODEL_KEYS = ("model_type",)
+
+
+@dataclass(frozen=True)
+class ParityCall:
+    """One recorded model call: ``call{index}.x``/``.t``/``.flow`` in :attr:`ParitySet.tensors`."""
+
+    index: int
+    start_frame: int
+    num_frames: int
+
+
+@dataclass(frozen=True)
+class ParityPipeline:
+    """Pipeline settings of a set (official names in comments)."""
+
+    seed: int
+    batch: int
+    num_frames: int
+    chunk_frames: int  # frames_per_block
+    latent_hw: tuple[int, int]
+    channels: int
+    denoising_steps: tuple[int, ...]  # denoising_step_list
+    warp_denoising_step: bool
+    shift: float  # timestep_shift
+    context_noise: float
+    warped_timesteps: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class ParitySet:
+    """A parity set mapped onto memrope's configuration objects.
+
+    Attributes:
+        name: ``NAME`` of the files.
+        model_config: the tiny model's :class:`WanConfig`.
+        cache_config: the equivalent :class:`MemRoPEConfig` (policy, sizes, alphas, pooling).
+        pipeline: the pipeline settings.
+        frame_seqlen: tokens per latent frame.
+        calls: the recorded model calls, in order.
+        weights: the model's state dict (official key names).
+        tensors: the contents of ``NAME.calls.safetensors``.
+        raw: the JSON document as read.
+    """
+
+    name: str
+    model_config: WanConfig
+    cache_config: MemRoPEConfig
+    pipeline: ParityPipeline
+    frame_seqlen: int
+    calls: tuple[ParityCall, ...]
+    weights: dict[str, torch.Tensor]
+    tensors: dict[str, torch.Tensor]
+    raw: dict[str, Any]
+
+    def build_model(self) -> CausalWanModel:
+        """A float32 :class:`CausalWanModel` (CPU, eval mode) holding the set's weights (strict load)."""
+        model = CausalWanModel(self.model_config)
+        model.load_state_dict(self.weights, strict=True)
+        return model.eval()
+
+    def pipeline_inputs(self) -> tuple[torch.Generator, torch.Tensor, torch.Tensor]:
+        """Recreate the official draws: ``(generator, noise [B, F, C, H, W], context [B, 5, text_dim])``.
+
+        The returned generator is positioned after those draws, ready for the intermediate noises.
+        """
+        settings = self.pipeline
+        generator = torch.Generator("cpu").manual_seed(settings.seed)
+        shape = (settings.batch, settings.num_frames, settings.channels, *settings.latent_hw)
+        noise = torch.randn(shape, generator=generator)
+        text_dim = self.model_config.text_dim
+        context = torch.stack([torch.randn(5, text_dim, generator=generator) for _ in range(settings.batch)])
+        return generator, noise, context
+
+
+def cache_config_from_official(cache: dict[str, Any], chunk_frames: int) -> MemRoPEConfig:
+    """Map an official ``cache_config`` (``mode``, ``local_attn_size``, ...) to a :class:`MemRoPEConfig`.
+
+    ``mode`` ``ema`` -> policy ``memrope``, ``eviction`` -> ``sink``; ``local_attn_size`` -1 ->
+    policy ``full``; ``per_position_pooling_and_adaptive_alpha`` -> per-position pooling with the
+    adaptive short rate.
+    """
+    mode = cache.get("mode")
+    if mode not in _POLICY_OF_MODE:
+        raise ValueError(f"cache_config.mode must be one of {sorted(_POLICY_OF_MODE)}, got {mode!r}")
+    size = int(cache["local_attn_size"])
+    adaptive = bool(cache.get("per_position_pooling_and_adaptive_alpha", False))
+    values: dict[str, Any] = {
+        "policy": "full" if size == -1 else _POLICY_OF_MODE[mode],
+        "sink_frames": int(cache["sink_size"]),
+        "chunk_frames": int(chunk_frames),
+        "alpha_long": float(cache.get("ema_alpha_long", MemRoPEConfig.alpha_long)),
+        "alpha_short": float(cache.get("ema_alpha_short", MemRoPEConfig.alpha_short)),
+        "pooling": "per_position" if adaptive else "mean",
+        "adaptive_short_rate": adaptive,
+    }
+    if size != -1:
+        values["cache_frames"] = size
+    return MemRoPEConfig(**values)
+
+
+def find_parity_sets(directory: str | os.PathLike[str]) -> list[Path]:
+    """``NAME.json`` paths in ``directory`` whose two safetensors files exist, sorted by name."""
+    folder = Path(directory)
+    return sorted(
+        path
+        for path in folder.glob("*.json")
+        if _sibling(path, "weights").is_file() and _sibling(path, "calls").is_file()
+    )
+
+
+def load_parity_set(path_or_name: str | os.PathLike[str]) -> ParitySet:
+    """Load a parity set from ``NAME.json``'s path, or from a bare ``NAME`` in ``$MEMROPE_PARITY_DIR``."""
+    path = Path(path_or_name)
+    if path.suffix != ".json":
+        if path.parent == Path(".") and PARITY_DIR_ENV in os.environ:
+            path = Path(os.environ[PARITY_DIR_ENV]) / path
+        path = path.with_name(path.name + ".json")
+    if not path.is_file():
+        raise FileNotFoundError(f"parity set {os.fspath(path_or_name)!r} not found (looked for {path})")
+    raw = json.loads(path.read_text())
+    pipeline = _pipeline_settings(raw["pipeline"])
+    model_values = {k: v for k, v in raw["model_config"].items() if k not in _IGNORED_MODEL_KEYS}
+    model_values["patch_size"] = tuple(model_values["patch_size"])
+    calls = tuple(
+        ParityCall(int(c["index"]), int(c["start_frame"]), int(c["num_frames"])) for c in raw["calls"]
+    )
+    return ParitySet(
+        name=path.stem,
+        model_config=WanConfig(**model_values),
+        cache_config=cache_config_from_official(raw["cache_config"], pipeline.chunk_frames),
+        pipeline=pipeline,
+        frame_seqlen=int(raw["frame_seqlen"]),
+        calls=calls,
+        weights=load_file(_sibling(path, "weights")),
+        tensors=load_file(_sibling(path, "calls")),
+        raw=raw,
+    )
+
+
+def _pipeline_settings(values: dict[str, Any]) -> ParityPipeline:
+    height, width = values["latent_hw"]
+    return ParityPipeline(
+        seed=int(values["seed"]),
+        batch=int(values["batch"]),
+        num_frames=int(values["num_frames"]),
+        chunk_frames=int(values["frames_per_block"]),
+        latent_hw=(int(height), int(width)),
+        channels=int(values["channels"]),
+        denoising_steps=tuple(int(k) for k in values["denoising_step_list"]),
+        warp_denoising_step=bool(values["warp_denoising_step"]),
+        shift=float(values["timestep_shift"]),
+        context_noise=values["context_noise"],
+        warped_timesteps=tuple(float(t) for t in values.get("warped_timesteps", ())),
+    )
+
+
+def _sibling(json_path: Path, kind: str) -> Path:
+    return json_path.with_name(f"{json_path.stem}.{kind}.safetensors")

@@ -1,0 +1,572 @@
+"""Causal (chunk-by-chunk) inference for autoregressive video DiTs with a bounded KV cache.
+
+:class:`CausalInferencePipeline` reproduces the official Self-Forcing / LongLive / MemRoPE inference
+loop (SPEC §10): chunks of ``cache_config.chunk_frames`` latent frames are denoised with a few
+flow-matching steps each, then written back into the cache as clean context.
+
+* :meth:`CausalInferencePipeline.stream` yields one :class:`ChunkResult` per chunk as soon as it is
+  done and keeps nothing of earlier chunks: use it for long videos.
+* :meth:`CausalInferencePipeline.generate` concatenates the whole latent video (convenient for
+  short clips; its memory grows with the length).
+* A run can checkpoint itself (``save_every`` / ``checkpoint_path``) and be resumed bit-identically
+  (``resume_from``): the checkpoint holds the cache, the CPU generator state, the prompt
+  embeddings and the initial noise that is still to be used.
+
+Random numbers follow the official order: one CPU ``torch.Generator`` first draws the initial noise
+``[B, F, C, H, W]`` (unless ``noise`` is given), then every intermediate noise
+``[B * chunk, C, H, W]``, all in the pipeline dtype, then moved to the device. The initial noise
+therefore lives on the CPU for the whole run (``B*F*C*H*W`` elements); everything else is constant in
+the video length.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from memrope.cache import MemRoPECache
+from memrope.config import MemRoPEConfig
+from memrope.scheduler import FlowMatchScheduler
+
+DEFAULT_LATENT_HW = (60, 104)
+STATE_FORMAT = "memrope.pipeline_state"
+STATE_VERSION = 1
+_META_KEY = "memrope_pipeline_state"
+_CACHE_PREFIX = "cache."
+PathLike = str | os.PathLike[str]
+
+
+class CausalVideoModel(Protocol):
+    """What the pipeline needs from a causal video DiT (``memrope.models.wan.CausalWanModel``)."""
+
+    config: Any  # has in_dim, text_dim, text_len
+
+    def new_cache(
+        self,
+        cache_config: MemRoPEConfig,
+        batch_size: int,
+        latent_hw: tuple[int, int],
+        *,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> MemRoPECache: ...
+
+    def encode_context(self, text_embeds: torch.Tensor) -> Any: ...
+
+    def __call__(
+        self,
+        latents: torch.Tensor,
+        timesteps: torch.Tensor,
+        context: Any,
+        *,
+        cache: MemRoPECache,
+        start_frame: int,
+    ) -> torch.Tensor: ...
+
+
+class ChunkDecoder(Protocol):
+    """Turns the latents of one chunk ``[B, f, C, H, W]`` into video frames.
+
+    A decoder with a ``reset()`` method (a causal VAE with its own cache) is reset when a new video
+    starts; its state is not part of pipeline checkpoints.
+    """
+
+    def __call__(self, latents: torch.Tensor) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    """One generated chunk.
+
+    Attributes:
+        index: chunk number, from 0.
+        start_frame: first latent frame of the chunk in the video.
+        latents: clean latents ``[B, chunk_frames, C, H, W]`` in the pipeline dtype, on its device.
+        frames: the decoder's output for ``latents``, or ``None`` without a decoder.
+    """
+
+    index: int
+    start_frame: int
+    latents: torch.Tensor
+    frames: torch.Tensor | None = None
+
+
+@dataclass
+class _Run:
+    """Everything one video needs between chunks (what a checkpoint holds, plus derived objects)."""
+
+    text_embeds: torch.Tensor  # [B, L, text_dim], pipeline dtype, device
+    context: Any  # model.encode_context(text_embeds)
+    noise: torch.Tensor  # [B, num_frames - next_chunk * chunk_frames, C, H, W]: initial noise not used yet
+    generator: torch.Generator
+    cache: MemRoPECache
+    num_frames: int
+    next_chunk: int
+
+
+class CausalInferencePipeline:
+    """Chunk-by-chunk flow-matching generation with a :class:`~memrope.cache.MemRoPECache`.
+
+    Args:
+        model: a causal video DiT following :class:`CausalVideoModel` (``CausalWanModel``).
+        cache_config: the cache policy; ``cache_config.chunk_frames`` is the chunk size.
+        denoising_steps: nominal steps per chunk (official ``denoising_step_list``).
+        warp_denoising_step: map the steps onto the shifted schedule (official default ``True``).
+        shift: timestep shift of the schedule.
+        context_noise: timestep of the extra call that writes the clean chunk into the cache.
+        dtype: dtype of latents and noise (the model's weights should match it).
+        device: where latents live (default: the model's parameters' device).
+        decoder: optional :class:`ChunkDecoder` applied to every chunk.
+    """
+
+    def __init__(
+        self,
+        model: CausalVideoModel,
+        cache_config: MemRoPEConfig,
+        *,
+        denoising_steps: Sequence[int] = (1000, 750, 500, 250),
+        warp_denoising_step: bool = True,
+        shift: float = 5.0,
+        context_noise: float = 0,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+        decoder: ChunkDecoder | None = None,
+    ) -> None:
+        if not isinstance(cache_config, MemRoPEConfig):
+            raise TypeError(f"cache_config must be a MemRoPEConfig, got {type(cache_config).__name__}")
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise ValueError(
+                f"dtype must be a floating torch.dtype (torch.float32, torch.bfloat16, ...), got {dtype!r}"
+            )
+        if (
+            isinstance(context_noise, bool)
+            or not isinstance(context_noise, (int, float))
+            or context_noise < 0
+        ):
+            raise ValueError(f"context_noise must be a number >= 0, got {context_noise!r}")
+        self.model = model
+        self.cache_config = cache_config
+        self.scheduler = FlowMatchScheduler(shift=shift, sigma_min=0.0)
+        self.denoising_steps = tuple(denoising_steps)
+        self.warp_denoising_step = bool(warp_denoising_step)
+        self.context_noise = context_noise
+        self.dtype = dtype
+        self.device = torch.device(device) if device is not None else _model_device(model)
+        self.decoder = decoder
+        timesteps = self._step_timesteps()
+        self.timesteps = timesteps.to(self.device)
+        self._timestep_values = timesteps.tolist()
+        self._run: _Run | None = None
+
+    @property
+    def chunk_frames(self) -> int:
+        """Latent frames generated per chunk."""
+        return self.cache_config.chunk_frames
+
+    def _step_timesteps(self) -> torch.Tensor:
+        """float32 ``[S]`` timesteps of the denoising steps (warped or not)."""
+        if self.warp_denoising_step:
+            return self.scheduler.warp(self.denoising_steps)
+        steps = torch.as_tensor(self.denoising_steps)
+        if steps.ndim != 1 or steps.numel() == 0 or steps.is_floating_point() or steps.dtype == torch.bool:
+            raise ValueError(
+                f"denoising_steps must be a non-empty sequence of ints, got {self.denoising_steps!r}"
+            )
+        return steps.to(torch.float32)
+
+    # ------------------------------------------------------------------ public API
+    def generate(
+        self,
+        text_embeds: torch.Tensor,
+        *,
+        num_frames: int,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        seed: int | None = None,
+        latent_hw: tuple[int, int] | None = None,
+    ) -> torch.Tensor:
+        """Generate a whole latent video ``[B, num_frames, C, H, W]`` (see :meth:`stream`).
+
+        The result is held in memory at once; prefer :meth:`stream` for long videos.
+        """
+        chunks = self.stream(
+            text_embeds,
+            num_frames=num_frames,
+            noise=noise,
+            generator=generator,
+            seed=seed,
+            latent_hw=latent_hw,
+        )
+        return torch.cat([chunk.latents for chunk in chunks], dim=1)
+
+    def stream(
+        self,
+        text_embeds: torch.Tensor | None = None,
+        *,
+        num_frames: int | None = None,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        seed: int | None = None,
+        latent_hw: tuple[int, int] | None = None,
+        resume_from: PathLike | dict[str, Any] | None = None,
+        save_every: int | None = None,
+        checkpoint_path: PathLike | None = None,
+    ) -> Iterator[ChunkResult]:
+        """Generate chunk by chunk, yielding each :class:`ChunkResult` as soon as it is done.
+
+        Inputs are validated (and the initial noise drawn) when this is called, before iterating.
+
+        Args:
+            text_embeds: prompt embeddings ``[B, L, text_dim]``, ``1 <= L <= text_len``.
+            num_frames: latent frames to generate, a positive multiple of ``chunk_frames``.
+            noise: initial noise ``[B, num_frames, C, H, W]``; drawn from the generator when ``None``.
+            generator: CPU generator for all random draws (it is advanced); exclusive with ``seed``.
+            seed: seeds a fresh CPU generator; with neither, a random seed is used.
+            latent_hw: latent ``(H, W)`` when ``noise`` is not given (default ``(60, 104)``: 480x832).
+            resume_from: a checkpoint path or :meth:`state_dict` to continue from; excludes
+                ``text_embeds``, ``num_frames``, ``noise``, ``generator``, ``seed`` and ``latent_hw``.
+            save_every: write a checkpoint to ``checkpoint_path`` after every ``save_every`` chunks.
+            checkpoint_path: where periodic checkpoints go (replaced atomically).
+        """
+        _check_checkpointing(save_every, checkpoint_path)
+        if resume_from is None:
+            run = self._start_run(text_embeds, num_frames, noise, generator, seed, latent_hw)
+        else:
+            given = {
+                "text_embeds": text_embeds,
+                "num_frames": num_frames,
+                "noise": noise,
+                "generator": generator,
+                "seed": seed,
+                "latent_hw": latent_hw,
+            }
+            conflicting = [name for name, value in given.items() if value is not None]
+            if conflicting:
+                raise ValueError(
+                    f"resume_from restores the run; do not pass {', '.join(conflicting)} with it"
+                )
+            state = resume_from if isinstance(resume_from, dict) else self.load_state(resume_from)
+            run = self._restore_run(state)
+        self._run = run
+        return self._chunks(run, save_every, checkpoint_path)
+
+    def state_dict(self) -> dict[str, Any]:
+        """State of the current run, at the last chunk boundary.
+
+        Returns:
+            ``{"cache": cache.state_dict(), "generator_state": uint8 tensor, "text_embeds":
+            [B, L, text_dim], "noise": [B, F_left, C, H, W] (initial noise not used yet),
+            "meta": JSON-able dict}`` with ``meta`` holding ``next_chunk``, ``start_frame``,
+            ``num_frames`` and the settings a resume must share.
+        """
+        if self._run is None:
+            raise RuntimeError("state_dict() needs a run: call stream() or generate() first")
+        return self._state_of(self._run)
+
+    def save_state(self, path: PathLike) -> None:
+        """Write :meth:`state_dict` to ``path`` as safetensors (metadata as JSON), atomically."""
+        self._save(self.state_dict(), Path(path))
+
+    def _state_of(self, run: _Run) -> dict[str, Any]:
+        return {
+            "cache": run.cache.state_dict(),
+            "generator_state": run.generator.get_state(),
+            "text_embeds": run.text_embeds.detach().clone(),
+            "noise": run.noise.detach().clone(),
+            "meta": {
+                "format": STATE_FORMAT,
+                "version": STATE_VERSION,
+                "next_chunk": run.next_chunk,
+                "start_frame": run.next_chunk * self.chunk_frames,
+                "num_frames": run.num_frames,
+                **self._settings(),
+            },
+        }
+
+    @staticmethod
+    def _save(state: dict[str, Any], path: Path) -> None:
+        tensors = {_CACHE_PREFIX + name: tensor for name, tensor in state["cache"].items()}
+        tensors.update(
+            generator_state=state["generator_state"], text_embeds=state["text_embeds"], noise=state["noise"]
+        )
+        tensors = {name: tensor.detach().to("cpu").contiguous() for name, tensor in tensors.items()}
+        _atomic_save(tensors, {_META_KEY: json.dumps(state["meta"])}, path)
+
+    def load_state(self, path: PathLike) -> dict[str, Any]:
+        """Read a checkpoint written by :meth:`save_state`, in :meth:`state_dict` form (CPU tensors).
+
+        Raises:
+            ValueError: when the file is not a pipeline checkpoint or was written by a pipeline with
+                other settings (cache policy, steps, dtype, ...), which would not resume exactly.
+        """
+        with safe_open(os.fspath(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 (safe_open is not iterable)
+        if _META_KEY not in metadata:
+            raise ValueError(
+                f"{os.fspath(path)!r} is not a memrope pipeline checkpoint (no {_META_KEY!r} metadata)"
+            )
+        meta = json.loads(metadata[_META_KEY])
+        cache = {
+            name[len(_CACHE_PREFIX) :]: t for name, t in tensors.items() if name.startswith(_CACHE_PREFIX)
+        }
+        state = {"cache": cache, "meta": meta}
+        for name in ("generator_state", "text_embeds", "noise"):
+            if name not in tensors:
+                raise ValueError(f"{os.fspath(path)!r} is missing the tensor {name!r}")
+            state[name] = tensors[name]
+        self._check_state(state)
+        return state
+
+    # ------------------------------------------------------------------ run set-up
+    def _settings(self) -> dict[str, Any]:
+        """Settings a checkpoint must share with the pipeline that resumes it."""
+        return {
+            "chunk_frames": self.chunk_frames,
+            "cache_config": self.cache_config.to_dict(),
+            "timesteps": self._timestep_values,
+            "shift": self.scheduler.shift,
+            "context_noise": self.context_noise,
+            "dtype": str(self.dtype).removeprefix("torch."),
+        }
+
+    def _check_state(self, state: dict[str, Any]) -> None:
+        meta = state.get("meta", {})
+        if meta.get("format") != STATE_FORMAT or meta.get("version") != STATE_VERSION:
+            raise ValueError(
+                f"resume_from must be a {STATE_FORMAT} version {STATE_VERSION} state, "
+                f"got format={meta.get('format')!r} version={meta.get('version')!r}"
+            )
+        for name, expected in self._settings().items():
+            if meta.get(name) != expected:
+                raise ValueError(
+                    f"resume_from was saved with {name}={meta.get(name)!r} but this pipeline has "
+                    f"{name}={expected!r}; resume with a pipeline built the same way"
+                )
+
+    def _start_run(
+        self,
+        text_embeds: torch.Tensor | None,
+        num_frames: int | None,
+        noise: torch.Tensor | None,
+        generator: torch.Generator | None,
+        seed: int | None,
+        latent_hw: tuple[int, int] | None,
+    ) -> _Run:
+        text_embeds = self._check_text_embeds(text_embeds)
+        batch = text_embeds.shape[0]
+        num_frames = self._check_num_frames(num_frames)
+        generator = _make_generator(generator, seed)
+        if noise is None:
+            height, width = _check_latent_hw(latent_hw if latent_hw is not None else DEFAULT_LATENT_HW)
+            shape = (batch, num_frames, self.model.config.in_dim, height, width)
+            noise = torch.randn(shape, generator=generator, dtype=self.dtype)
+        else:
+            noise = self._check_noise(noise, batch, num_frames, latent_hw).to(self.dtype)
+        run = self._new_run(text_embeds, noise, generator, num_frames, 0)
+        if self.decoder is not None and hasattr(self.decoder, "reset"):
+            self.decoder.reset()
+        return run
+
+    def _restore_run(self, state: dict[str, Any]) -> _Run:
+        self._check_state(state)
+        meta = state["meta"]
+        generator = torch.Generator("cpu")
+        generator.set_state(state["generator_state"])
+        text_embeds = self._check_text_embeds(state["text_embeds"])
+        noise = state["noise"]
+        left = meta["num_frames"] - meta["start_frame"]
+        expected = (text_embeds.shape[0], left, self.model.config.in_dim)
+        if noise.ndim != 5 or tuple(noise.shape[:3]) != expected:
+            raise ValueError(
+                f"resume_from noise must have shape [{expected[0]}, {left}, {expected[2]}, H, W] "
+                f"(batch, frames left, channels), got {list(noise.shape)}"
+            )
+        run = self._new_run(
+            text_embeds, noise.to(self.dtype), generator, meta["num_frames"], meta["next_chunk"]
+        )
+        run.cache.load_state_dict(state["cache"])
+        return run
+
+    @torch.no_grad()
+    def _new_run(
+        self,
+        text_embeds: torch.Tensor,
+        noise: torch.Tensor,
+        generator: torch.Generator,
+        num_frames: int,
+        next_chunk: int,
+    ) -> _Run:
+        text_embeds = text_embeds.to(device=self.device, dtype=self.dtype)
+        latent_hw = (noise.shape[-2], noise.shape[-1])
+        cache = self.model.new_cache(
+            self.cache_config, text_embeds.shape[0], latent_hw, device=self.device, dtype=self.dtype
+        )
+        context = self.model.encode_context(text_embeds)
+        return _Run(text_embeds, context, noise, generator, cache, num_frames, next_chunk)
+
+    # ------------------------------------------------------------------ validation
+    def _check_text_embeds(self, text_embeds: torch.Tensor | None) -> torch.Tensor:
+        config = self.model.config
+        if not isinstance(text_embeds, torch.Tensor):
+            raise TypeError(
+                f"text_embeds must be a tensor [B, L, {config.text_dim}], got {type(text_embeds).__name__}"
+            )
+        shape = tuple(text_embeds.shape)
+        if (
+            text_embeds.ndim != 3
+            or shape[0] < 1
+            or not 1 <= shape[1] <= config.text_len
+            or shape[2] != config.text_dim
+        ):
+            raise ValueError(
+                f"text_embeds must have shape [B >= 1, 1 <= L <= {config.text_len}, {config.text_dim}], "
+                f"got {list(shape)}"
+            )
+        return text_embeds
+
+    def _check_num_frames(self, num_frames: int | None) -> int:
+        chunk = self.chunk_frames
+        if (
+            isinstance(num_frames, bool)
+            or not isinstance(num_frames, int)
+            or num_frames < chunk
+            or num_frames % chunk
+        ):
+            raise ValueError(
+                f"num_frames must be a positive multiple of chunk_frames={chunk} "
+                f"({chunk}, {2 * chunk}, {3 * chunk}, ...), got {num_frames!r}"
+            )
+        return num_frames
+
+    def _check_noise(
+        self, noise: torch.Tensor, batch: int, num_frames: int, latent_hw: tuple[int, int] | None
+    ) -> torch.Tensor:
+        channels = self.model.config.in_dim
+        hw = "H, W" if latent_hw is None else ", ".join(str(n) for n in _check_latent_hw(latent_hw))
+        expected = f"[{batch}, {num_frames}, {channels}, {hw}]"
+        if not isinstance(noise, torch.Tensor) or not noise.is_floating_point():
+            raise ValueError(f"noise must be a floating tensor {expected}, got {noise!r:.80}")
+        shape = tuple(noise.shape)
+        if noise.ndim != 5 or shape[:3] != (batch, num_frames, channels):
+            raise ValueError(f"noise must have shape {expected} (batch from text_embeds), got {list(shape)}")
+        if latent_hw is not None and shape[3:] != tuple(latent_hw):
+            raise ValueError(f"noise must have shape {expected} to match latent_hw, got {list(shape)}")
+        return noise
+
+    # ------------------------------------------------------------------ generation
+    @torch.no_grad()
+    def _chunks(
+        self, run: _Run, save_every: int | None, checkpoint_path: PathLike | None
+    ) -> Iterator[ChunkResult]:
+        chunk = self.chunk_frames
+        while run.next_chunk * chunk < run.num_frames:
+            index = run.next_chunk
+            start = index * chunk
+            x = run.noise[:, :chunk].to(device=self.device, dtype=self.dtype)
+            latents = self._denoise_chunk(run, x, start)
+            run.noise = run.noise[:, chunk:]
+            run.next_chunk = index + 1
+            if save_every is not None and checkpoint_path is not None and run.next_chunk % save_every == 0:
+                self._save(self._state_of(run), Path(checkpoint_path))
+            frames = self.decoder(latents) if self.decoder is not None else None
+            yield ChunkResult(index=index, start_frame=start, latents=latents, frames=frames)
+
+    def _denoise_chunk(self, run: _Run, x: torch.Tensor, start_frame: int) -> torch.Tensor:
+        """Denoise one chunk ``x [B, f, C, H, W]`` (pure noise) and commit it to the cache.
+
+        Returns:
+            the clean latents ``[B, f, C, H, W]``.
+        """
+        batch, frames = x.shape[:2]
+        steps = self.timesteps.numel()
+        x0 = x
+        for step in range(steps):
+            t = self.timesteps[step].expand(batch, frames).clone()
+            flow = self.model(x, t, run.context, cache=run.cache, start_frame=start_frame).to(self.device)
+            x0 = self.scheduler.to_x0(flow, x, t)
+            if step + 1 < steps:
+                fresh = torch.randn((batch * frames, *x.shape[2:]), generator=run.generator, dtype=self.dtype)
+                fresh = fresh.to(self.device).unflatten(0, (batch, frames))
+                t_next = self.timesteps[step + 1].expand(batch, frames)
+                x = self.scheduler.add_noise(x0, fresh, t_next)
+        t_context = torch.full(
+            (batch, frames), float(self.context_noise), dtype=torch.float32, device=self.device
+        )
+        self.model(x0, t_context, run.context, cache=run.cache, start_frame=start_frame)
+        return x0
+
+
+def _model_device(model: CausalVideoModel) -> torch.device:
+    """Device of the model's first parameter (CPU for a parameterless model)."""
+    parameters = getattr(model, "parameters", None)
+    if parameters is not None:
+        for parameter in parameters():
+            return parameter.device
+    return torch.device("cpu")
+
+
+def _make_generator(generator: torch.Generator | None, seed: int | None) -> torch.Generator:
+    if generator is not None and seed is not None:
+        raise ValueError("pass either generator or seed, not both")
+    if generator is not None:
+        if not isinstance(generator, torch.Generator) or generator.device.type != "cpu":
+            raise ValueError(
+                f"generator must be a CPU torch.Generator (noise is drawn on the CPU), got {generator!r}"
+            )
+        return generator
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise ValueError(f"seed must be an int or None, got {seed!r}")
+    fresh = torch.Generator("cpu")
+    if seed is None:
+        fresh.seed()
+    else:
+        fresh.manual_seed(seed)
+    return fresh
+
+
+def _check_latent_hw(latent_hw: object) -> tuple[int, int]:
+    if (
+        not isinstance(latent_hw, (tuple, list))
+        or len(latent_hw) != 2
+        or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in latent_hw)
+    ):
+        raise ValueError(
+            f"latent_hw must be a pair of positive ints (H, W), e.g. (60, 104), got {latent_hw!r}"
+        )
+    return int(latent_hw[0]), int(latent_hw[1])
+
+
+def _check_checkpointing(save_every: int | None, checkpoint_path: PathLike | None) -> None:
+    if save_every is None:
+        if checkpoint_path is not None:
+            raise ValueError("checkpoint_path needs save_every (a positive int: chunks between checkpoints)")
+        return
+    if isinstance(save_every, bool) or not isinstance(save_every, int) or save_every < 1:
+        raise ValueError(
+            f"save_every must be a positive int (chunks between checkpoints) or None, got {save_every!r}"
+        )
+    if checkpoint_path is None:
+        raise ValueError("save_every needs checkpoint_path (where to write the checkpoint)")
+
+
+def _atomic_save(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: Path) -> None:
+    """Write a safetensors file next to ``path`` and move it into place with ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        save_file(tensors, temporary, metadata=metadata)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
