@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 from einops import rearrange
+import torch.nn.functional as F
 from torch import nn
 
 from memrope.attention import attend, rope_on_the_fly
@@ -87,10 +88,12 @@ class RMSNorm(nn.Module):
 
 
 class LayerNorm(nn.LayerNorm):
-    """LayerNorm computed in float32 and cast back to the input dtype."""
+    """LayerNorm computed in float32 (affine parameters included) and cast back to the input dtype."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.float()).type_as(x)
+        weight = None if self.weight is None else self.weight.float()
+        bias = None if self.bias is None else self.bias.float()
+        return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).type_as(x)
 
 
 def sinusoidal_embedding(dim: int, positions: torch.Tensor) -> torch.Tensor:
