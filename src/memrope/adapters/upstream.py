@@ -1,0 +1,685 @@
+"""Make Self-Forcing / LongLive / official-MemRoPE inference code generate with a MemRoPE cache.
+
+Upstream code (SPEC §12) holds a causal inference *pipeline* whose ``generator`` (a
+``WanDiffusionWrapper``) wraps a causal Wan DiT (``generator.model``; LongLive wraps it with PEFT,
+the Wan model then sits at ``generator.model.base_model.model``). The pipeline allocates per-block
+cache dicts (``_initialize_kv_cache``, ``_initialize_crossattn_cache``) and calls the wrapper once per
+denoising step and once more on the clean chunk, passing ``current_start`` as a *token* offset.
+
+:func:`attach` accepts any of those three objects and patches, on the instance only:
+
+* the Wan model's ``forward``: calls that carry a cache (a list per block, or ``kv_cache=True`` with
+  the lists kept on the model as ``_kv_cache_attr`` / ``_crossattn_cache_attr``, as the official
+  MemRoPE 2-GPU mode does) run :func:`memrope.models.wan.run_block` / :func:`run_head` on the
+  upstream modules' own parameters (nothing is copied; LoRA layers are called as they are, so a
+  PEFT ``Linear`` computes ``base + scale * B(A(x))`` itself) with a :class:`MemRoPECache` created
+  lazily for the batch size and latent size of the call. Calls without a cache (training, the
+  bidirectional model) go to the original ``forward``.
+* when a pipeline is given, its ``_initialize_kv_cache`` and ``_initialize_crossattn_cache``: they
+  store small placeholder dicts with the upstream keys (``k``/``v`` with 0 tokens,
+  ``global_end_index``, ``local_end_index``; ``k``/``v``/``is_init`` for text), so no upstream
+  cache is ever allocated and upstream code that resets those entries keeps working.
+
+A new video starts (the MemRoPE cache is reset) when the per-block lists change (the pipeline
+re-initialises its caches), when the pipeline resets their ``global_end_index`` entries (Self-Forcing
+re-assigns them; an in-place ``fill_`` is noticed too), or when a call starts at frame 0 that cannot
+belong to the current video. Cross-attention keys and values are computed once per prompt: they are
+reused while the same context tensor comes back and the ``is_init`` flag of the text cache (which
+this adapter sets) has not been reset.
+
+Limits: one chunk size for every call (``cache_config.chunk_frames``: Self-Forcing's
+``independent_first_frame`` 1-frame first block is not supported), text-to-video only (no
+``clip_fea`` / ``y``), no ``cache_start`` other than ``current_start`` (LongLive's KV re-cache after a
+prompt switch: use :meth:`MemRoPECache.recaching` through :attr:`Attachment.cache` instead), and the
+modules must be on real devices (accelerate's meta-device offloading hooks are bypassed; a model
+dispatched over several GPUs works, each layer's cache lives beside its block).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Literal
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from memrope.cache import MemRoPECache
+from memrope.config import MemRoPEConfig
+from memrope.models.wan import CrossAttentionContext, run_block, run_head, sinusoidal_embedding
+from memrope.rope import RotaryEmbedding
+
+Kind = Literal["pipeline", "wrapper", "model"]
+_CONFIG_FIELDS = frozenset(field.name for field in dataclasses.fields(MemRoPEConfig))
+_ADAPTER_OPTIONS = frozenset({"merge_lora", "key_workspace"})
+_CALL_ARGUMENTS = (
+    "x", "t", "context", "seq_len", "clip_fea", "y", "kv_cache", "crossattn_cache", "current_start", "cache_start",
+)
+_WAN_MODULES = ("patch_embedding", "text_embedding", "time_embedding", "time_projection", "blocks", "head")
+_ATTACHED: weakref.WeakKeyDictionary[nn.Module, Attachment] = weakref.WeakKeyDictionary()
+_MISSING = object()
+
+
+# ---------------------------------------------------------------------------------------- discovery
+def _is_wan(module: object) -> bool:
+    return isinstance(module, nn.Module) and all(hasattr(module, name) for name in _WAN_MODULES)
+
+
+def _resolve_wan(module: object) -> nn.Module | None:
+    """The causal Wan model inside ``module``: itself, or PEFT's ``base_model.model``."""
+    if _is_wan(module):
+        return module  # type: ignore[return-value]
+    base = getattr(module, "base_model", None)
+    if base is not None and base is not module:
+        inner = getattr(base, "model", None)
+        if _is_wan(inner):
+            return inner  # type: ignore[return-value]
+        if _is_wan(base):
+            return base  # type: ignore[no-any-return]
+    return None
+
+
+def _classify(obj: object) -> tuple[Kind, Any, object | None, object | None]:
+    """``(kind, wan model, wrapper, pipeline)`` of what the user handed to :func:`attach`."""
+    generator = getattr(obj, "generator", None)
+    if generator is not None and _resolve_wan(getattr(generator, "model", None)) is not None:
+        return "pipeline", _resolve_wan(generator.model), generator, obj  # type: ignore[return-value]
+    wan = _resolve_wan(obj)
+    if wan is not None:
+        return "model", wan, None, None
+    wan = _resolve_wan(getattr(obj, "model", None))
+    if wan is not None:
+        return "wrapper", wan, obj, None
+    raise TypeError(
+        "attach() needs a causal inference pipeline (with .generator.model), a WanDiffusionWrapper "
+        "(with .model) or a causal Wan model (with patch_embedding, text_embedding, time_embedding, "
+        f"time_projection, blocks, head; PEFT-wrapped at .base_model.model), got {type(obj).__name__}"
+    )
+
+
+def _linear_features(module: Any) -> tuple[int, int]:
+    """``(in_features, out_features)`` of a Linear, LoRA-wrapped or not."""
+    base = getattr(module, "base_layer", module)
+    return int(base.in_features), int(base.out_features)
+
+
+@dataclass(frozen=True)
+class _Geometry:
+    """Sizes of the upstream Wan model, read from its modules (SPEC §9 names)."""
+
+    dim: int
+    num_heads: int
+    head_dim: int
+    num_layers: int
+    patch_size: tuple[int, int, int]
+    out_dim: int
+    text_dim: int
+    text_len: int
+    freq_dim: int
+
+    @classmethod
+    def of(cls, wan: Any) -> _Geometry:
+        patch = wan.patch_embedding
+        patch_size = tuple(int(p) for p in patch.kernel_size)
+        if len(patch_size) != 3 or patch_size[0] != 1:
+            raise ValueError(f"the Wan model's patch size must be (1, ph, pw), got {patch_size}")
+        attention = wan.blocks[0].self_attn
+        num_heads = int(attention.num_heads)
+        dim = int(patch.out_channels)
+        head_dim = int(getattr(attention, "head_dim", dim // num_heads))
+        out_features = _linear_features(wan.head.head)[1]
+        return cls(
+            dim=dim,
+            num_heads=num_heads,
+            head_dim=head_dim,
+            num_layers=len(wan.blocks),
+            patch_size=patch_size,  # type: ignore[arg-type]
+            out_dim=int(getattr(wan, "out_dim", out_features // math.prod(patch_size))),
+            text_dim=_linear_features(wan.text_embedding[0])[0],
+            text_len=int(getattr(wan, "text_len", 512)),
+            freq_dim=int(getattr(wan, "freq_dim", _linear_features(wan.time_embedding[0])[0])),
+        )
+
+
+# ------------------------------------------------------------------------------ change detection
+def _version(tensor: torch.Tensor) -> int | None:
+    """The in-place write counter of ``tensor`` (``None`` for inference tensors, which have none)."""
+    try:
+        return int(tensor._version)
+    except RuntimeError:
+        return None
+
+
+def _kv_token(kv_cache: object) -> tuple[object, int | None]:
+    """What identifies one upstream cache allocation and its resets, without reading device values.
+
+    The block-0 ``global_end_index`` tensor (re-assigned by Self-Forcing's reset, re-created by every
+    allocation) and its write counter (an in-place ``fill_(0)`` reset); else the list itself.
+    """
+    if isinstance(kv_cache, (list, tuple)) and kv_cache and isinstance(kv_cache[0], dict):
+        marker = kv_cache[0].get("global_end_index")
+        if isinstance(marker, torch.Tensor):
+            return marker, _version(marker)
+    return kv_cache, None
+
+
+def _same_token(a: tuple[object, int | None] | None, b: tuple[object, int | None]) -> bool:
+    return a is not None and a[0] is b[0] and a[1] == b[1]
+
+
+def _flag_token(crossattn_cache: object) -> tuple[object, object] | None:
+    """State of the block-0 ``is_init`` flag of an upstream text cache, or ``None`` without one."""
+    if not isinstance(crossattn_cache, (list, tuple)) or not crossattn_cache:
+        return None
+    entry = crossattn_cache[0]
+    if not isinstance(entry, dict) or "is_init" not in entry:
+        return None
+    flag = entry["is_init"]
+    if isinstance(flag, torch.Tensor):
+        return flag, _version(flag)
+    return entry, bool(flag)
+
+
+def _mark_text_cache_initialised(crossattn_cache: object) -> None:
+    """Set every block's ``is_init`` to true, as upstream attention does after filling it."""
+    if not isinstance(crossattn_cache, (list, tuple)):
+        return
+    for entry in crossattn_cache:
+        if not isinstance(entry, dict) or "is_init" not in entry:
+            continue
+        flag = entry["is_init"]
+        if isinstance(flag, torch.Tensor):
+            try:
+                flag.fill_(True)
+            except RuntimeError:  # an inference tensor outside inference mode: leave it
+                pass
+        else:
+            entry["is_init"] = True
+
+
+def _context_token(context: object) -> tuple[object, ...]:
+    tensors = list(context) if isinstance(context, (list, tuple)) else [context]
+    return tuple((tensor, _version(tensor) if isinstance(tensor, torch.Tensor) else None) for tensor in tensors)
+
+
+def _same_context(a: tuple[object, ...] | None, b: tuple[object, ...]) -> bool:
+    return a is not None and len(a) == len(b) and all(x[0] is y[0] and x[1] == y[1] for x, y in zip(a, b))  # type: ignore[index]
+
+
+# ------------------------------------------------------------------------------------------ LoRA
+def _lora_layers(wan: Any) -> list[Any]:
+    return [m for m in wan.modules() if hasattr(m, "base_layer") and hasattr(m, "lora_A") and hasattr(m, "lora_B")]
+
+
+def _active_adapters(layer: Any) -> list[str]:
+    active: Any = getattr(layer, "active_adapters", None)
+    if active is None:
+        active = getattr(layer, "active_adapter", "default")
+    names: list[str] = [active] if isinstance(active, str) else list(active)
+    return [name for name in names if name in layer.lora_A and name in layer.lora_B]
+
+
+def _lora_delta(layer: Any, name: str) -> torch.Tensor:
+    """``scale * B @ A`` of adapter ``name`` in float32 ``[out, in]``."""
+    if getattr(layer, "use_dora", {}).get(name, False):
+        raise NotImplementedError(f"merging DoRA adapters is not supported ({name!r})")
+    lora_a, lora_b = layer.lora_A[name], layer.lora_B[name]
+    if not (isinstance(lora_a, nn.Linear) and isinstance(lora_b, nn.Linear)):
+        raise NotImplementedError(f"only Linear LoRA adapters can be merged, got {type(lora_a).__name__}")
+    delta = lora_b.weight.float() @ lora_a.weight.float()
+    delta = delta * float(layer.scaling[name])
+    if getattr(layer, "fan_in_fan_out", False):
+        delta = delta.T
+    return delta
+
+
+@torch.no_grad()
+def _merge(layer: Any) -> tuple[Any, list[str]] | None:
+    """Merge the active adapters of one LoRA layer into its base weight; ``None`` if nothing to do."""
+    if getattr(layer, "merged", False) or getattr(layer, "merged_adapters", None):
+        return None
+    if callable(getattr(layer, "merge", None)) and callable(getattr(layer, "unmerge", None)):
+        layer.merge()
+        return layer, []
+    names = _active_adapters(layer)
+    weight = layer.base_layer.weight
+    for name in names:
+        weight.copy_((weight.float() + _lora_delta(layer, name).to(weight.device)).to(weight.dtype))
+    merged = getattr(layer, "merged_adapters", None)
+    if merged is None:
+        layer.merged_adapters = merged = []
+    merged.extend(names)
+    return layer, names
+
+
+@torch.no_grad()
+def _unmerge(layer: Any, names: list[str]) -> None:
+    if not names:
+        layer.unmerge()
+        return
+    weight = layer.base_layer.weight
+    for name in reversed(names):
+        weight.copy_((weight.float() - _lora_delta(layer, name).to(weight.device)).to(weight.dtype))
+        layer.merged_adapters.remove(name)
+
+
+# ------------------------------------------------------------------------------------ attachment
+@dataclass
+class _TextState:
+    context: CrossAttentionContext
+    source: tuple[object, ...]
+    flag: tuple[object, object] | None
+
+
+class Attachment:
+    """A live :func:`attach`: the patched objects, the MemRoPE cache and how to undo it all.
+
+    Use it as a context manager or call :meth:`remove`. Attributes: ``kind`` (``"pipeline"``,
+    ``"wrapper"`` or ``"model"``), ``model`` (the causal Wan model that was patched), ``wrapper``,
+    ``pipeline`` (``None`` when not given), ``cache_config``.
+    """
+
+    def __init__(
+        self,
+        *,
+        kind: Kind,
+        wan: Any,
+        wrapper: object | None,
+        pipeline: object | None,
+        cache_config: MemRoPEConfig,
+        key_workspace: str,
+    ) -> None:
+        self.kind = kind
+        self.model: Any = wan
+        self.wrapper = wrapper
+        self.pipeline = pipeline
+        self.cache_config = cache_config
+        self.key_workspace = key_workspace
+        self.geometry = _Geometry.of(wan)
+        self._cache: MemRoPECache | None = None
+        self._cache_key: tuple[object, ...] | None = None
+        self._kv: tuple[object, int | None] | None = None
+        self._text: _TextState | None = None
+        self._patches: list[tuple[object, str, object]] = []
+        self._merged: list[tuple[Any, list[str]]] = []
+        self._placeholders: list[object] = []
+        self._original_forward: Callable[..., Any] = wan.forward
+        self.active = False
+
+    # ----------------------------------------------------------------------------- public API
+    @property
+    def cache(self) -> MemRoPECache | None:
+        """The MemRoPE cache of the current video (``None`` before the first cached call)."""
+        return self._cache
+
+    def reset(self) -> None:
+        """Forget the current video and prompt: the next call starts a new video."""
+        if self._cache is not None:
+            self._cache.reset()
+        self._kv = None
+        self._text = None
+
+    def remove(self) -> None:
+        """Undo :func:`attach`: restore every patched attribute, unmerge LoRA, drop the cache.
+
+        Placeholder cache lists still held by the pipeline (``kv_cache1``, ``crossattn_cache``) or by
+        the model (``_kv_cache_attr``, ``_crossattn_cache_attr``) are set to ``None`` so the upstream
+        code allocates its own again. Calling it twice is harmless.
+        """
+        if not self.active:
+            return
+        for owner, name, previous in reversed(self._patches):
+            if previous is _MISSING:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, previous)
+        self._patches.clear()
+        while self._merged:
+            layer, names = self._merged.pop()
+            _unmerge(layer, names)
+        holders: list[tuple[object, tuple[str, str]]] = [
+            (self.pipeline, ("kv_cache1", "crossattn_cache")),
+            (self.model, ("_kv_cache_attr", "_crossattn_cache_attr")),
+        ]
+        for holder, attributes in holders:
+            for name in attributes:
+                if holder is not None and any(getattr(holder, name, None) is p for p in self._placeholders):
+                    setattr(holder, name, None)
+        self._placeholders.clear()
+        self._cache = None
+        self._cache_key = None
+        self._kv = None
+        self._text = None
+        self.active = False
+        if _ATTACHED.get(self.model) is self:
+            del _ATTACHED[self.model]
+
+    def __enter__(self) -> Attachment:  # noqa: PYI034 (Self needs Python 3.11)
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.remove()
+
+    def __repr__(self) -> str:
+        state = "active" if self.active else "removed"
+        return (
+            f"Attachment({self.kind}, {type(self.model).__name__}, policy={self.cache_config.policy!r}, "
+            f"{state}, cache={'none' if self._cache is None else 'allocated'})"
+        )
+
+    # ------------------------------------------------------------------------------- patching
+    def _patch(self, owner: object, name: str, value: object) -> None:
+        previous = owner.__dict__.get(name, _MISSING)
+        setattr(owner, name, value)
+        self._patches.append((owner, name, previous))
+
+    def _install(self, merge_lora: bool) -> None:
+        self.active = True
+        try:
+            if merge_lora:
+                for layer in _lora_layers(self.model):
+                    record = _merge(layer)
+                    if record is not None:
+                        self._merged.append(record)
+
+            def forward(*args: Any, **kwargs: Any) -> Any:
+                return self._forward(*args, **kwargs)
+
+            self._patch(self.model, "forward", forward)
+            pipeline = self.pipeline
+            if pipeline is not None:
+                if hasattr(pipeline, "_initialize_kv_cache"):
+                    self._patch(pipeline, "_initialize_kv_cache", self._placeholder_kv_cache)
+                if hasattr(pipeline, "_initialize_crossattn_cache"):
+                    self._patch(pipeline, "_initialize_crossattn_cache", self._placeholder_text_cache)
+                # drop caches upstream allocated before attach(): they would be passed to us and stay resident
+                for name in ("kv_cache1", "crossattn_cache"):
+                    if getattr(pipeline, name, None) is not None:
+                        setattr(pipeline, name, None)
+        except BaseException:
+            self.remove()
+            raise
+        _ATTACHED[self.model] = self
+
+    def _block_devices(self, device: torch.device | str | None) -> list[torch.device | str | None]:
+        devices = getattr(self.pipeline, "block_devices", None)
+        if devices is not None and len(devices) == self.geometry.num_layers:
+            return list(devices)
+        return [device] * self.geometry.num_layers
+
+    def _placeholder_kv_cache(
+        self, batch_size: int, dtype: torch.dtype, device: torch.device | str | None = None, *args: Any, **kwargs: Any
+    ) -> None:
+        """Stand-in for the pipeline's ``_initialize_kv_cache``: tiny dicts with the upstream keys."""
+        heads, head_dim = self.geometry.num_heads, self.geometry.head_dim
+        caches = [
+            {
+                "k": torch.zeros([batch_size, 0, heads, head_dim], dtype=dtype, device=d),
+                "v": torch.zeros([batch_size, 0, heads, head_dim], dtype=dtype, device=d),
+                "global_end_index": torch.tensor([0], dtype=torch.long, device=d),
+                "local_end_index": torch.tensor([0], dtype=torch.long, device=d),
+            }
+            for d in self._block_devices(device)
+        ]
+        self._placeholders = [p for p in self._placeholders if p is getattr(self.pipeline, "crossattn_cache", None)]
+        self._placeholders.append(caches)
+        self.pipeline.kv_cache1 = caches  # type: ignore[union-attr]
+
+    def _placeholder_text_cache(
+        self, batch_size: int, dtype: torch.dtype, device: torch.device | str | None = None, *args: Any, **kwargs: Any
+    ) -> None:
+        """Stand-in for the pipeline's ``_initialize_crossattn_cache``: tiny dicts with ``is_init``."""
+        heads, head_dim = self.geometry.num_heads, self.geometry.head_dim
+        caches = [
+            {
+                "k": torch.zeros([batch_size, 0, heads, head_dim], dtype=dtype, device=d),
+                "v": torch.zeros([batch_size, 0, heads, head_dim], dtype=dtype, device=d),
+                "is_init": torch.zeros([1], dtype=torch.bool, device=d),
+            }
+            for d in self._block_devices(device)
+        ]
+        self._placeholders = [p for p in self._placeholders if p is getattr(self.pipeline, "kv_cache1", None)]
+        self._placeholders.append(caches)
+        self.pipeline.crossattn_cache = caches  # type: ignore[union-attr]
+
+    # -------------------------------------------------------------------------------- forward
+    def _bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        if len(args) > len(_CALL_ARGUMENTS):
+            raise TypeError(f"the Wan model takes at most {len(_CALL_ARGUMENTS)} positional arguments, got {len(args)}")
+        call = dict(zip(_CALL_ARGUMENTS, args))
+        for name, value in kwargs.items():
+            if name in call:
+                raise TypeError(f"got multiple values for argument {name!r}")
+            call[name] = value
+        return call
+
+    def _forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        call = self._bind(args, kwargs)
+        kv_cache = call.get("kv_cache")
+        if kv_cache is None or kv_cache is False:
+            return self._original_forward(*args, **kwargs)  # type: ignore[no-any-return]
+        crossattn_cache = call.get("crossattn_cache")
+        if kv_cache is True:
+            kv_cache = getattr(self.model, "_kv_cache_attr", None)
+            if crossattn_cache is None:
+                crossattn_cache = getattr(self.model, "_crossattn_cache_attr", None)
+        for name in ("clip_fea", "y"):
+            if call.get(name) is not None:
+                raise NotImplementedError(f"the MemRoPE adapter supports text-to-video only ({name} was given)")
+        for name, value in call.items():
+            if name not in _CALL_ARGUMENTS and value is not None and value is not False:
+                raise NotImplementedError(f"the MemRoPE adapter does not support {name}={value!r}")
+        return self._cached_forward(call, kv_cache, crossattn_cache)
+
+    def _cached_forward(self, call: dict[str, Any], kv_cache: object, crossattn_cache: object) -> torch.Tensor:
+        wan, geometry = self.model, self.geometry
+        x = call.get("x")
+        if isinstance(x, (list, tuple)):
+            x = torch.stack(list(x))
+        if not isinstance(x, torch.Tensor) or x.ndim != 5:
+            raise ValueError(f"x must be latents [B, C, F, H, W] (or a list of [C, F, H, W]), got {type(x).__name__}")
+        batch, _, frames, height, width = x.shape
+        _, patch_h, patch_w = geometry.patch_size
+        if height % patch_h or width % patch_w:
+            raise ValueError(f"latent height/width must be multiples of the patch size {(patch_h, patch_w)}, got {(height, width)}")
+        grid = (height // patch_h, width // patch_w)
+        frame_seqlen = grid[0] * grid[1]
+        timesteps = call.get("t")
+        if not isinstance(timesteps, torch.Tensor):
+            raise TypeError("t must be a tensor of timesteps [B, F] (or [B])")
+        if timesteps.ndim == 1:
+            timesteps = timesteps[:, None].expand(batch, frames)
+        if tuple(timesteps.shape) != (batch, frames):
+            raise ValueError(f"t must have shape [B, F] = {[batch, frames]}, got {list(timesteps.shape)}")
+        current_start = int(call.get("current_start") or 0)
+        cache_start = call.get("cache_start")
+        if cache_start is not None and int(cache_start) != current_start:
+            raise NotImplementedError(
+                "cache_start != current_start (LongLive KV re-cache) is not supported by the adapter; "
+                "use attachment.cache.recaching() for prompt switches"
+            )
+        if current_start % frame_seqlen:
+            raise ValueError(
+                f"current_start={current_start} is not a whole number of frames of {frame_seqlen} tokens "
+                f"(latents {height}x{width}, patch {(patch_h, patch_w)})"
+            )
+        start_frame = current_start // frame_seqlen
+        dtype = wan.patch_embedding.weight.dtype
+        cache = self._cache_for(batch, grid, dtype, kv_cache, start_frame)
+        context = self._text_context(call.get("context"), crossattn_cache, batch)
+
+        tokens = wan.patch_embedding(x.to(dtype)).flatten(2).transpose(1, 2)
+        time_embedding, modulation = self._embed_time(timesteps, tokens.dtype)
+        for index, block in enumerate(wan.blocks):
+            device = block.modulation.device
+            tokens = run_block(
+                block,
+                tokens.to(device),
+                modulation.to(device),
+                context.keys[index],
+                context.values[index],
+                cache=cache,
+                layer=index,
+                start_frame=start_frame,
+            )
+        head_device = wan.head.modulation.device
+        out = run_head(wan.head, tokens.to(head_device), time_embedding.to(head_device))
+        return rearrange(
+            out,
+            "b (f h w) (pf ph pw c) -> b c (f pf) (h ph) (w pw)",
+            f=frames, h=grid[0], w=grid[1], pf=1, ph=patch_h, pw=patch_w, c=geometry.out_dim,
+        )
+
+    def _embed_time(self, timesteps: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """Time embedding ``[B, F, 1, dim]`` and block modulation ``[B, F, 6, dim]`` (as CausalWanModel)."""
+        wan = self.model
+        sinusoid = sinusoidal_embedding(self.geometry.freq_dim, timesteps.flatten()).to(dtype)
+        sinusoid = sinusoid.to(next(wan.time_embedding.parameters()).device)
+        embedding = wan.time_embedding(sinusoid)
+        modulation = wan.time_projection(embedding).unflatten(1, (6, self.geometry.dim))
+        return embedding.unflatten(0, timesteps.shape).unsqueeze(2), modulation.unflatten(0, timesteps.shape)
+
+    # ---------------------------------------------------------------------------------- caches
+    def _cache_for(
+        self, batch: int, grid: tuple[int, int], dtype: torch.dtype, kv_cache: object, start_frame: int
+    ) -> MemRoPECache:
+        layer_devices = [block.modulation.device for block in self.model.blocks]
+        key = (batch, grid, dtype, tuple(layer_devices))
+        token = _kv_token(kv_cache)
+        new_video = not _same_token(self._kv, token)
+        if self._cache is None or self._cache_key != key:
+            geometry = self.geometry
+            self._cache = MemRoPECache(
+                self.cache_config,
+                num_layers=geometry.num_layers,
+                batch_size=batch,
+                num_heads=geometry.num_heads,
+                head_dim=geometry.head_dim,
+                frame_shape=grid,
+                dtype=dtype,
+                layer_devices=layer_devices,
+                rope=RotaryEmbedding(geometry.head_dim, max_positions=self.cache_config.max_positions),
+                key_workspace=self.key_workspace,  # type: ignore[arg-type]
+            )
+            self._cache_key = key
+        elif new_video:
+            self._cache.reset()
+        else:
+            state = self._cache.layers[0]
+            if start_frame == 0 and state.end_frame > 0 and state.chunk_start != 0:
+                self._cache.reset()  # a new video in the same lists, without a reset we could see
+        self._kv = token
+        return self._cache
+
+    def _text_context(self, context: object, crossattn_cache: object, batch: int) -> CrossAttentionContext:
+        source = _context_token(context)
+        text = self._text
+        if text is not None and _same_context(text.source, source):
+            flag = _flag_token(crossattn_cache)
+            if flag is None or (text.flag is not None and flag[0] is text.flag[0] and flag[1] == text.flag[1]):
+                return text.context
+        encoded = self._encode_text(context)
+        if encoded.batch_size != batch:
+            raise ValueError(f"context batch {encoded.batch_size} does not match latents batch {batch}")
+        _mark_text_cache_initialised(crossattn_cache)
+        self._text = _TextState(encoded, source, _flag_token(crossattn_cache))
+        return encoded
+
+    def _encode_text(self, context: object) -> CrossAttentionContext:
+        """Cross-attention keys/values of every block for ``[B, L, text_dim]`` or a list of ``[L_i, text_dim]``."""
+        wan, geometry = self.model, self.geometry
+        first = wan.text_embedding[0]
+        weight = getattr(first, "base_layer", first).weight
+        if isinstance(context, torch.Tensor):
+            if context.ndim != 3 or context.shape[-1] != geometry.text_dim or context.shape[1] > geometry.text_len:
+                raise ValueError(
+                    f"context must have shape [B, L <= {geometry.text_len}, {geometry.text_dim}], got {list(context.shape)}"
+                )
+            padding = context.new_zeros(context.shape[0], geometry.text_len - context.shape[1], context.shape[2])
+            padded = torch.cat([context, padding], dim=1)
+        elif isinstance(context, Sequence) and context and all(isinstance(u, torch.Tensor) for u in context):
+            rows = []
+            for u in context:
+                if u.ndim != 2 or u.shape[-1] != geometry.text_dim or u.shape[0] > geometry.text_len:
+                    raise ValueError(f"each context item must be [L <= {geometry.text_len}, {geometry.text_dim}], got {list(u.shape)}")
+                rows.append(torch.cat([u, u.new_zeros(geometry.text_len - u.shape[0], u.shape[1])]))
+            padded = torch.stack(rows)
+        else:
+            raise ValueError(f"context must be a tensor [B, L, {geometry.text_dim}] or a list of [L, {geometry.text_dim}] tensors")
+        embedded = wan.text_embedding(padded.to(device=weight.device, dtype=weight.dtype))
+        keys, values = [], []
+        heads, head_dim = geometry.num_heads, geometry.head_dim
+        for block in wan.blocks:
+            attention = block.cross_attn
+            source = embedded.to(block.modulation.device)
+            keys.append(attention.norm_k(attention.k(source)).unflatten(-1, (heads, head_dim)))
+            values.append(attention.v(source).unflatten(-1, (heads, head_dim)))
+        return CrossAttentionContext(tuple(keys), tuple(values))
+
+
+# ---------------------------------------------------------------------------------------- attach
+def attach(obj: object, cache_config: MemRoPEConfig | None = None, **options: Any) -> Attachment:
+    """Make an upstream pipeline, ``WanDiffusionWrapper`` or causal Wan model generate with MemRoPE.
+
+    Args:
+        obj: a causal inference pipeline (``.generator.model``), its generator wrapper (``.model``),
+            or the causal Wan model (bare or PEFT-wrapped: ``.base_model.model``).
+        cache_config: the cache policy; default :class:`MemRoPEConfig` (paper settings) with
+            ``chunk_frames`` taken from the upstream ``num_frame_per_block``.
+        **options: any :class:`MemRoPEConfig` field (overrides ``cache_config``), plus
+            ``merge_lora`` (default ``False``): merge the active LoRA adapters into the base
+            weights in place for speed (PEFT's own ``merge()`` when the layer has it); :meth:`Attachment.remove`
+            unmerges by subtracting the same delta, so the weights come back up to float rounding
+            (not bit for bit), and ``key_workspace`` (``"per_layer"`` or ``"shared"``, see
+            :class:`MemRoPECache`).
+
+    Returns:
+        the :class:`Attachment`; a context manager whose exit (or :meth:`Attachment.remove`)
+        restores everything.
+
+    Raises:
+        TypeError: for an object of another shape or an unknown option.
+        ValueError: when ``chunk_frames`` disagrees with the pipeline's ``num_frame_per_block``.
+        RuntimeError: when the model is already attached.
+    """
+    unknown = sorted(set(options) - _CONFIG_FIELDS - _ADAPTER_OPTIONS)
+    if unknown:
+        raise TypeError(f"attach() got unknown options {unknown}; valid: {sorted(_CONFIG_FIELDS | _ADAPTER_OPTIONS)}")
+    if cache_config is not None and not isinstance(cache_config, MemRoPEConfig):
+        raise TypeError(f"cache_config must be a MemRoPEConfig or None, got {type(cache_config).__name__}")
+    kind, wan, wrapper, pipeline = _classify(obj)
+    existing = _ATTACHED.get(wan)
+    if existing is not None and existing.active:
+        raise RuntimeError(f"this model is already attached ({existing!r}); remove() it first")
+    upstream_chunk = getattr(pipeline, "num_frame_per_block", None)
+    if not isinstance(upstream_chunk, int) or isinstance(upstream_chunk, bool):
+        upstream_chunk = None
+    overrides = {name: value for name, value in options.items() if name in _CONFIG_FIELDS}
+    if cache_config is None:
+        defaults: dict[str, Any] = {}
+        chunk = upstream_chunk if upstream_chunk is not None else getattr(wan, "num_frame_per_block", None)
+        if isinstance(chunk, int) and not isinstance(chunk, bool) and chunk >= 1:
+            defaults["chunk_frames"] = chunk
+        cache_config = MemRoPEConfig(**{**defaults, **overrides})
+    elif overrides:
+        cache_config = dataclasses.replace(cache_config, **overrides)
+    if upstream_chunk is not None and upstream_chunk != cache_config.chunk_frames:
+        raise ValueError(
+            f"cache_config.chunk_frames={cache_config.chunk_frames} but the pipeline generates "
+            f"num_frame_per_block={upstream_chunk} frames per chunk"
+        )
+    key_workspace = options.get("key_workspace", "per_layer")
+    if key_workspace not in ("per_layer", "shared"):
+        raise ValueError(f"key_workspace must be 'per_layer' or 'shared', got {key_workspace!r}")
+    attachment = Attachment(
+        kind=kind, wan=wan, wrapper=wrapper, pipeline=pipeline, cache_config=cache_config, key_workspace=key_workspace
+    )
+    attachment._install(bool(options.get("merge_lora", False)))
+    return attachment

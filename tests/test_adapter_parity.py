@@ -1,0 +1,95 @@
+"""Parity through the drop-in adapter: every parity set, replayed on upstream-shaped stand-ins.
+
+Each set in ``$MEMROPE_PARITY_DIR`` (default ``../shared/parity``) is loaded into the stand-in model
+of every upstream variant (Self-Forcing, LongLive with PEFT-wrapped LoRA layers whose deltas are
+zero, official MemRoPE with ``kv_cache=True``), the pipeline is attached, and
+
+1. every recorded call is fed through the generator wrapper with ``current_start = start_frame *
+   frame_seqlen`` (flows compared at 1e-4);
+2. the stand-in pipeline regenerates the set's video from its seed (``output`` compared at 1e-4).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from upstream_standins import VARIANTS, LoraLinearStandin, build_pipeline
+
+from memrope.adapters import attach
+from memrope.parity import PARITY_DIR_ENV, ParitySet, find_parity_sets, load_parity_set
+
+TOLERANCE = 1e-4
+DEFAULT_PARITY_DIR = Path(__file__).resolve().parents[2] / "shared" / "parity"
+PARITY_DIR = Path(os.environ.get(PARITY_DIR_ENV, DEFAULT_PARITY_DIR))
+PARITY_SETS = find_parity_sets(PARITY_DIR) if PARITY_DIR.is_dir() else []
+CASES = [pytest.param(path, variant, id=f"{path.stem}-{variant}") for path in PARITY_SETS for variant in VARIANTS]
+
+
+def test_parity_sets_are_present() -> None:
+    assert PARITY_SETS, f"no parity sets found in {PARITY_DIR} (set {PARITY_DIR_ENV})"
+
+
+def _standin_pipeline(parity: ParitySet, variant: str):  # type: ignore[no-untyped-def]
+    settings = parity.pipeline
+    cache = parity.raw["cache_config"]
+    pipe = build_pipeline(
+        variant,
+        parity.model_config.to_dict(),
+        chunk_frames=settings.chunk_frames,
+        latent_hw=settings.latent_hw,
+        local_attn_size=int(cache["local_attn_size"]),
+        sink_size=int(cache["sink_size"]),
+        denoising_step_list=settings.denoising_steps,
+        warp_denoising_step=settings.warp_denoising_step,
+        shift=settings.shift,
+        context_noise=settings.context_noise,
+        state_dict=parity.weights,
+    )
+    assert pipe.frame_seq_length == parity.frame_seqlen
+    with torch.no_grad():  # LoRA layers stay in the call path, with zero deltas so the weights are the set's
+        for module in pipe.wan[0].modules():
+            if isinstance(module, LoraLinearStandin):
+                module.lora_B["default"].weight.zero_()
+    return pipe
+
+
+@pytest.mark.parametrize(("path", "variant"), CASES)
+def test_call_replay_through_the_adapter(path: Path, variant: str) -> None:
+    parity = load_parity_set(path)
+    pipe = _standin_pipeline(parity, variant)
+    tensors = parity.tensors
+    context = tensors["context"]
+    batch = context.shape[0]
+    errors = []
+    with attach(pipe, parity.cache_config) as attachment, torch.no_grad():
+        pipe._initialize_kv_cache(batch_size=batch, dtype=torch.float32, device=torch.device("cpu"))
+        pipe._initialize_crossattn_cache(batch_size=batch, dtype=torch.float32, device=torch.device("cpu"))
+        pipe.wan[0]._kv_cache_attr = pipe.kv_cache1  # what the official pipeline does for kv_cache=True
+        pipe.wan[0]._crossattn_cache_attr = pipe.crossattn_cache
+        for call in parity.calls:
+            flow, _ = pipe.generator(
+                noisy_image_or_video=tensors[f"call{call.index}.x"],
+                conditional_dict={"prompt_embeds": context},
+                timestep=tensors[f"call{call.index}.t"],
+                kv_cache=pipe.kv_cache1,
+                crossattn_cache=pipe.crossattn_cache,
+                current_start=call.start_frame * parity.frame_seqlen,
+            )
+            errors.append((flow - tensors[f"call{call.index}.flow"]).abs().max().item())
+        assert attachment.cache is not None and attachment.cache.config == parity.cache_config
+    worst = max(errors)
+    assert worst <= TOLERANCE, f"{parity.name}/{variant}: worst flow error {worst:.3e} at call {errors.index(worst)}"
+
+
+@pytest.mark.parametrize(("path", "variant"), CASES)
+def test_pipeline_output_through_the_adapter(path: Path, variant: str) -> None:
+    parity = load_parity_set(path)
+    pipe = _standin_pipeline(parity, variant)
+    generator, noise, context = parity.pipeline_inputs()
+    with attach(pipe, parity.cache_config), torch.no_grad():
+        output = pipe.inference(noise, context, generator=generator)
+    error = (output - parity.tensors["output"]).abs().max().item()
+    assert error <= TOLERANCE, f"{parity.name}/{variant}: output error {error:.3e}"
