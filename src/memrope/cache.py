@@ -304,7 +304,9 @@ class MemRoPECache:
         if state.filled_frames + chunk <= capacity:
             state.chunk_slot = state.filled_frames
             state.filled_frames += chunk
-            state.slot_frames.extend(range(start_frame, start_frame + chunk))
+            # a list, not range(start_frame, ...): under torch.compile a symbolic range end would
+            # specialise start_frame and recompile every chunk
+            state.slot_frames.extend([start_frame + offset for offset in range(chunk)])
         else:
             evicted = state.filled_frames + chunk - capacity
             sink = self.config.sink_frames
@@ -315,7 +317,7 @@ class MemRoPECache:
             kept = state.slot_frames[evict_from + evicted :]
             memory_labels = [LONG_MEMORY_SLOT, SHORT_MEMORY_SLOT][: self.config.memory_frames]
             state.slot_frames = state.slot_frames[:sink] + memory_labels + kept
-            state.slot_frames.extend(range(start_frame, start_frame + chunk))
+            state.slot_frames.extend([start_frame + offset for offset in range(chunk)])
             state.chunk_slot = capacity - chunk
             state.filled_frames = capacity
             state.roped_frames = min(state.roped_frames, sink)
