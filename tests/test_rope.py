@@ -303,3 +303,51 @@ def test_other_constructor_errors() -> None:
     with pytest.raises(ValueError, match="max_positions must be an int >= 1, got 0"):
         RotaryEmbedding(8, max_positions=0)
     assert "axis_pairs=(2, 1, 1)" in repr(RotaryEmbedding(8))
+
+
+@pytest.mark.parametrize("pairing", ["interleaved", "rotate_half"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_bit_identical_to_the_plain_expression_with_and_without_out(pairing: str, dtype: torch.dtype) -> None:
+    gen = torch.Generator().manual_seed(7)
+    rope = RotaryEmbedding(24, pairing=pairing)  # type: ignore[arg-type]
+    cos, sin = rope.cos_sin(random_positions(gen, 10, 3))
+    x = (torch.randn(2, 10, 3, 24, generator=gen) * 4).to(dtype)
+    x[0, 0, 0, :4] = torch.tensor([0.0, -0.0, -0.0, 0.0])
+    compute = torch.promote_types(dtype, torch.float32)
+    values = x.to(compute)
+    if pairing == "interleaved":
+        pairs = values.unflatten(-1, (-1, 2))
+        partner = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
+    else:
+        first, second = values.chunk(2, dim=-1)
+        partner = torch.cat((-second, first), dim=-1)
+    plain = (values * cos.to(compute)[:, None] + partner * sin.to(compute)[:, None]).to(dtype)
+    bits = {torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float64: torch.int64}[dtype]
+    got = rope.apply(x, cos, sin)
+    assert got.dtype == dtype and torch.equal(got.view(bits), plain.view(bits))
+    out = torch.full_like(x, float("nan"))
+    returned = rope.apply(x, cos, sin, out=out)
+    assert returned.data_ptr() == out.data_ptr() and torch.equal(out.view(bits), plain.view(bits))
+    # a strided view as out (a slice of a larger buffer, as the cache's workspace)
+    big = torch.zeros(2, 30, 3, 24, dtype=dtype)
+    rope.apply(x, cos, sin, out=big[:, 5:15])
+    assert (
+        torch.equal(big[:, 5:15].view(bits), plain.view(bits))
+        and not big[:, :5].any()
+        and not big[:, 15:].any()
+    )
+
+
+@pytest.mark.parametrize("pairing", ["interleaved", "rotate_half"])
+def test_gradients_flow_through_the_rotation(pairing: str) -> None:
+    gen = torch.Generator().manual_seed(8)
+    rope = RotaryEmbedding(12, pairing=pairing)  # type: ignore[arg-type]
+    cos, sin = rope.cos_sin(random_positions(gen, 5, 3))
+    x = torch.randn(1, 5, 2, 12, generator=gen, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(1, 5, 2, 12, generator=gen, dtype=torch.float64)
+    (rope.apply(x, cos, sin) * weight).sum().backward()
+    assert x.grad is not None
+    # the rotation is orthogonal: the gradient is the weight rotated back
+    torch.testing.assert_close(x.grad, apply_rotary(weight, cos, -sin, pairing), rtol=0, atol=1e-6)  # type: ignore[arg-type]
+    with torch.no_grad():
+        assert torch.equal(rope.apply(x, cos, sin), rope.apply(x.detach(), cos, sin))

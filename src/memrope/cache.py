@@ -291,7 +291,7 @@ class MemRoPECache:
         tokens = self.frame_seqlen
         for frame in range(first, state.filled_frames):
             span = slice(frame * tokens, (frame + 1) * tokens)
-            workspace[:, span] = self.rope.apply(state.keys[:, span], slot_cos[span], slot_sin[span])
+            self.rope.apply(state.keys[:, span], slot_cos[span], slot_sin[span], out=workspace[:, span])
         state.roped_frames = state.filled_frames
         return workspace
 

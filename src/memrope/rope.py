@@ -19,6 +19,7 @@ import torch
 Pairing = Literal["interleaved", "rotate_half"]
 PAIRINGS: tuple[str, ...] = ("interleaved", "rotate_half")
 DEFAULT_THETA = 10000.0
+ROTARY_BLOCK_ELEMENTS = 1 << 21  # tokens are rotated in blocks of at most this many elements
 
 
 def wan_axis_pairs(head_dim: int) -> tuple[int, int, int]:
@@ -125,9 +126,14 @@ class RotaryEmbedding:
             angles = torch.cat([angles, angles], dim=1)
         return angles.cos().to(device=device, dtype=torch.float32), angles.sin().to(device=device, dtype=torch.float32)
 
-    def apply(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """Rotate ``x`` ``[B, N, H, D]`` by tables ``[N, D]``; computed in float32, returned in ``x.dtype``."""
-        return apply_rotary(x, cos, sin, self.pairing)
+    def apply(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Rotate ``x`` ``[B, N, H, D]`` by tables ``[N, D]``; computed in float32, returned in ``x.dtype``.
+
+        ``out`` (shape and dtype of ``x``) receives the result instead of a new tensor.
+        """
+        return apply_rotary(x, cos, sin, self.pairing, out=out)
 
     def __repr__(self) -> str:
         return (
@@ -136,23 +142,57 @@ class RotaryEmbedding:
         )
 
 
-def _rotate_pairs(x: torch.Tensor, pairing: Pairing) -> torch.Tensor:
-    """The partner of every channel, signed: ``(-x[2i+1], x[2i])`` or ``(-x[i+d/2], x[i])``."""
+def _swap_pairs(x: torch.Tensor, pairing: Pairing) -> torch.Tensor:
+    """Every channel's partner, in a new tensor: ``(x[2i+1], x[2i])`` or ``(x[i+d/2], x[i])``."""
     if pairing == "interleaved":
-        pairs = x.unflatten(-1, (-1, 2))
-        return torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
+        return x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
     first, second = x.chunk(2, dim=-1)
-    return torch.cat((-second, first), dim=-1)
+    return torch.cat((second, first), dim=-1)
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pairing: Pairing = "interleaved") -> torch.Tensor:
+def _partner_signs(head_dim: int, pairing: Pairing, like: torch.Tensor) -> torch.Tensor:
+    """``-1`` for the channels whose partner enters negated (``x[2i]`` or ``x[i < d/2]``), else ``+1``."""
+    signs = torch.ones(head_dim, dtype=like.dtype, device=like.device)
+    if pairing == "interleaved":
+        signs[0::2] = -1
+    else:
+        signs[: head_dim // 2] = -1
+    return signs
+
+
+def apply_rotary(
+    x: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    pairing: Pairing = "interleaved",
+    *,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
     """RoPE of ``x`` ``[B, N, H, D]`` with per-token tables ``cos, sin`` ``[N, D]`` (float32).
 
-    The rotation is computed in float32 (float64 inputs stay float64) and cast back to ``x.dtype``.
+    The rotation is computed in float32 (float64 inputs stay float64) and cast back to ``x.dtype``:
+    ``x * cos + partner(x) * sin`` with ``partner = (-x[2i+1], x[2i])`` (interleaved) or
+    ``(-x[i+d/2], x[i])`` (rotate-half), bit-identical to that expression. The sign is folded into
+    the small sin table, and tokens are rotated in blocks of at most ``ROTARY_BLOCK_ELEMENTS``
+    elements written straight into the result, so temporaries stay small. ``out`` (the shape of
+    ``x``, any floating dtype) receives the result instead of a new tensor in ``x.dtype``.
     """
     compute_dtype = torch.promote_types(x.dtype, torch.float32)
-    values = x.to(compute_dtype)
-    cos = cos.to(compute_dtype)[:, None, :]
-    sin = sin.to(compute_dtype)[:, None, :]
-    rotated = values * cos + _rotate_pairs(values, pairing) * sin
-    return rotated.to(x.dtype)
+    if out is None:
+        out = torch.empty_like(x)
+    cos = cos.to(compute_dtype)
+    sin = sin.to(compute_dtype)
+    signed_sin = sin * _partner_signs(x.shape[-1], pairing, sin)
+    # out= kernels do not record autograd; with gradients the same sums go through differentiable ops
+    differentiable = torch.is_grad_enabled() and (x.requires_grad or cos.requires_grad or sin.requires_grad)
+    tokens = x.shape[1]
+    step = max(1, ROTARY_BLOCK_ELEMENTS // max(x.numel() // max(tokens, 1), 1))
+    for begin in range(0, tokens, step):
+        block = slice(begin, begin + step)
+        values = x[:, block].to(compute_dtype)
+        partner = _swap_pairs(values, pairing) * signed_sin[block, None, :]
+        if out.dtype == compute_dtype and not differentiable:
+            torch.mul(values, cos[block, None, :], out=out[:, block]).add_(partner)
+        else:
+            out[:, block] = values * cos[block, None, :] + partner
+    return out
