@@ -3,11 +3,15 @@ checkpoint/resume and input validation."""
 
 from __future__ import annotations
 
+import json
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
+from memrope import noise as noise_module
 from memrope.config import MemRoPEConfig
 from memrope.models.wan import CausalWanModel, WanConfig
 from memrope.pipeline import CausalInferencePipeline, ChunkResult
@@ -201,7 +205,9 @@ def test_state_dict_round_trip_in_memory(model: CausalWanModel, tmp_path: Path) 
     first = next(stream)
     state = pipe.state_dict()
     assert state["meta"]["next_chunk"] == 1 and state["meta"]["start_frame"] == 2
-    assert state["noise"].shape == (1, 4, 4, *LATENT_HW)
+    noise = state["noise"]  # per-item generator states, not the unused noise (lazy initial noise)
+    assert noise["mode"] == "lazy" and noise["frames_used"] == 2 and noise["num_frames"] == 6
+    assert noise["generator_states"].dtype == torch.uint8 and noise["generator_states"].shape[0] == 1
     rest = list(stream)
     resumed = list(_pipeline(model).stream(resume_from=state))
     assert first.index == 0 and [c.index for c in resumed] == [1, 2]
@@ -269,3 +275,135 @@ def test_bad_input_raises_value_error(model: CausalWanModel, kwargs: dict, match
 def test_bad_settings_raise_value_error(model: CausalWanModel, kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         _pipeline(model, **kwargs)
+
+
+# ---------------------------------------------------------------- lazy initial noise
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize(
+    "config, steps",
+    [
+        (CACHE, (1000, 750, 500, 250)),
+        (MemRoPEConfig(cache_frames=5, sink_frames=1, chunk_frames=1), (1000, 500)),
+        (MemRoPEConfig(policy="sink", cache_frames=6, sink_frames=2, chunk_frames=3), (1000, 750)),
+    ],
+)
+def test_lazy_initial_noise_matches_the_full_draw(
+    model: CausalWanModel, batch: int, config: MemRoPEConfig, steps: tuple[int, ...]
+) -> None:
+    frames = 4 * config.chunk_frames
+    lazy_generator = torch.Generator().manual_seed(21)
+    lazy = _pipeline(model, config, denoising_steps=steps).generate(
+        _prompt(batch=batch), num_frames=frames, generator=lazy_generator, latent_hw=LATENT_HW
+    )
+    # today's behaviour: the whole noise drawn first, then the same generator for the intermediates
+    eager_generator = torch.Generator().manual_seed(21)
+    noise = torch.randn(batch, frames, 4, *LATENT_HW, generator=eager_generator)
+    eager = _pipeline(model, config, denoising_steps=steps).generate(
+        _prompt(batch=batch), num_frames=frames, noise=noise, generator=eager_generator
+    )
+    assert torch.equal(lazy, eager)
+    assert torch.equal(lazy_generator.get_state(), eager_generator.get_state())
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_lazy_initial_noise_matches_the_full_draw_in_bfloat16(model: CausalWanModel, batch: int) -> None:
+    lazy_generator = torch.Generator().manual_seed(4)
+    lazy = _pipeline(_Bfloat16Facade(model), dtype=torch.bfloat16).generate(
+        _prompt(batch=batch), num_frames=6, generator=lazy_generator, latent_hw=LATENT_HW
+    )
+    eager_generator = torch.Generator().manual_seed(4)
+    noise = torch.randn(batch, 6, 4, *LATENT_HW, generator=eager_generator, dtype=torch.bfloat16)
+    eager = _pipeline(_Bfloat16Facade(model), dtype=torch.bfloat16).generate(
+        _prompt(batch=batch), num_frames=6, noise=noise, generator=eager_generator
+    )
+    assert lazy.dtype == torch.bfloat16 and torch.equal(lazy, eager)
+    assert torch.equal(lazy_generator.get_state(), eager_generator.get_state())
+
+
+def _first_checkpoint(model: CausalWanModel, path: Path, num_frames: int, **kwargs) -> Path:
+    stream = _pipeline(model).stream(
+        _prompt(batch=2), num_frames=num_frames, seed=0, save_every=1, checkpoint_path=path, **kwargs
+    )
+    next(stream)
+    stream.close()
+    return path
+
+
+def test_checkpoint_size_does_not_grow_with_the_video_length(model: CausalWanModel, tmp_path: Path) -> None:
+    short = _first_checkpoint(model, tmp_path / "short.safetensors", 30 * 2, latent_hw=LATENT_HW)
+    long = _first_checkpoint(model, tmp_path / "long.safetensors", 300 * 2, latent_hw=LATENT_HW)
+    # version 1 kept the unused noise: the long file was 540 frames x 2 items x 96 values x 4 bytes bigger
+    assert abs(long.stat().st_size - short.stat().st_size) < 1024  # only the JSON digits differ
+    assert next(iter(_pipeline(model).stream(resume_from=long))).index == 1
+
+
+def test_long_checkpoint_resumes_bit_identically(model: CausalWanModel, tmp_path: Path) -> None:
+    path = _first_checkpoint(model, tmp_path / "run.safetensors", 8, latent_hw=LATENT_HW)
+    full = _pipeline(model).generate(_prompt(batch=2), num_frames=8, seed=0, latent_hw=LATENT_HW)
+    resumed = torch.cat(_latents(list(_pipeline(model).stream(resume_from=path))), dim=1)
+    assert torch.equal(resumed, full[:, 2:])
+
+
+def test_given_noise_is_held_and_checkpointed(model: CausalWanModel, tmp_path: Path) -> None:
+    noise = torch.randn(2, 8, 4, *LATENT_HW, generator=torch.Generator().manual_seed(3))
+    path = _first_checkpoint(model, tmp_path / "given.safetensors", 8, noise=noise)
+    pipe = _pipeline(model)
+    full = pipe.generate(_prompt(batch=2), num_frames=8, noise=noise, seed=0)
+    state = pipe.load_state(path)
+    assert state["noise"]["mode"] == "eager" and torch.equal(state["noise"]["remaining"], noise[:, 2:])
+    resumed = torch.cat(_latents(list(_pipeline(model).stream(resume_from=path))), dim=1)
+    assert torch.equal(resumed, full[:, 2:])
+
+
+def test_version_1_checkpoints_still_resume(model: CausalWanModel, tmp_path: Path) -> None:
+    path = _first_checkpoint(model, tmp_path / "v2.safetensors", 8, latent_hw=LATENT_HW)
+    full = _pipeline(model).generate(_prompt(batch=2), num_frames=8, seed=0, latent_hw=LATENT_HW)
+    # rewrite it as version 1 did: the unused initial noise as the tensor "noise"
+    tensors = load_file(path)
+    with open(path, "rb") as handle:
+        header = json.loads(handle.read(int.from_bytes(handle.read(8), "little")))
+    meta = json.loads(header["__metadata__"]["memrope_pipeline_state"])
+    meta["version"] = 1
+    del meta["noise"]
+    del tensors["noise.generator_states"]
+    reference = torch.Generator().manual_seed(0)
+    tensors["noise"] = torch.randn(2, 8, 4, *LATENT_HW, generator=reference)[:, 2:].contiguous()
+    old = tmp_path / "v1.safetensors"
+    save_file(tensors, old, metadata={"memrope_pipeline_state": json.dumps(meta)})
+    resumed = torch.cat(_latents(list(_pipeline(model).stream(resume_from=old))), dim=1)
+    assert torch.equal(resumed, full[:, 2:])
+
+
+TINY3 = WanConfig(
+    dim=32, ffn_dim=64, num_heads=2, num_layers=2, in_dim=3, out_dim=3, text_dim=8, text_len=6, freq_dim=16
+)
+
+
+def test_frames_not_a_multiple_of_16_values_fall_back_to_the_full_draw(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    torch.manual_seed(0)
+    model3 = CausalWanModel(TINY3).eval()  # C*H*W = 3*4*6 = 72: no frame-by-frame identity
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # small noise: no warning
+        from_seed = _pipeline(model3).generate(_prompt(), num_frames=6, seed=7, latent_hw=LATENT_HW)
+    generator = torch.Generator().manual_seed(7)
+    noise = torch.randn(1, 6, 3, *LATENT_HW, generator=generator)
+    assert torch.equal(
+        from_seed, _pipeline(model3).generate(_prompt(), num_frames=6, noise=noise, generator=generator)
+    )
+    path = tmp_path / "eager.safetensors"
+    stream = _pipeline(model3).stream(
+        _prompt(), num_frames=6, seed=7, latent_hw=LATENT_HW, save_every=1, checkpoint_path=path
+    )
+    next(stream)
+    stream.close()
+    state = _pipeline(model3).load_state(path)
+    assert state["noise"]["mode"] == "eager" and state["noise"]["remaining"].shape == (1, 4, 3, *LATENT_HW)
+    resumed = torch.cat(_latents(list(_pipeline(model3).stream(resume_from=path))), dim=1)
+    assert torch.equal(resumed, from_seed[:, 2:])
+    monkeypatch.setattr(noise_module, "EAGER_WARN_BYTES", 100)
+    with pytest.warns(UserWarning, match="eagerly"):
+        _pipeline(model3).stream(_prompt(), num_frames=6, seed=7, latent_hw=LATENT_HW)

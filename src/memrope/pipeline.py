@@ -10,13 +10,20 @@ flow-matching steps each, then written back into the cache as clean context.
   short clips; its memory grows with the length).
 * A run can checkpoint itself (``save_every`` / ``checkpoint_path``) and be resumed bit-identically
   (``resume_from``): the checkpoint holds the cache, the CPU generator state, the prompt
-  embeddings and the initial noise that is still to be used.
+  embeddings and the position in the initial noise (see below).
 
 Random numbers follow the official order: one CPU ``torch.Generator`` first draws the initial noise
 ``[B, F, C, H, W]`` (unless ``noise`` is given), then every intermediate noise
-``[B * chunk, C, H, W]``, all in the pipeline dtype, then moved to the device. The initial noise
-therefore lives on the CPU for the whole run (``B*F*C*H*W`` elements); everything else is constant in
-the video length.
+``[B * chunk, C, H, W]``, all in the pipeline dtype, then moved to the device. The initial noise is
+not held: :class:`~memrope.noise.InitialNoise` keeps one generator per batch item positioned at its
+next unused frame and draws each chunk's frames when the chunk starts, bit-identical to the full draw,
+and the main generator is advanced past the whole initial noise when the run starts (drawing and
+discarding ``B*F*C*H*W`` values in bounded pieces: a one-off cost of a few seconds per batch item for a
+1-hour video). Memory and checkpoints are then constant in the video length. Two cases still hold the
+initial noise on the CPU for the whole run and keep its unused frames in checkpoints (``B*F*C*H*W``
+elements): a user-supplied ``noise`` tensor, and latents whose ``C*H*W`` is not a multiple of 16,
+where the frame-by-frame draw would not be bit-identical (see :mod:`memrope.noise`; a warning is
+issued when that tensor is large). The default 16x60x104 latents are drawn lazily.
 """
 
 from __future__ import annotations
@@ -35,13 +42,16 @@ from safetensors.torch import save_file
 
 from memrope.cache import MemRoPECache
 from memrope.config import MemRoPEConfig
+from memrope.noise import InitialNoise
 from memrope.scheduler import FlowMatchScheduler
 
 DEFAULT_LATENT_HW = (60, 104)
 STATE_FORMAT = "memrope.pipeline_state"
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: the initial noise is an InitialNoise state (1: the unused noise tensor)
+_READABLE_VERSIONS = (1, 2)
 _META_KEY = "memrope_pipeline_state"
 _CACHE_PREFIX = "cache."
+_NOISE_PREFIX = "noise."
 PathLike = str | os.PathLike[str]
 
 
@@ -106,7 +116,7 @@ class _Run:
 
     text_embeds: torch.Tensor  # [B, L, text_dim], pipeline dtype, device
     context: Any  # model.encode_context(text_embeds)
-    noise: torch.Tensor  # [B, num_frames - next_chunk * chunk_frames, C, H, W]: initial noise not used yet
+    noise: InitialNoise  # positioned at frame next_chunk * chunk_frames
     generator: torch.Generator
     cache: MemRoPECache
     num_frames: int
@@ -223,7 +233,8 @@ class CausalInferencePipeline:
     ) -> Iterator[ChunkResult]:
         """Generate chunk by chunk, yielding each :class:`ChunkResult` as soon as it is done.
 
-        Inputs are validated (and the initial noise drawn) when this is called, before iterating.
+        Inputs are validated (and the generator advanced past the initial noise, see the module
+        docstring) when this is called, before iterating.
 
         Args:
             text_embeds: prompt embeddings ``[B, L, text_dim]``, ``1 <= L <= text_len``.
@@ -264,9 +275,10 @@ class CausalInferencePipeline:
 
         Returns:
             ``{"cache": cache.state_dict(), "generator_state": uint8 tensor, "text_embeds":
-            [B, L, text_dim], "noise": [B, F_left, C, H, W] (initial noise not used yet),
-            "meta": JSON-able dict}`` with ``meta`` holding ``next_chunk``, ``start_frame``,
-            ``num_frames`` and the settings a resume must share.
+            [B, L, text_dim], "noise": InitialNoise.state_dict(), "meta": JSON-able dict}`` with
+            ``meta`` holding ``next_chunk``, ``start_frame``, ``num_frames`` and the settings a
+            resume must share. ``noise`` holds per-item generator states (a few KB), or the unused
+            initial noise ``[B, F_left, C, H, W]`` when it is held (see the module docstring).
         """
         if self._run is None:
             raise RuntimeError("state_dict() needs a run: call stream() or generate() first")
@@ -281,7 +293,7 @@ class CausalInferencePipeline:
             "cache": run.cache.state_dict(),
             "generator_state": run.generator.get_state(),
             "text_embeds": run.text_embeds.detach().clone(),
-            "noise": run.noise.detach().clone(),
+            "noise": run.noise.state_dict(),
             "meta": {
                 "format": STATE_FORMAT,
                 "version": STATE_VERSION,
@@ -294,12 +306,18 @@ class CausalInferencePipeline:
 
     @staticmethod
     def _save(state: dict[str, Any], path: Path) -> None:
+        state = _upgrade_state(state)
         tensors = {_CACHE_PREFIX + name: tensor for name, tensor in state["cache"].items()}
-        tensors.update(
-            generator_state=state["generator_state"], text_embeds=state["text_embeds"], noise=state["noise"]
-        )
+        tensors.update(generator_state=state["generator_state"], text_embeds=state["text_embeds"])
+        noise_info = {}
+        for name, value in state["noise"].items():
+            if isinstance(value, torch.Tensor):
+                tensors[_NOISE_PREFIX + name] = value
+            else:
+                noise_info[name] = value
         tensors = {name: tensor.detach().to("cpu").contiguous() for name, tensor in tensors.items()}
-        _atomic_save(tensors, {_META_KEY: json.dumps(state["meta"])}, path)
+        meta = {**state["meta"], "noise": noise_info}
+        _atomic_save(tensors, {_META_KEY: json.dumps(meta)}, path)
 
     def load_state(self, path: PathLike) -> dict[str, Any]:
         """Read a checkpoint written by :meth:`save_state`, in :meth:`state_dict` form (CPU tensors).
@@ -320,12 +338,27 @@ class CausalInferencePipeline:
             name[len(_CACHE_PREFIX) :]: t for name, t in tensors.items() if name.startswith(_CACHE_PREFIX)
         }
         state = {"cache": cache, "meta": meta}
-        for name in ("generator_state", "text_embeds", "noise"):
+        names = (
+            ("generator_state", "text_embeds", "noise")
+            if meta.get("version") == 1
+            else ("generator_state", "text_embeds")
+        )
+        for name in names:
             if name not in tensors:
                 raise ValueError(f"{os.fspath(path)!r} is missing the tensor {name!r}")
             state[name] = tensors[name]
+        if meta.get("version") != 1:
+            noise = meta.pop("noise", None)
+            if not isinstance(noise, dict):
+                raise ValueError(f"{os.fspath(path)!r} has no initial noise state")
+            noise.update(
+                (name[len(_NOISE_PREFIX) :], t)
+                for name, t in tensors.items()
+                if name.startswith(_NOISE_PREFIX)
+            )
+            state["noise"] = noise
         self._check_state(state)
-        return state
+        return _upgrade_state(state)
 
     # ------------------------------------------------------------------ run set-up
     def _settings(self) -> dict[str, Any]:
@@ -341,7 +374,7 @@ class CausalInferencePipeline:
 
     def _check_state(self, state: dict[str, Any]) -> None:
         meta = state.get("meta", {})
-        if meta.get("format") != STATE_FORMAT or meta.get("version") != STATE_VERSION:
+        if meta.get("format") != STATE_FORMAT or meta.get("version") not in _READABLE_VERSIONS:
             raise ValueError(
                 f"resume_from must be a {STATE_FORMAT} version {STATE_VERSION} state, "
                 f"got format={meta.get('format')!r} version={meta.get('version')!r}"
@@ -368,32 +401,35 @@ class CausalInferencePipeline:
         generator = _make_generator(generator, seed)
         if noise is None:
             height, width = _check_latent_hw(latent_hw if latent_hw is not None else DEFAULT_LATENT_HW)
-            shape = (batch, num_frames, self.model.config.in_dim, height, width)
-            noise = torch.randn(shape, generator=generator, dtype=self.dtype)
+            frame_shape = (self.model.config.in_dim, height, width)
+            initial = InitialNoise(generator, batch, num_frames, frame_shape, self.dtype)
         else:
-            noise = self._check_noise(noise, batch, num_frames, latent_hw).to(self.dtype)
-        run = self._new_run(text_embeds, noise, generator, num_frames, 0)
+            initial = InitialNoise.from_tensor(
+                self._check_noise(noise, batch, num_frames, latent_hw).to(self.dtype)
+            )
+        run = self._new_run(text_embeds, initial, generator, num_frames, 0)
         if self.decoder is not None and hasattr(self.decoder, "reset"):
             self.decoder.reset()
         return run
 
     def _restore_run(self, state: dict[str, Any]) -> _Run:
         self._check_state(state)
+        state = _upgrade_state(state)
         meta = state["meta"]
         generator = torch.Generator("cpu")
-        generator.set_state(state["generator_state"])
+        generator.set_state(state["generator_state"].clone())  # clone: no storage offset
         text_embeds = self._check_text_embeds(state["text_embeds"])
-        noise = state["noise"]
-        left = meta["num_frames"] - meta["start_frame"]
-        expected = (text_embeds.shape[0], left, self.model.config.in_dim)
-        if noise.ndim != 5 or tuple(noise.shape[:3]) != expected:
+        noise = InitialNoise.from_state_dict(state["noise"])
+        got = (noise.batch, noise.num_frames, noise.frames_used, noise.frame_shape[0])
+        expected = (text_embeds.shape[0], meta["num_frames"], meta["start_frame"], self.model.config.in_dim)
+        if got != expected:
             raise ValueError(
-                f"resume_from noise must have shape [{expected[0]}, {left}, {expected[2]}, H, W] "
-                f"(batch, frames left, channels), got {list(noise.shape)}"
+                "resume_from initial noise is for (batch, num_frames, frames used, channels) = "
+                f"{got}, but the run needs {expected}"
             )
-        run = self._new_run(
-            text_embeds, noise.to(self.dtype), generator, meta["num_frames"], meta["next_chunk"]
-        )
+        if noise.lazy and noise.dtype != self.dtype:
+            raise ValueError(f"resume_from initial noise is drawn in {noise.dtype}, not {self.dtype}")
+        run = self._new_run(text_embeds, noise, generator, meta["num_frames"], meta["next_chunk"])
         run.cache.load_state_dict(state["cache"])
         return run
 
@@ -401,13 +437,13 @@ class CausalInferencePipeline:
     def _new_run(
         self,
         text_embeds: torch.Tensor,
-        noise: torch.Tensor,
+        noise: InitialNoise,
         generator: torch.Generator,
         num_frames: int,
         next_chunk: int,
     ) -> _Run:
         text_embeds = text_embeds.to(device=self.device, dtype=self.dtype)
-        latent_hw = (noise.shape[-2], noise.shape[-1])
+        latent_hw = noise.frame_shape[1:]
         cache = self.model.new_cache(
             self.cache_config, text_embeds.shape[0], latent_hw, device=self.device, dtype=self.dtype
         )
@@ -472,9 +508,8 @@ class CausalInferencePipeline:
         while run.next_chunk * chunk < run.num_frames:
             index = run.next_chunk
             start = index * chunk
-            x = run.noise[:, :chunk].to(device=self.device, dtype=self.dtype)
+            x = run.noise.take(chunk).to(device=self.device, dtype=self.dtype)
             latents = self._denoise_chunk(run, x, start)
-            run.noise = run.noise[:, chunk:]
             run.next_chunk = index + 1
             if save_every is not None and checkpoint_path is not None and run.next_chunk % save_every == 0:
                 self._save(self._state_of(run), Path(checkpoint_path))
@@ -504,6 +539,24 @@ class CausalInferencePipeline:
         )
         self.model(x0, t_context, run.context, cache=run.cache, start_frame=start_frame)
         return x0
+
+
+def _upgrade_state(state: dict[str, Any]) -> dict[str, Any]:
+    """A version-1 state (``noise``: the unused initial noise tensor) in the current form."""
+    noise = state.get("noise")
+    if not isinstance(noise, torch.Tensor):
+        return state
+    meta = state["meta"]
+    frames_used = meta.get("start_frame")
+    initial = {
+        "mode": "eager",
+        "num_frames": meta.get("num_frames"),
+        "frames_used": frames_used,
+        "frame_shape": list(noise.shape[2:]),
+        "dtype": str(noise.dtype).removeprefix("torch."),
+        "remaining": noise,
+    }
+    return {**state, "noise": initial, "meta": {**meta, "version": STATE_VERSION}}
 
 
 def _model_device(model: CausalVideoModel) -> torch.device:
