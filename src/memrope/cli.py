@@ -1,0 +1,1133 @@
+"""Command line: ``memrope generate`` (text -> mp4 with a fixed-size MemRoPE cache) and ``memrope presets``.
+
+Subcommands are registered in :data:`COMMANDS` (name, help, ``configure(parser)``, ``run(args) ->
+exit code``); :func:`register_command` adds one (e.g. ``plot-attention``).
+
+``memrope generate`` in short::
+
+    memrope generate --model tiny --prompt "a red fox running through snow" --output fox.mp4
+    memrope generate --model self-forcing-60s --prompts-file prompts.txt --output out/video.mp4 \\
+        --save-every 20 --resume
+
+* One video per prompt, generated one after the other with the same seed. A single ``--prompt``
+  writes ``OUTPUT``; several prompts (repeated ``--prompt`` or ``--prompts-file``, one prompt per
+  line, blank lines ignored) write ``OUTPUT_STEM_<i>.mp4`` (``i`` from 0, zero-padded to the width
+  of the last index) beside ``OUTPUT``.
+* Every video gets a JSON report ``<video>.json`` (frames, seconds, wall time, chunks/s, cache
+  layout and resident bytes, peak memory).
+* ``--save-every N`` checkpoints the run every ``N`` chunks next to the video
+  (``<video>.resume.safetensors``: the pipeline state; ``<video>.resume.latents``: the latents so
+  far, raw, so the video can be re-decoded exactly; ``<video>.resume.json``: the run's settings).
+  ``--resume`` continues from there (same arguments) and gives the same video as an uninterrupted
+  run; without a checkpoint it starts from the beginning, and a video whose report says it is
+  complete is skipped. The files are removed when a video is complete.
+* The first Ctrl-C (or SIGTERM) stops at the end of the current chunk: the video so far is finalised
+  into a playable mp4, a checkpoint is written (with ``--save-every``) and the exit status is 130. A
+  second Ctrl-C aborts at once. Errors never touch an existing output before the first frame is
+  written, and the video is written under a temporary name and moved into place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import resource
+import secrets
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from memrope.config import POLICIES, MemRoPEConfig
+from memrope.presets import FPS, PRESETS, TEMPORAL_FACTOR, Preset, presets_table
+
+__all__ = ["COMMANDS", "CLIError", "Command", "build_parser", "main", "register_command"]
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+REPORT_SUFFIX = ".json"
+STATE_SUFFIX = ".resume.safetensors"
+LATENTS_SUFFIX = ".resume.latents"
+RUN_SUFFIX = ".resume.json"
+REPORT_FORMAT = "memrope.generate_report"
+RUN_FORMAT = "memrope.generate_run"
+
+
+class CLIError(Exception):
+    """A problem to report on stderr as ``memrope: error: <message>`` with ``exit_code``."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+# --------------------------------------------------------------------------------------------------
+# Subcommand table
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: ``configure`` adds its arguments, ``run`` does the work and returns the exit code."""
+
+    name: str
+    help: str
+    configure: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+    description: str | None = None
+
+
+COMMANDS: dict[str, Command] = {}
+
+
+def register_command(command: Command) -> Command:
+    """Add (or replace) a subcommand of ``memrope``."""
+    COMMANDS[command.name] = command
+    return command
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="memrope",
+        description="Unbounded-length text-to-video with a fixed-size MemRoPE KV cache.",
+    )
+    parser.add_argument(
+        "--traceback", action="store_true", help="show the Python traceback of an unexpected error"
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for command in COMMANDS.values():
+        sub = subparsers.add_parser(
+            command.name,
+            help=command.help,
+            description=command.description or command.help,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        command.configure(sub)
+        sub.set_defaults(_command=command)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``memrope`` command line with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # argparse: --help (0) or a usage error (2), already printed
+        return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
+    command: Command | None = getattr(args, "_command", None)
+    if command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return command.run(args)
+    except CLIError as error:
+        _print_error(str(error))
+        return error.exit_code
+    except KeyboardInterrupt:
+        _print_error("interrupted")
+        return EXIT_INTERRUPTED
+    except Exception as error:  # never a traceback unless asked for
+        if args.traceback:
+            raise
+        _print_error(f"{type(error).__name__}: {error} (run with --traceback for details)")
+        return EXIT_FAILURE
+
+
+def _print_error(message: str) -> None:
+    print(f"memrope: error: {message}", file=sys.stderr)
+
+
+def _note(message: str) -> None:
+    print(f"memrope: {message}", file=sys.stderr)
+
+
+# --------------------------------------------------------------------------------------------------
+# memrope presets
+# --------------------------------------------------------------------------------------------------
+
+
+def _configure_presets(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print the presets as JSON")
+
+
+def _run_presets(args: argparse.Namespace) -> int:
+    if args.json:
+        print(json.dumps([preset.to_dict() for preset in PRESETS.values()], indent=2))
+    else:
+        print(presets_table())
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------------
+# memrope generate: arguments
+# --------------------------------------------------------------------------------------------------
+
+GENERATE_DESCRIPTION = """\
+Generate videos chunk by chunk with a fixed-size KV cache and write them as mp4 files, each with a
+JSON report beside it (<video>.json).
+
+One video per prompt, generated one after the other with the same seed: a single --prompt writes
+OUTPUT; several prompts (repeated --prompt, or --prompts-file with one prompt per line, blank lines
+ignored) write OUTPUT_STEM_<i>.mp4 beside OUTPUT.
+
+Length: --num-frames counts latent frames (a multiple of the chunk, 3); N latent frames decode to
+4N-3 video frames at 16 fps, so --seconds S means 4*S latent frames (30 s = 120).
+
+Interrupting: the first Ctrl-C stops after the current chunk and leaves a playable mp4 (and a
+checkpoint with --save-every); run the same command with --resume to continue.
+
+examples:
+  memrope generate --model tiny --prompt "a red fox running through snow" --output fox.mp4
+  memrope generate --model self-forcing-60s --prompt "..." --output sf.mp4 --save-every 20 --resume
+  memrope generate --model longlive-1h --prompts-file MovieGenVideoBench.txt --output out/v.mp4
+"""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**63), got {text!r}")
+    return value
+
+
+def _finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _dtype(text: str) -> torch.dtype:
+    try:
+        return DTYPES[text.lower()]
+    except KeyError:
+        raise argparse.ArgumentTypeError(
+            f"unknown dtype {text!r}; choose float32, bfloat16 or float16 (or fp32, bf16, fp16)"
+        ) from None
+
+
+def _configure_generate(parser: argparse.ArgumentParser) -> None:
+    model = parser.add_argument_group("model")
+    model.add_argument(
+        "--model", "--preset", dest="model", default="tiny", metavar="NAME",
+        help="'tiny' (built in, no download) or an official preset such as self-forcing-60s or "
+        "longlive-1h (see `memrope presets`); default: tiny",
+    )
+    model.add_argument(
+        "--checkpoint", metavar="PATH_OR_SOURCE",
+        help="DiT weights instead of the preset's: a local file/folder, hf://owner/name/path or a "
+        "registered name (self-forcing, longlive, wan2.1-t2v-1.3b)",
+    )
+    model.add_argument(
+        "--lora", metavar="PATH_OR_SOURCE",
+        help="PEFT LoRA merged into --checkpoint (LongLive's lora.pt with a local longlive_base.pt)",
+    )
+    model.add_argument(
+        "--text-encoder", metavar="SOURCE",
+        help="'hash' or a Hub id / local folder in the Diffusers layout holding umT5 (default: the preset's)",
+    )
+    model.add_argument(
+        "--vae", metavar="SOURCE",
+        help="'tiny' or a Hub id / local folder in the Diffusers layout holding the Wan VAE "
+        "(default: the preset's)",
+    )
+    model.add_argument("--list-presets", action="store_true", help="print the presets and exit")
+
+    prompts = parser.add_argument_group("prompts")
+    prompts.add_argument(
+        "--prompt", action="append", default=[], metavar="TEXT",
+        help="a prompt (repeat for several videos)",
+    )
+    prompts.add_argument(
+        "--prompts-file", metavar="PATH",
+        help="UTF-8 text file, one prompt per line, blank lines ignored (e.g. MovieGenBench)",
+    )
+
+    length = parser.add_argument_group("length and sampling")
+    frames = length.add_mutually_exclusive_group()
+    frames.add_argument(
+        "--num-frames", type=_positive_int, metavar="N",
+        help="latent frames, a multiple of the chunk (3); default: the preset's",
+    )
+    frames.add_argument(
+        "--seconds", type=_finite_float, metavar="S",
+        help="video length in seconds at 16 fps (4*S latent frames, e.g. 60 -> 240)",
+    )
+    length.add_argument("--seed", type=_nonnegative_int, default=0, help="noise seed (default 0)")
+
+    cache = parser.add_argument_group("cache")
+    cache.add_argument("--policy", choices=POLICIES, help="cache policy (default: memrope)")
+    cache.add_argument("--alpha-long", type=_finite_float, metavar="A", help="long-term EMA rate (0.01)")
+    cache.add_argument("--alpha-short", type=_finite_float, metavar="A", help="short-term EMA rate (0.1)")
+    cache.add_argument("--cache-frames", type=_positive_int, metavar="N", help="cache size in latent frames (12)")
+    cache.add_argument("--sink-frames", type=_nonnegative_int, metavar="N", help="sink frames (3)")
+
+    output = parser.add_argument_group("output and running")
+    output.add_argument(
+        "--output", "-o", default="memrope.mp4", metavar="PATH",
+        help="mp4 to write (default memrope.mp4); the report goes to PATH.json",
+    )
+    output.add_argument(
+        "--save-latents", metavar="PATH",
+        help="also write the latents [1, F, 16, H, W] as safetensors (key 'latents')",
+    )
+    output.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    output.add_argument(
+        "--dtype", type=_dtype, metavar="DTYPE",
+        help="float32, bfloat16 or float16 (default: bfloat16 for official presets on GPU, else float32)",
+    )
+    output.add_argument(
+        "--save-every", type=_positive_int, metavar="N",
+        help="checkpoint every N chunks next to the output (for --resume)",
+    )
+    output.add_argument(
+        "--resume", action="store_true",
+        help="continue from the checkpoint next to the output (same arguments); start afresh without one",
+    )
+    output.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+# --------------------------------------------------------------------------------------------------
+# memrope generate: validation (everything is checked before anything heavy is loaded)
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Video:
+    """One video of the run."""
+
+    index: int
+    prompt: str
+    output: Path
+    latents_path: Path | None
+    action: str = "fresh"  # "fresh", "resume" or "skip"
+    embeds: torch.Tensor | None = None
+
+    @property
+    def report(self) -> Path:
+        return _beside(self.output, REPORT_SUFFIX)
+
+    @property
+    def state(self) -> Path:
+        return _beside(self.output, STATE_SUFFIX)
+
+    @property
+    def latents_log(self) -> Path:
+        return _beside(self.output, LATENTS_SUFFIX)
+
+    @property
+    def run_file(self) -> Path:
+        return _beside(self.output, RUN_SUFFIX)
+
+
+@dataclass
+class Plan:
+    """A validated ``memrope generate`` invocation."""
+
+    preset: Preset
+    checkpoint: str | None
+    lora: str | None
+    text_encoder: str
+    vae: str
+    num_frames: int
+    cache: MemRoPEConfig
+    device: torch.device
+    dtype: torch.dtype
+    seed: int
+    save_every: int | None
+    resume: bool
+    progress: bool
+    videos: list[Video] = field(default_factory=list)
+
+    @property
+    def chunks(self) -> int:
+        return self.num_frames // self.cache.chunk_frames
+
+    def signature(self, video: Video) -> dict[str, Any]:
+        """What a resumed run must share with the run that wrote the checkpoint."""
+        return {
+            "model": self.preset.name,
+            "checkpoint": self.checkpoint,
+            "lora": self.lora,
+            "text_encoder": self.text_encoder,
+            "prompt": video.prompt,
+            "seed": self.seed,
+            "num_frames": self.num_frames,
+            "latent_hw": list(self.preset.latent_hw),
+            "cache": self.cache.to_dict(),
+            "dtype": _dtype_name(self.dtype),
+            "denoising_steps": list(self.preset.denoising_steps),
+            "shift": self.preset.shift,
+        }
+
+
+def _beside(path: Path, suffix: str) -> Path:
+    return path.with_name(path.name + suffix)
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _seconds_of(latent_frames: int) -> float:
+    return latent_frames * TEMPORAL_FACTOR / FPS
+
+
+def _video_frames(latent_frames: int) -> int:
+    return 0 if latent_frames == 0 else TEMPORAL_FACTOR * (latent_frames - 1) + 1
+
+
+def _resolve_preset(name: str) -> Preset:
+    if name in PRESETS:
+        return PRESETS[name]
+    raise CLIError(f"unknown model/preset {name!r}; valid presets: {', '.join(PRESETS)}")
+
+
+def _read_prompts(args: argparse.Namespace) -> list[str]:
+    prompts: list[str] = []
+    for prompt in args.prompt:
+        if not prompt.strip():
+            raise CLIError("--prompt must not be empty")
+        prompts.append(prompt.strip())
+    if args.prompts_file is not None:
+        path = Path(args.prompts_file)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise CLIError(f"--prompts-file {path} does not exist") from None
+        except (OSError, UnicodeDecodeError) as error:
+            raise CLIError(f"cannot read --prompts-file {path}: {error}") from None
+        lines = [line.strip() for line in text.splitlines()]
+        from_file = [line for line in lines if line]
+        if not from_file:
+            raise CLIError(f"--prompts-file {path} holds no prompt (only blank lines)")
+        prompts.extend(from_file)
+    if not prompts:
+        raise CLIError("no prompt: give --prompt TEXT (repeatable) or --prompts-file PATH")
+    return prompts
+
+
+def _latent_frames(args: argparse.Namespace, preset: Preset, chunk: int) -> int:
+    if args.seconds is not None:
+        seconds = args.seconds
+        latent = seconds * FPS / TEMPORAL_FACTOR
+        if seconds <= 0 or abs(latent - round(latent)) > 1e-9:
+            raise CLIError(
+                f"--seconds must be a positive multiple of {TEMPORAL_FACTOR / FPS} s (one latent frame "
+                f"is {TEMPORAL_FACTOR} frames at {FPS} fps), got {seconds:g}"
+            )
+        frames = round(latent)
+        if frames % chunk:
+            raise CLIError(
+                f"--seconds {seconds:g} means {frames} latent frames, which is not a multiple of the "
+                f"chunk ({chunk} latent frames); nearest valid: {_suggest(frames, chunk, seconds=True)}"
+            )
+        return frames
+    if args.num_frames is None:
+        return preset.latent_frames
+    frames = args.num_frames
+    if frames % chunk:
+        raise CLIError(
+            f"--num-frames {frames} is not a multiple of the chunk ({chunk} latent frames); "
+            f"nearest valid: {_suggest(frames, chunk, seconds=False)}"
+        )
+    return frames
+
+
+def _suggest(frames: int, chunk: int, *, seconds: bool) -> str:
+    lower = frames // chunk * chunk
+    candidates = [n for n in (lower, lower + chunk) if n >= chunk]
+
+    def describe(n: int) -> str:
+        if seconds:
+            return f"--seconds {_seconds_of(n):g} ({n} latent frames)"
+        return f"--num-frames {n} ({_video_frames(n)} video frames, {_seconds_of(n):g} s)"
+
+    return " or ".join(describe(n) for n in candidates)
+
+
+def _cache_config(args: argparse.Namespace, preset: Preset) -> MemRoPEConfig:
+    overrides = {
+        name: value
+        for name, value in (
+            ("policy", args.policy),
+            ("alpha_long", args.alpha_long),
+            ("alpha_short", args.alpha_short),
+            ("cache_frames", args.cache_frames),
+            ("sink_frames", args.sink_frames),
+        )
+        if value is not None
+    }
+    try:
+        return dataclasses.replace(preset.cache, **overrides)
+    except (TypeError, ValueError) as error:
+        flags = {
+            "policy": "--policy", "alpha_long": "--alpha-long", "alpha_short": "--alpha-short",
+            "cache_frames": "--cache-frames", "sink_frames": "--sink-frames",
+        }
+        message = str(error)
+        for name, flag in flags.items():
+            message = message.replace(name, flag)
+        raise CLIError(f"invalid cache settings: {message}") from None
+
+
+def _device(text: str | None) -> torch.device:
+    if text is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise CLIError(f"unknown --device {text!r}; use cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CLIError(f"--device {text}: CUDA is not available here (use --device cpu)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise CLIError(f"--device {text}: only {torch.cuda.device_count()} CUDA device(s) here")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise CLIError(f"--device {text}: MPS is not available here")
+    elif device.type != "cpu":
+        try:
+            torch.empty(0, device=device)
+        except Exception:  # noqa: BLE001 (any failure means the device is unusable)
+            raise CLIError(f"--device {text}: this device is not available here") from None
+    return device
+
+
+def _check_writable(path: Path, flag: str) -> None:
+    parent = path.parent
+    if path.is_dir():
+        raise CLIError(f"{flag} {path} is a directory; give a file path")
+    if not parent.is_dir():
+        raise CLIError(f"{flag} {path}: the folder {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise CLIError(f"{flag} {path}: the folder {parent} is not writable")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise CLIError(f"{flag} {path} exists and is not writable")
+
+
+def _numbered(path: Path, index: int, width: int) -> Path:
+    return path.with_name(f"{path.stem}_{index:0{width}d}{path.suffix}")
+
+
+def _check_resume_file(video: Video, plan: Plan) -> str:
+    """What to do with ``video`` under ``--resume``: ``"resume"``, ``"skip"`` or ``"fresh"``."""
+    signature = plan.signature(video)
+    if video.state.exists():
+        try:
+            saved = json.loads(video.run_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            raise CLIError(
+                f"cannot resume {video.output}: {video.run_file} is missing or unreadable; "
+                f"delete {video.state} to start over"
+            ) from None
+        if saved.get("format") != RUN_FORMAT:
+            raise CLIError(f"cannot resume {video.output}: {video.run_file} is not a memrope run file")
+        differences = [
+            f"{name}: checkpoint {saved['signature'].get(name)!r}, now {value!r}"
+            for name, value in signature.items()
+            if saved["signature"].get(name) != value
+        ]
+        if differences:
+            raise CLIError(
+                f"cannot resume {video.output}: the checkpoint {video.state} was written with other "
+                f"settings ({'; '.join(differences)}); rerun with the same arguments or delete "
+                f"{video.state} to start over"
+            )
+        return "resume"
+    if video.output.exists() and video.report.exists():
+        try:
+            report = json.loads(video.report.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return "fresh"
+        if report.get("complete") and report.get("signature") == signature:
+            return "skip"
+    return "fresh"
+
+
+def plan_generate(args: argparse.Namespace) -> Plan:
+    """Validate a ``memrope generate`` invocation; raises :class:`CLIError`."""
+    preset = _resolve_preset(args.model)
+    cache = _cache_config(args, preset)
+    chunk = cache.chunk_frames
+    num_frames = _latent_frames(args, preset, chunk)
+    if not cache.bounded and num_frames > cache.max_positions:
+        raise CLIError(
+            f"--policy full keeps every frame and supports at most {cache.max_positions} latent frames "
+            f"(the RoPE table), got {num_frames}; use --policy memrope for longer videos"
+        )
+    prompts = _read_prompts(args)
+    device = _device(args.device)
+    dtype = args.dtype
+    if dtype is None:
+        dtype = preset.default_dtype if device.type != "cpu" else torch.float32
+    if args.lora is not None and args.checkpoint is None:
+        raise CLIError("--lora needs --checkpoint (the registered presets bring their own LoRA)")
+    if args.resume and args.save_every is None:
+        _note("--resume without --save-every: the resumed run will not write new checkpoints")
+    output = Path(args.output).expanduser()
+    latents = Path(args.save_latents).expanduser() if args.save_latents else None
+    numbered = len(prompts) > 1 or args.prompts_file is not None
+    width = len(str(len(prompts) - 1))
+    videos = []
+    for index, prompt in enumerate(prompts):
+        video_path = _numbered(output, index, width) if numbered else output
+        latents_path = None
+        if latents is not None:
+            latents_path = _numbered(latents, index, width) if numbered else latents
+        videos.append(Video(index, prompt, video_path, latents_path))
+    _check_writable(output, "--output")
+    if latents is not None:
+        _check_writable(latents, "--save-latents")
+    for video in videos:
+        _check_writable(video.output, "--output")
+    plan = Plan(
+        preset=preset,
+        checkpoint=args.checkpoint if args.checkpoint is not None else preset.checkpoint,
+        lora=args.lora,
+        text_encoder=args.text_encoder or preset.text_encoder,
+        vae=args.vae or preset.vae,
+        num_frames=num_frames,
+        cache=cache,
+        device=device,
+        dtype=dtype,
+        seed=args.seed,
+        save_every=args.save_every,
+        resume=args.resume,
+        progress=not args.no_progress,
+        videos=videos,
+    )
+    for video in videos:
+        if args.resume:
+            video.action = _check_resume_file(video, plan)
+        elif video.state.exists():
+            _note(f"{video.state} exists from an interrupted run; it is replaced (pass --resume to continue it)")
+    return plan
+
+
+# --------------------------------------------------------------------------------------------------
+# memrope generate: loading
+# --------------------------------------------------------------------------------------------------
+
+
+def _resolve_weights(plan: Plan) -> None:
+    """Find (or download) the checkpoint before anything else, so a missing file fails fast."""
+    if plan.checkpoint is None:
+        return
+    from memrope.loading import CHECKPOINTS, resolve_checkpoint
+
+    try:
+        resolve_checkpoint(plan.checkpoint)
+        entry = CHECKPOINTS.get(plan.checkpoint) if not Path(plan.checkpoint).exists() else None
+        if plan.lora is not None:
+            resolve_checkpoint(plan.lora)
+        elif entry is not None and entry.lora is not None:
+            resolve_checkpoint(entry.lora.uri)
+    except (FileNotFoundError, ValueError) as error:
+        raise CLIError(f"checkpoint not available: {error}", EXIT_FAILURE) from None
+
+
+def _load_text_encoder(plan: Plan) -> Any:
+    config = plan.preset.model_config
+    if plan.text_encoder == "hash":
+        from memrope.encoders import HashTextEncoder
+
+        return HashTextEncoder(text_len=config.text_len, text_dim=config.text_dim)
+    from memrope.encoders import UMT5TextEncoder
+
+    dtype = torch.bfloat16 if plan.device.type == "cuda" else torch.float32
+    try:
+        return UMT5TextEncoder.from_pretrained(plan.text_encoder, dtype=dtype, device=plan.device)
+    except ImportError as error:
+        raise CLIError(str(error), EXIT_FAILURE) from None
+    except (OSError, ValueError) as error:
+        raise CLIError(
+            f"could not load the umT5 text encoder from {plan.text_encoder!r}: {error}. Download it with "
+            f"`huggingface-cli download {plan.text_encoder} --include 'text_encoder/*' 'tokenizer/*'` "
+            "or pass --text-encoder LOCAL_FOLDER",
+            EXIT_FAILURE,
+        ) from None
+
+
+def _encode_prompts(plan: Plan, videos: list[Video]) -> None:
+    """Text embeddings of the videos to start, on the CPU with trailing zero rows dropped.
+
+    The DiT zero-pads embeddings back to ``text_len``, so dropping the (exactly zero) padding rows
+    changes nothing and keeps the embeddings small; the encoder is freed afterwards.
+    """
+    if not videos:
+        return
+    encoder = _load_text_encoder(plan)
+    config = plan.preset.model_config
+    for video in videos:
+        embeds = encoder.encode([video.prompt]).float().cpu()
+        if embeds.ndim != 3 or embeds.shape[1] > config.text_len or embeds.shape[2] != config.text_dim:
+            raise CLIError(
+                f"the text encoder gives {list(embeds.shape)} embeddings but the model needs "
+                f"[1, <= {config.text_len}, {config.text_dim}]",
+                EXIT_FAILURE,
+            )
+        used = embeds[0].abs().sum(dim=-1).nonzero()
+        length = int(used.max()) + 1 if used.numel() else 1
+        video.embeds = embeds[:, :length].contiguous()
+    del encoder
+    if plan.device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _load_model(plan: Plan) -> torch.nn.Module:
+    from memrope.models.wan import CausalWanModel
+    from memrope.presets import tiny_model
+
+    if plan.checkpoint is None:
+        return tiny_model().to(device=plan.device, dtype=plan.dtype)
+    from memrope.loading import CheckpointFormatError, CheckpointKeyError, CheckpointKind, load_wan_weights
+
+    with torch.device("meta"):
+        model = CausalWanModel(plan.preset.model_config)
+    model = model.to(dtype=plan.dtype).to_empty(device=plan.device)
+    kind: CheckpointKind = "longlive" if plan.lora is not None and plan.preset.family == "longlive" else "auto"
+    try:
+        load_wan_weights(model, plan.checkpoint, kind=kind, lora=plan.lora)
+    except (CheckpointKeyError, CheckpointFormatError, FileNotFoundError, ValueError) as error:
+        raise CLIError(f"cannot load the checkpoint {plan.checkpoint!r}: {error}", EXIT_FAILURE) from None
+    return model.eval().requires_grad_(False)
+
+
+def _load_decoder(plan: Plan) -> Any:
+    if plan.vae == "tiny":
+        from memrope.presets import TINY_MODEL_CONFIG, tiny_decoder
+
+        if plan.preset.model_config.out_dim != TINY_MODEL_CONFIG.out_dim:
+            raise CLIError("--vae tiny decodes 16-channel latents only")
+        return tiny_decoder()
+    from memrope.vae import WanVAEDecoder
+
+    try:
+        return WanVAEDecoder.from_pretrained(plan.vae, dtype=torch.float32, device=plan.device)
+    except ImportError as error:
+        raise CLIError(str(error), EXIT_FAILURE) from None
+    except (OSError, ValueError) as error:
+        raise CLIError(
+            f"could not load the Wan VAE from {plan.vae!r}: {error}. Download it with "
+            f"`huggingface-cli download {plan.vae} --include 'vae/*'` or pass --vae LOCAL_FOLDER",
+            EXIT_FAILURE,
+        ) from None
+
+
+def _pipeline_cache(pipeline: Any) -> Any:
+    cache = getattr(pipeline, "cache", None)
+    if cache is None:
+        run = getattr(pipeline, "_run", None)
+        cache = getattr(run, "cache", None)
+    return cache
+
+
+# --------------------------------------------------------------------------------------------------
+# memrope generate: running
+# --------------------------------------------------------------------------------------------------
+
+
+class LatentLog:
+    """Append-only raw latents of one video (one latent frame = ``C*H*W`` elements of ``dtype``)."""
+
+    def __init__(self, path: Path, frame_shape: tuple[int, ...], dtype: torch.dtype) -> None:
+        self.path = path
+        self.frame_shape = frame_shape
+        self.dtype = dtype
+        self.frame_bytes = math.prod(frame_shape) * torch.empty(0, dtype=dtype).element_size()
+        path.touch(exist_ok=True)
+        self._file = open(path, "r+b")  # noqa: SIM115 (closed in close())
+        self._file.seek(0, os.SEEK_END)
+
+    @property
+    def frames(self) -> int:
+        return os.fstat(self._file.fileno()).st_size // self.frame_bytes
+
+    def truncate(self, frames: int) -> None:
+        self._file.truncate(frames * self.frame_bytes)
+        self._file.seek(0, os.SEEK_END)
+
+    def append(self, latents: torch.Tensor) -> None:
+        """Append ``[F, C, H, W]`` latents."""
+        data = latents.detach().to("cpu", self.dtype).contiguous()
+        self._file.write(data.view(torch.uint8).numpy().tobytes())
+
+    def sync(self) -> None:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def read(self, start: int, count: int) -> torch.Tensor:
+        """Frames ``start .. start+count-1`` as ``[count, C, H, W]``."""
+        self._file.flush()
+        self._file.seek(start * self.frame_bytes)
+        data = bytearray(self._file.read(count * self.frame_bytes))
+        self._file.seek(0, os.SEEK_END)
+        if len(data) != count * self.frame_bytes:
+            raise CLIError(f"{self.path} is shorter than expected", EXIT_FAILURE)
+        flat = torch.frombuffer(data, dtype=torch.uint8).view(self.dtype)
+        return flat.view(count, *self.frame_shape).clone()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class _StopRequest:
+    """First Ctrl-C / SIGTERM: stop after the current chunk. Second Ctrl-C: KeyboardInterrupt now."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        _note(f"{name}: stopping after the current chunk (Ctrl-C again to abort now)")
+
+    @contextmanager
+    def installed(self) -> Iterator[_StopRequest]:
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        for signal_number in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signal_number] = signal.signal(signal_number, self._handle)
+        try:
+            yield self
+        finally:
+            for number, handler in self._previous.items():
+                signal.signal(number, handler)
+
+
+def _peak_rss_bytes() -> int:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+def _default_mode() -> int:
+    """Permissions of a newly created file under the current umask (mkstemp makes 0600 files)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            file.write(text)
+        os.chmod(temporary, _default_mode())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _save_latents(log: LatentLog, frames: int, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    latents = log.read(0, frames).unsqueeze(0)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        save_file({"latents": latents}, temporary, metadata={"format": "memrope.latents"})
+        os.chmod(temporary, _default_mode())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _progress_bar(plan: Plan, video: Video, initial: int, count: int) -> Any:
+    from tqdm import tqdm  # type: ignore[import-untyped,unused-ignore]
+
+    label = video.output.name if count == 1 else f"[{video.index + 1}/{count}] {video.output.name}"
+    return tqdm(
+        total=plan.chunks,
+        initial=initial,
+        unit="chunk",
+        desc=label,
+        disable=not plan.progress,
+        file=sys.stderr,
+        dynamic_ncols=True,
+        smoothing=0.1,
+    )
+
+
+def _progress_postfix(plan: Plan, frames_done: int, started: float, generated: int) -> str:
+    elapsed = max(time.perf_counter() - started, 1e-9)
+    speed = _seconds_of(generated * plan.cache.chunk_frames) / elapsed
+    return (
+        f"latent {frames_done}/{plan.num_frames}, frames {_video_frames(frames_done)}/"
+        f"{_video_frames(plan.num_frames)}, video {_video_frames(frames_done) / FPS:.1f}/"
+        f"{_video_frames(plan.num_frames) / FPS:.1f} s, {speed:.3g} video-s/s"
+    )
+
+
+def _generate_video(plan: Plan, video: Video, model: Any, decoder: Any, stop: _StopRequest, count: int) -> bool:
+    """Generate (or resume) one video; returns whether it is complete."""
+    from memrope.pipeline import CausalInferencePipeline
+    from memrope.video import Mp4Writer, to_uint8
+
+    preset = plan.preset
+    pipeline = CausalInferencePipeline(
+        model,
+        plan.cache,
+        denoising_steps=preset.denoising_steps,
+        warp_denoising_step=preset.warp_denoising_step,
+        shift=preset.shift,
+        context_noise=preset.context_noise,
+        dtype=plan.dtype,
+        device=plan.device,
+    )
+    chunk = plan.cache.chunk_frames
+    frame_shape = (preset.model_config.in_dim, *preset.latent_hw)
+    signature = plan.signature(video)
+    resuming = video.action == "resume"
+    state = None
+    start_frame = 0
+    if resuming:
+        try:
+            state = pipeline.load_state(video.state)
+        except (OSError, ValueError) as error:
+            raise CLIError(f"cannot resume from {video.state}: {error}", EXIT_FAILURE) from None
+        start_frame = int(state["meta"]["start_frame"])
+    keep_log = plan.save_every is not None or video.latents_path is not None or resuming
+    temporary_log = plan.save_every is None and not resuming
+    if not temporary_log:
+        log_path = video.latents_log
+    else:
+        log_path = video.output.with_name(f".{video.output.name}.{secrets.token_hex(4)}.latents.tmp")
+    if not resuming:
+        video.latents_log.unlink(missing_ok=True)
+        video.state.unlink(missing_ok=True)
+    log = LatentLog(log_path, frame_shape, plan.dtype) if keep_log else None
+    if resuming and log is not None:
+        if log.frames < start_frame:
+            log.close()
+            raise CLIError(
+                f"cannot resume {video.output}: {log_path} holds {log.frames} latent frames but the "
+                f"checkpoint is at frame {start_frame}; delete {video.state} to start over",
+                EXIT_FAILURE,
+            )
+        log.truncate(start_frame)
+    if plan.save_every is not None:
+        run_info = {"format": RUN_FORMAT, "signature": signature, "latent_frame_shape": list(frame_shape)}
+        _atomic_write_text(video.run_file, json.dumps(run_info, indent=2))
+
+    frames_done = start_frame
+    generated = 0
+    complete = False
+    interrupted = False
+    started = time.perf_counter()
+    generation_seconds = 0.0
+    cache_info: dict[str, Any] = {}
+    if plan.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(plan.device)
+    try:
+        with Mp4Writer(video.output, fps=FPS) as writer:
+            decoder.reset()
+            for offset in range(0, start_frame, chunk):  # re-decode the frames of the interrupted run
+                latents = log.read(offset, min(chunk, start_frame - offset)).unsqueeze(0)  # type: ignore[union-attr]
+                writer.write(to_uint8(decoder.decode_chunk(latents.to(plan.device))[0]))
+            if resuming:
+                stream = pipeline.stream(resume_from=state)
+            else:
+                stream = pipeline.stream(
+                    video.embeds, num_frames=plan.num_frames, seed=plan.seed, latent_hw=preset.latent_hw
+                )
+            bar = _progress_bar(plan, video, start_frame // chunk, count)
+            generation_started = time.perf_counter()
+            try:
+                for result in stream:
+                    latents = result.latents
+                    if log is not None:
+                        log.append(latents[0])
+                    writer.write(to_uint8(decoder.decode_chunk(latents)[0]))
+                    frames_done = result.start_frame + latents.shape[1]
+                    generated += 1
+                    done = frames_done >= plan.num_frames
+                    due = plan.save_every is not None and (result.index + 1) % plan.save_every == 0
+                    if not done and plan.save_every is not None and (due or stop.requested):
+                        log.sync()  # type: ignore[union-attr]
+                        pipeline.save_state(video.state)
+                    if generated == 1 or done:
+                        cache = _pipeline_cache(pipeline)
+                        if cache is not None:
+                            cache_info = _cache_info(cache)
+                    bar.set_postfix_str(_progress_postfix(plan, frames_done, generation_started, generated))
+                    bar.update(1)
+                    if stop.requested and not done:
+                        interrupted = True
+                        break
+                complete = frames_done >= plan.num_frames
+            except KeyboardInterrupt:
+                interrupted = True
+                raise
+            finally:
+                generation_seconds = time.perf_counter() - generation_started
+                bar.close()
+    finally:
+        if log is not None:
+            if complete and video.latents_path is not None:
+                _save_latents(log, frames_done, video.latents_path)
+            log.close()
+            if complete or temporary_log:
+                log.path.unlink(missing_ok=True)
+        if complete:
+            video.state.unlink(missing_ok=True)
+            video.run_file.unlink(missing_ok=True)
+        report = _report(
+            plan, video, signature, frames_done, start_frame, generated, complete, interrupted,
+            time.perf_counter() - started, generation_seconds, cache_info,
+        )
+        if frames_done > 0:
+            _atomic_write_text(video.report, json.dumps(report, indent=2) + "\n")
+    if not plan.progress or interrupted:
+        status = "complete" if complete else f"stopped at latent frame {frames_done}/{plan.num_frames}"
+        _note(f"{video.output}: {status}, {_video_frames(frames_done)} frames")
+    return complete
+
+
+def _cache_info(cache: Any) -> dict[str, Any]:
+    info: dict[str, Any] = {}
+    for name, getter in (
+        ("slot_layout", lambda: cache.slot_layout()),
+        ("summary", lambda: cache.summary()),
+        ("resident_bytes", lambda: int(cache.resident_bytes())),
+    ):
+        try:
+            info[name] = getter()
+        except Exception:  # noqa: BLE001 (the report must not fail on an inspection helper)
+            info[name] = None
+    return info
+
+
+def _report(
+    plan: Plan,
+    video: Video,
+    signature: dict[str, Any],
+    frames_done: int,
+    start_frame: int,
+    generated: int,
+    complete: bool,
+    interrupted: bool,
+    wall_seconds: float,
+    generation_seconds: float,
+    cache_info: dict[str, Any],
+) -> dict[str, Any]:
+    report: dict[str, Any] = {
+        "format": REPORT_FORMAT,
+        "version": 1,
+        "complete": complete,
+        "interrupted": interrupted,
+        "output": str(video.output),
+        "prompt": video.prompt,
+        "preset": plan.preset.name,
+        "checkpoint": plan.checkpoint,
+        "seed": plan.seed,
+        "device": str(plan.device),
+        "dtype": _dtype_name(plan.dtype),
+        "fps": FPS,
+        "width": plan.preset.width,
+        "height": plan.preset.height,
+        "latent_frames": frames_done,
+        "latent_frames_requested": plan.num_frames,
+        "video_frames": _video_frames(frames_done),
+        "seconds_of_video": _video_frames(frames_done) / FPS,
+        "chunk_frames": plan.cache.chunk_frames,
+        "chunks": frames_done // plan.cache.chunk_frames,
+        "chunks_this_run": generated,
+        "resumed_from_latent_frame": start_frame if video.action == "resume" else None,
+        "wall_seconds": wall_seconds,
+        "generation_seconds": generation_seconds,
+        "chunks_per_second": generated / generation_seconds if generation_seconds > 0 else None,
+        "cache": {
+            "config": plan.cache.to_dict(),
+            "slot_layout": cache_info.get("slot_layout"),
+            "summary": cache_info.get("summary"),
+            "resident_bytes": cache_info.get("resident_bytes"),
+        },
+        "peak_rss_bytes": _peak_rss_bytes(),
+        "cuda_max_memory_allocated_bytes": (
+            torch.cuda.max_memory_allocated(plan.device) if plan.device.type == "cuda" else None
+        ),
+        "latents": str(video.latents_path) if complete and video.latents_path is not None else None,
+        "signature": signature,
+    }
+    return report
+
+
+def _run_generate(args: argparse.Namespace) -> int:
+    if args.list_presets:
+        print(presets_table())
+        return EXIT_OK
+    plan = plan_generate(args)
+    todo = [video for video in plan.videos if video.action != "skip"]
+    for video in plan.videos:
+        if video.action == "skip":
+            _note(f"{video.output} is already complete; skipped")
+    if not todo:
+        return EXIT_OK
+    _resolve_weights(plan)
+    _encode_prompts(plan, [video for video in todo if video.action == "fresh"])
+    decoder = _load_decoder(plan)
+    model = _load_model(plan)
+    stop = _StopRequest()
+    with stop.installed():
+        for video in todo:
+            complete = _generate_video(plan, video, model, decoder, stop, len(plan.videos))
+            if not complete:
+                if plan.save_every is not None:
+                    _note(f"resume with the same command plus --resume (checkpoint: {video.state})")
+                return EXIT_INTERRUPTED
+    return EXIT_OK
+
+
+register_command(Command("generate", "generate videos (mp4 + JSON report)", _configure_generate,
+                         _run_generate, GENERATE_DESCRIPTION))
+register_command(Command("presets", "list the presets (models, lengths, GPU memory)", _configure_presets,
+                         _run_presets))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,272 @@
+"""`memrope` command line: tiny generation end to end, clear errors that never touch an existing
+output, the presets table, and resume after an interrupted (killed) run."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from memrope.cli import main
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("imageio_ffmpeg") is None or importlib.util.find_spec("imageio") is None,
+    reason="needs the video extra",
+)
+SENTINEL = b"an existing video that must survive"
+
+
+def read_frames(path: Path) -> torch.Tensor:
+    import imageio.v2 as imageio
+
+    with imageio.get_reader(path) as reader:
+        return torch.stack([torch.from_numpy(frame) for frame in reader])
+
+
+def tiny_args(output: Path, *extra: str) -> list[str]:
+    return ["generate", "--model", "tiny", "--prompt", "a red fox", "--output", str(output), "--no-progress", *extra]
+
+
+def test_tiny_generation_writes_mp4_and_report(tmp_path: Path) -> None:
+    output = tmp_path / "fox.mp4"
+    assert main(tiny_args(output, "--num-frames", "6", "--save-latents", str(tmp_path / "fox.safetensors"))) == 0
+    frames = read_frames(output)
+    assert frames.shape == (4 * 6 - 3, 128, 192, 3)
+    assert frames.float().std() > 10  # colourful, not blank
+    report = json.loads((tmp_path / "fox.mp4.json").read_text())
+    assert report["complete"] and not report["interrupted"]
+    assert (report["latent_frames"], report["video_frames"], report["chunks"]) == (6, 21, 2)
+    assert report["seconds_of_video"] == pytest.approx(21 / 16)
+    assert report["wall_seconds"] > 0 and report["chunks_per_second"] > 0
+    assert report["cache"]["slot_layout"] == [f"f{i}" for i in range(6)]
+    assert "MemRoPECache" in report["cache"]["summary"] and report["cache"]["resident_bytes"] > 0
+    assert report["peak_rss_bytes"] > 0
+    latents = load_file(tmp_path / "fox.safetensors")["latents"]
+    assert latents.shape == (1, 6, 16, 16, 24) and torch.isfinite(latents).all()
+    assert not list(tmp_path.glob(".*"))  # no temporary files left
+
+
+def test_default_length_seconds_and_policy_options(tmp_path: Path) -> None:
+    output = tmp_path / "sink.mp4"
+    args = tiny_args(output, "--seconds", "3", "--policy", "sink", "--cache-frames", "6", "--sink-frames", "1",
+                     "--seed", "5", "--dtype", "bf16", "--device", "cpu")
+    assert main(args) == 0
+    report = json.loads((tmp_path / "sink.mp4.json").read_text())
+    assert report["latent_frames"] == 12 and report["dtype"] == "bfloat16" and report["seed"] == 5
+    assert report["cache"]["config"]["policy"] == "sink"
+    assert report["cache"]["slot_layout"] == ["f0", "f7", "f8", "f9", "f10", "f11"]
+    assert read_frames(output).shape[0] == 45
+
+
+def test_prompts_file_gives_one_video_per_prompt(tmp_path: Path) -> None:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a cat\n\n   \na dog on a beach\n", encoding="utf-8")
+    output = tmp_path / "out" / "video.mp4"
+    output.parent.mkdir()
+    args = ["generate", "--prompts-file", str(prompts), "--output", str(output), "--num-frames", "3", "--no-progress"]
+    assert main(args) == 0
+    first, second = output.with_name("video_0.mp4"), output.with_name("video_1.mp4")
+    assert sorted(p.name for p in output.parent.glob("*.mp4")) == ["video_0.mp4", "video_1.mp4"]
+    assert json.loads(first.with_name("video_0.mp4.json").read_text())["prompt"] == "a cat"
+    assert json.loads(second.with_name("video_1.mp4.json").read_text())["prompt"] == "a dog on a beach"
+    assert not torch.equal(read_frames(first), read_frames(second))
+
+
+BAD_INPUTS = [
+    (["--model", "self-forcing-2h"], "valid presets: tiny, self-forcing-30s"),
+    (["--checkpoint", "/nonexistent/self_forcing_dmd.pt"], "checkpoint not available"),
+    (["--alpha-long", "2"], "--alpha-long"),
+    (["--alpha-short", "x"], "expected a number"),
+    (["--cache-frames", "5"], "--cache-frames must be >="),
+    (["--seed", "-1"], "--seed"),
+    (["--save-every", "0"], "positive integer"),
+    (["--num-frames", "10"], "nearest valid: --num-frames 9 (33 video frames, 2.25 s) or --num-frames 12"),
+    (["--seconds", "10"], "nearest valid: --seconds 9.75 (39 latent frames) or --seconds 10.5"),
+    (["--seconds", "1.1"], "multiple of 0.25"),
+    (["--num-frames", "6", "--seconds", "3"], "not allowed with"),
+    (["--policy", "lru"], "invalid choice"),
+    (["--policy", "full", "--num-frames", "1200"], "at most 1024"),
+    (["--dtype", "float8"], "unknown dtype"),
+    (["--device", "banana"], "unknown --device"),
+    (["--lora", "lora.pt"], "--lora needs --checkpoint"),
+]
+
+
+@pytest.mark.parametrize(("extra", "message"), BAD_INPUTS, ids=[" ".join(e) for e, _ in BAD_INPUTS])
+def test_bad_inputs_fail_clearly_and_leave_the_output_alone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str
+) -> None:
+    output = tmp_path / "video.mp4"
+    output.write_bytes(SENTINEL)
+    code = main(tiny_args(output, *extra))
+    captured = capsys.readouterr()
+    assert code != 0
+    assert message in captured.err
+    assert "Traceback" not in captured.err
+    assert output.read_bytes() == SENTINEL
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["video.mp4"]
+
+
+def _bad_prompt_cases(tmp_path: Path) -> list[tuple[list[str], str]]:
+    blank = tmp_path / "blank.txt"
+    blank.write_text("\n  \n\n", encoding="utf-8")
+    return [
+        ([], "no prompt"),
+        (["--prompt", "   "], "--prompt must not be empty"),
+        (["--prompts-file", str(blank)], "holds no prompt"),
+        (["--prompts-file", str(tmp_path / "missing.txt")], "does not exist"),
+    ]
+
+
+def test_empty_prompt_lists_fail(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    output = tmp_path / "video.mp4"
+    output.write_bytes(SENTINEL)
+    for extra, message in _bad_prompt_cases(tmp_path):
+        code = main(["generate", "--output", str(output), "--no-progress", *extra])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and "Traceback" not in err, (extra, err)
+    assert output.read_bytes() == SENTINEL
+
+
+def test_unwritable_outputs_fail_before_generating(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cases = [
+        (tmp_path / "missing" / "video.mp4", "does not exist"),
+        (tmp_path, "is a directory"),
+    ]
+    if os.geteuid() != 0:  # root may write anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir()
+        locked.chmod(0o500)
+        cases.append((locked / "video.mp4", "not writable"))
+    for output, message in cases:
+        assert main(tiny_args(output)) == 2
+        assert message in capsys.readouterr().err
+    latents = tmp_path / "nowhere" / "latents.safetensors"
+    assert main(tiny_args(tmp_path / "ok.mp4", "--save-latents", str(latents))) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "ok.mp4").exists()
+
+
+def test_unavailable_cuda_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    assert main(tiny_args(tmp_path / "v.mp4", "--device", "cuda")) == 2
+    assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_missing_hub_checkpoint_offline_gives_guidance(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    output = tmp_path / "sf.mp4"
+    output.write_bytes(SENTINEL)
+    code = main(["generate", "--model", "self-forcing-30s", "--prompt", "a cat", "--output", str(output),
+                 "--device", "cpu", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert "checkpoint not available" in err and "huggingface-cli download gdhe17/Self-Forcing" in err
+    assert output.read_bytes() == SENTINEL
+
+
+def test_presets_command_and_list_presets(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["presets"]) == 0
+    table = capsys.readouterr().out
+    assert "self-forcing-60s" in table and "longlive-1h" in table and "14400" in table and "GiB" in table
+    assert main(["generate", "--list-presets"]) == 0
+    assert capsys.readouterr().out == table
+    assert main(["presets", "--json"]) == 0
+    presets = json.loads(capsys.readouterr().out)
+    longlive = next(p for p in presets if p["name"] == "longlive-1h")
+    assert longlive["latent_frames"] == 14400 and longlive["checkpoint"] == "longlive"
+    assert main([]) == 2
+
+
+# --------------------------------------------------------------------------------------------------
+# Interruption and resume (a real process, killed)
+# --------------------------------------------------------------------------------------------------
+
+RESUME_FRAMES = "150"  # 50 chunks: a couple of seconds, long enough to interrupt
+
+
+def _start(output: Path, latents: Path) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "memrope.cli", *tiny_args(output, "--num-frames", RESUME_FRAMES,
+               "--save-every", "1", "--save-latents", str(latents))]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+
+
+def _wait_for(path: Path, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if process.poll() is not None:
+            pytest.fail(f"process ended before {path} appeared: {process.communicate()[1].decode()}")
+        if time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"{path} did not appear")
+        time.sleep(0.02)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[torch.Tensor, torch.Tensor]:
+    folder = tmp_path_factory.mktemp("reference")
+    output, latents = folder / "ref.mp4", folder / "ref.safetensors"
+    assert main(tiny_args(output, "--num-frames", RESUME_FRAMES, "--save-latents", str(latents))) == 0
+    return load_file(latents)["latents"], read_frames(output)
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGINT"])
+def test_resume_after_interruption_equals_an_uninterrupted_run(
+    tmp_path: Path, reference: tuple[torch.Tensor, torch.Tensor], how: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output, latents = tmp_path / "video.mp4", tmp_path / "video.safetensors"
+    output.write_bytes(SENTINEL)
+    state = tmp_path / "video.mp4.resume.safetensors"
+    process = _start(output, latents)
+    _wait_for(state, process)
+    process.send_signal(getattr(signal, how))
+    _, err = process.communicate(timeout=60)
+    if how == "SIGKILL":
+        assert process.returncode == -signal.SIGKILL
+        assert output.read_bytes() == SENTINEL  # a killed writer never replaces the output
+    else:
+        assert process.returncode == 130, err.decode()
+        assert b"Traceback" not in err and b"--resume" in err
+        partial = read_frames(output)  # playable, shorter
+        report = json.loads((tmp_path / "video.mp4.json").read_text())
+        assert not report["complete"] and report["interrupted"]
+        assert partial.shape[0] == report["video_frames"] < reference[1].shape[0]
+    assert state.exists() and not latents.exists()
+
+    # a resume with other settings is refused and changes nothing
+    assert main(tiny_args(output, "--num-frames", RESUME_FRAMES, "--save-every", "1", "--resume",
+                          "--seed", "1")) == 2
+    assert "other settings" in capsys.readouterr().err and state.exists()
+
+    args = tiny_args(output, "--num-frames", RESUME_FRAMES, "--save-every", "1", "--save-latents", str(latents),
+                     "--resume")
+    assert main(args) == 0
+    assert torch.equal(load_file(latents)["latents"], reference[0])
+    assert torch.equal(read_frames(output), reference[1])
+    report = json.loads((tmp_path / "video.mp4.json").read_text())
+    assert report["complete"] and report["resumed_from_latent_frame"] > 0
+    assert not state.exists() and not (tmp_path / "video.mp4.resume.latents").exists()
+    for leftover in tmp_path.glob(".*.partial.mp4"):  # what the SIGKILLed writer left behind
+        leftover.unlink()
+
+    # resuming a finished video skips it
+    before = output.stat().st_mtime_ns
+    assert main(args) == 0
+    assert "already complete" in capsys.readouterr().err
+    assert output.stat().st_mtime_ns == before
