@@ -270,3 +270,22 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(
     assert main(args) == 0
     assert "already complete" in capsys.readouterr().err
     assert output.stat().st_mtime_ns == before
+
+
+def test_checkpoint_override_loads_weights_through_the_loader(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from memrope.presets import tiny_model
+
+    weights = tmp_path / "tiny_seed1.safetensors"
+    save_file(tiny_model(seed=1).state_dict(), weights)
+    default, loaded = tmp_path / "default.safetensors", tmp_path / "loaded.safetensors"
+    assert main(tiny_args(tmp_path / "a.mp4", "--num-frames", "3", "--save-latents", str(default))) == 0
+    assert main(tiny_args(tmp_path / "b.mp4", "--num-frames", "3", "--save-latents", str(loaded),
+                          "--checkpoint", str(weights))) == 0
+    assert not torch.equal(load_file(default)["latents"], load_file(loaded)["latents"])
+    bad = tmp_path / "bad.safetensors"
+    save_file({"blocks.0.ffn.0.weight": torch.zeros(2, 2)}, bad)
+    output = tmp_path / "c.mp4"
+    assert main(tiny_args(output, "--checkpoint", str(bad))) == 1
+    assert not output.exists()
