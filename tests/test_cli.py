@@ -289,3 +289,82 @@ def test_checkpoint_override_loads_weights_through_the_loader(tmp_path: Path) ->
     output = tmp_path / "c.mp4"
     assert main(tiny_args(output, "--checkpoint", str(bad))) == 1
     assert not output.exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# Prompt schedules
+# --------------------------------------------------------------------------------------------------
+
+
+def _schedule_args(output: Path, schedule: str, *extra: str) -> list[str]:
+    return ["generate", "--model", "tiny", "--prompt-schedule", schedule, "--output", str(output),
+            "--num-frames", "18", "--no-progress", *extra]
+
+
+def test_prompt_schedule_switches_after_the_switch_frame_only(tmp_path: Path) -> None:
+    plain, switched = tmp_path / "plain.safetensors", tmp_path / "switched.safetensors"
+    assert main(tiny_args(tmp_path / "a.mp4", "--num-frames", "18", "--save-latents", str(plain))) == 0
+    schedule = "0: a red fox ;9:a red fox jumps into the snow;3.75s:it runs away"
+    assert main(_schedule_args(tmp_path / "b.mp4", schedule, "--save-latents", str(switched))) == 0
+    before, after = load_file(plain)["latents"], load_file(switched)["latents"]
+    assert torch.equal(before[:, :9], after[:, :9])
+    assert (before[:, 9:] - after[:, 9:]).abs().amax(dim=(0, 2, 3, 4)).min() > 1e-3
+    report = json.loads((tmp_path / "b.mp4.json").read_text())
+    assert report["prompt"] == "a red fox"
+    assert report["prompt_schedule"] == [
+        {"frame": 0, "prompt": "a red fox"},
+        {"frame": 9, "prompt": "a red fox jumps into the snow"},
+        {"frame": 15, "prompt": "it runs away"},
+    ]
+    assert len(read_frames(tmp_path / "b.mp4")) == 4 * 18 - 3
+
+
+def test_prompt_schedule_from_a_file_and_resume(tmp_path: Path) -> None:
+    schedule = tmp_path / "story.txt"
+    schedule.write_text("0: a harbour at dawn; boats\n\n6: a storm rolls in\n12: calm again\n", encoding="utf-8")
+    reference = tmp_path / "ref.safetensors"
+    assert main(_schedule_args(tmp_path / "ref.mp4", f"@{schedule}", "--save-latents", str(reference))) == 0
+    report = json.loads((tmp_path / "ref.mp4.json").read_text())
+    assert [entry["frame"] for entry in report["prompt_schedule"]] == [0, 6, 12]
+    assert report["prompt"] == "a harbour at dawn; boats"
+
+    output, latents = tmp_path / "v.mp4", tmp_path / "v.safetensors"
+    state = tmp_path / "v.mp4.resume.safetensors"
+    command = [sys.executable, "-m", "memrope.cli",
+               *_schedule_args(output, f"@{schedule}", "--num-frames", "150", "--save-every", "2")]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    _wait_for(state, process)
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=60)
+    full = tmp_path / "full.safetensors"
+    assert main(_schedule_args(tmp_path / "full.mp4", f"@{schedule}", "--num-frames", "150",
+                               "--save-latents", str(full))) == 0
+    # another schedule is other settings: refused
+    assert main(_schedule_args(output, "0:a harbour at dawn; boats", "--num-frames", "150", "--save-every", "2",
+                               "--resume")) == 2
+    assert main(_schedule_args(output, f"@{schedule}", "--num-frames", "150", "--save-every", "2", "--resume",
+                               "--save-latents", str(latents))) == 0
+    assert json.loads((tmp_path / "v.mp4.json").read_text())["resumed_from_latent_frame"] > 0
+    assert torch.equal(load_file(latents)["latents"], load_file(full)["latents"])
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--prompt-schedule", "0:a;4:b"], "multiples of the chunk (3 latent frames)"),
+        (["--prompt-schedule", "3:a"], "must start at frame 0"),
+        (["--prompt-schedule", "0:a;30:b"], "before the video's end (latent frame 24)"),
+        (["--prompt-schedule", "@/nonexistent/story.txt"], "cannot read --prompt-schedule file"),
+        (["--prompt-schedule", "0:a;6:b", "--prompts-file", "p.txt"], "do not combine it with --prompt"),
+    ],
+)
+def test_bad_prompt_schedules_fail_clearly(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str
+) -> None:
+    output = tmp_path / "video.mp4"
+    args = ["generate", "--model", "tiny", "--output", str(output), "--no-progress", *extra]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not output.exists()

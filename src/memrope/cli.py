@@ -51,6 +51,7 @@ import torch
 
 from memrope.config import POLICIES, MemRoPEConfig
 from memrope.presets import FPS, PRESETS, TEMPORAL_FACTOR, Preset, presets_table
+from memrope.schedule import ScheduledPrompt, parse_prompt_schedule
 
 __all__ = ["COMMANDS", "CLIError", "Command", "build_parser", "main", "register_command"]
 
@@ -195,6 +196,10 @@ ignored) write OUTPUT_STEM_<i>.mp4 beside OUTPUT.
 Length: --num-frames counts latent frames (a multiple of the chunk, 3); N latent frames decode to
 4N-3 video frames at 16 fps, so --seconds S means 4*S latent frames (30 s = 120).
 
+Prompt switches: --prompt-schedule "0:a cat sits;120:the cat jumps" makes one video whose prompt
+changes at latent frame 120 (or 30s): the cross-attention context is recomputed and the cache window
+after the sink is re-encoded under the new prompt, while the sink and the memory tokens keep the past.
+
 Interrupting: the first Ctrl-C stops after the current chunk and leaves a playable mp4 (and a
 checkpoint with --save-every); run the same command with --resume to continue.
 
@@ -202,6 +207,7 @@ examples:
   memrope generate --model tiny --prompt "a red fox running through snow" --output fox.mp4
   memrope generate --model self-forcing-60s --prompt "..." --output sf.mp4 --save-every 20 --resume
   memrope generate --model longlive-1h --prompts-file MovieGenVideoBench.txt --output out/v.mp4
+  memrope generate --model longlive-60s --prompt-schedule "0:a cat sits;30s:the cat jumps" -o cat.mp4
 """
 
 
@@ -280,6 +286,12 @@ def _configure_generate(parser: argparse.ArgumentParser) -> None:
         "--prompts-file", metavar="PATH",
         help="UTF-8 text file, one prompt per line, blank lines ignored (e.g. MovieGenBench)",
     )
+    prompts.add_argument(
+        "--prompt-schedule", metavar="SCHEDULE",
+        help="one video whose prompt changes mid-video (LongLive-style KV re-cache): START:PROMPT "
+        "entries separated by ';', START a latent frame (120) or seconds (30s), the first at 0, e.g. "
+        "\"0:a cat sits;120:the cat jumps\"; or @FILE with one entry per line",
+    )
 
     length = parser.add_argument_group("length and sampling")
     frames = length.add_mutually_exclusive_group()
@@ -340,6 +352,14 @@ class Video:
     latents_path: Path | None
     action: str = "fresh"  # "fresh", "resume" or "skip"
     embeds: torch.Tensor | None = None
+    switches: tuple[ScheduledPrompt, ...] = ()  # later entries of a --prompt-schedule
+    switch_embeds: list[torch.Tensor] = field(default_factory=list)
+
+    @property
+    def schedule(self) -> list[dict[str, Any]]:
+        """The prompts in force and from which latent frame (one entry without a schedule)."""
+        entries = (ScheduledPrompt(0, self.prompt), *self.switches)
+        return [{"frame": entry.frame, "prompt": entry.prompt} for entry in entries]
 
     @property
     def report(self) -> Path:
@@ -389,6 +409,7 @@ class Plan:
             "lora": self.lora,
             "text_encoder": self.text_encoder,
             "prompt": video.prompt,
+            "prompt_switches": video.schedule[1:],
             "seed": self.seed,
             "num_frames": self.num_frames,
             "latent_hw": list(self.preset.latent_hw),
@@ -419,6 +440,21 @@ def _resolve_preset(name: str) -> Preset:
     if name in PRESETS:
         return PRESETS[name]
     raise CLIError(f"unknown model/preset {name!r}; valid presets: {', '.join(PRESETS)}")
+
+
+def _read_schedule(text: str, chunk: int, num_frames: int) -> tuple[ScheduledPrompt, ...]:
+    separator = ";"
+    if text.startswith("@"):
+        path = Path(text[1:]).expanduser()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise CLIError(f"cannot read --prompt-schedule file {path}: {error}") from None
+        separator = "\n"
+    try:
+        return parse_prompt_schedule(text, chunk_frames=chunk, num_frames=num_frames, separator=separator)
+    except ValueError as error:
+        raise CLIError(f"--prompt-schedule: {error}") from None
 
 
 def _read_prompts(args: argparse.Namespace) -> list[str]:
@@ -594,7 +630,14 @@ def plan_generate(args: argparse.Namespace) -> Plan:
             f"--policy full keeps every frame and supports at most {cache.max_positions} latent frames "
             f"(the RoPE table), got {num_frames}; use --policy memrope for longer videos"
         )
-    prompts = _read_prompts(args)
+    schedule: tuple[ScheduledPrompt, ...] = ()
+    if args.prompt_schedule is not None:
+        if args.prompt or args.prompts_file is not None:
+            raise CLIError("--prompt-schedule describes one video; do not combine it with --prompt or --prompts-file")
+        schedule = _read_schedule(args.prompt_schedule, chunk, num_frames)
+        prompts = [schedule[0].prompt]
+    else:
+        prompts = _read_prompts(args)
     device = _device(args.device)
     dtype = args.dtype
     if dtype is None:
@@ -613,7 +656,7 @@ def plan_generate(args: argparse.Namespace) -> Plan:
         latents_path = None
         if latents is not None:
             latents_path = _numbered(latents, index, width) if numbered else latents
-        videos.append(Video(index, prompt, video_path, latents_path))
+        videos.append(Video(index, prompt, video_path, latents_path, switches=schedule[1:]))
     _check_writable(output, "--output")
     if latents is not None:
         _check_writable(latents, "--save-latents")
@@ -697,8 +740,9 @@ def _encode_prompts(plan: Plan, videos: list[Video]) -> None:
         return
     encoder = _load_text_encoder(plan)
     config = plan.preset.model_config
-    for video in videos:
-        embeds = encoder.encode([video.prompt]).float().cpu()
+
+    def encode(prompt: str) -> torch.Tensor:
+        embeds = encoder.encode([prompt]).float().cpu()
         if embeds.ndim != 3 or embeds.shape[1] > config.text_len or embeds.shape[2] != config.text_dim:
             raise CLIError(
                 f"the text encoder gives {list(embeds.shape)} embeddings but the model needs "
@@ -707,7 +751,11 @@ def _encode_prompts(plan: Plan, videos: list[Video]) -> None:
             )
         used = embeds[0].abs().sum(dim=-1).nonzero()
         length = int(used.max()) + 1 if used.numel() else 1
-        video.embeds = embeds[:, :length].contiguous()
+        return embeds[:, :length].contiguous()
+
+    for video in videos:
+        video.embeds = encode(video.prompt)
+        video.switch_embeds = [encode(entry.prompt) for entry in video.switches]
     del encoder
     if plan.device.type == "cuda":
         torch.cuda.empty_cache()
@@ -972,8 +1020,10 @@ def _generate_video(plan: Plan, video: Video, model: Any, decoder: Any, stop: _S
             if resuming:
                 stream = pipeline.stream(resume_from=state)
             else:
+                switches = [(entry.frame, embeds) for entry, embeds in zip(video.switches, video.switch_embeds)]
                 stream = pipeline.stream(
-                    video.embeds, num_frames=plan.num_frames, seed=plan.seed, latent_hw=preset.latent_hw
+                    video.embeds, num_frames=plan.num_frames, seed=plan.seed, latent_hw=preset.latent_hw,
+                    prompt_switches=switches or None,
                 )
             bar = _progress_bar(plan, video, start_frame // chunk, count)
             generation_started = time.perf_counter()
@@ -1062,6 +1112,7 @@ def _report(
         "interrupted": interrupted,
         "output": str(video.output),
         "prompt": video.prompt,
+        "prompt_schedule": video.schedule,
         "preset": plan.preset.name,
         "checkpoint": plan.checkpoint,
         "seed": plan.seed,

@@ -11,6 +11,12 @@ flow-matching steps each, then written back into the cache as clean context.
 * A run can checkpoint itself (``save_every`` / ``checkpoint_path``) and be resumed bit-identically
   (``resume_from``): the checkpoint holds the cache, the CPU generator state, the prompt
   embeddings and the position in the initial noise (see below).
+* ``prompt_switches`` change the prompt at given latent frames, as LongLive's interactive mode does:
+  at a switch the cross-attention context is recomputed for the new prompt and the frames of the
+  cache window after the sink (recent frames and the last chunk) are re-encoded under it (KV
+  re-cache, :meth:`~memrope.cache.MemRoPECache.recaching`), while the sink and the memory tokens keep
+  the past. The clean latents of that window (at most ``cache_frames - sink_frames`` frames) are kept
+  for it while a switch lies ahead, and are part of checkpoints.
 
 Random numbers follow the official order: one CPU ``torch.Generator`` first draws the initial noise
 ``[B, F, C, H, W]`` (unless ``noise`` is given), then every intermediate noise
@@ -47,11 +53,13 @@ from memrope.scheduler import FlowMatchScheduler
 
 DEFAULT_LATENT_HW = (60, 104)
 STATE_FORMAT = "memrope.pipeline_state"
-STATE_VERSION = 2  # 2: the initial noise is an InitialNoise state (1: the unused noise tensor)
-_READABLE_VERSIONS = (1, 2)
+STATE_VERSION = 3  # 3: prompt switches; 2: the initial noise is an InitialNoise state; 1: the noise tensor
+_READABLE_VERSIONS = (1, 2, 3)
 _META_KEY = "memrope_pipeline_state"
 _CACHE_PREFIX = "cache."
 _NOISE_PREFIX = "noise."
+_SWITCH_PREFIX = "switch_embeds."
+_HISTORY_KEY = "history"
 PathLike = str | os.PathLike[str]
 
 
@@ -110,17 +118,27 @@ class ChunkResult:
     frames: torch.Tensor | None = None
 
 
+@dataclass(frozen=True)
+class PromptSwitch:
+    """A prompt change: from latent frame ``frame`` on, generate under ``text_embeds`` ``[B, L, text_dim]``."""
+
+    frame: int
+    text_embeds: torch.Tensor
+
+
 @dataclass
 class _Run:
     """Everything one video needs between chunks (what a checkpoint holds, plus derived objects)."""
 
-    text_embeds: torch.Tensor  # [B, L, text_dim], pipeline dtype, device
-    context: Any  # model.encode_context(text_embeds)
+    text_embeds: torch.Tensor  # [B, L, text_dim], pipeline dtype, device: the prompt from frame 0
+    context: Any  # model.encode_context() of the prompt in force
     noise: InitialNoise  # positioned at frame next_chunk * chunk_frames
     generator: torch.Generator
     cache: MemRoPECache
     num_frames: int
     next_chunk: int
+    switches: tuple[PromptSwitch, ...] = ()  # increasing frames, embeds in pipeline dtype on device
+    history: torch.Tensor | None = None  # clean latents [B, n, C, H, W] of the frames before next_chunk
 
 
 class CausalInferencePipeline:
@@ -203,6 +221,7 @@ class CausalInferencePipeline:
         generator: torch.Generator | None = None,
         seed: int | None = None,
         latent_hw: tuple[int, int] | None = None,
+        prompt_switches: Sequence[tuple[int, torch.Tensor]] | None = None,
     ) -> torch.Tensor:
         """Generate a whole latent video ``[B, num_frames, C, H, W]`` (see :meth:`stream`).
 
@@ -215,6 +234,7 @@ class CausalInferencePipeline:
             generator=generator,
             seed=seed,
             latent_hw=latent_hw,
+            prompt_switches=prompt_switches,
         )
         return torch.cat([chunk.latents for chunk in chunks], dim=1)
 
@@ -227,6 +247,7 @@ class CausalInferencePipeline:
         generator: torch.Generator | None = None,
         seed: int | None = None,
         latent_hw: tuple[int, int] | None = None,
+        prompt_switches: Sequence[tuple[int, torch.Tensor]] | None = None,
         resume_from: PathLike | dict[str, Any] | None = None,
         save_every: int | None = None,
         checkpoint_path: PathLike | None = None,
@@ -243,14 +264,19 @@ class CausalInferencePipeline:
             generator: CPU generator for all random draws (it is advanced); exclusive with ``seed``.
             seed: seeds a fresh CPU generator; with neither, a random seed is used.
             latent_hw: latent ``(H, W)`` when ``noise`` is not given (default ``(60, 104)``: 480x832).
+            prompt_switches: ``(frame, text_embeds)`` pairs, frames increasing, each a multiple of
+                ``chunk_frames`` in ``(0, num_frames)``, embeddings ``[B, L, text_dim]`` with the batch of
+                ``text_embeds``: from ``frame`` on the video follows that prompt (see the module
+                docstring); the frames before ``frame`` are exactly those of a run without the switch.
             resume_from: a checkpoint path or :meth:`state_dict` to continue from; excludes
-                ``text_embeds``, ``num_frames``, ``noise``, ``generator``, ``seed`` and ``latent_hw``.
+                ``text_embeds``, ``num_frames``, ``noise``, ``generator``, ``seed``, ``latent_hw`` and
+                ``prompt_switches``.
             save_every: write a checkpoint to ``checkpoint_path`` after every ``save_every`` chunks.
             checkpoint_path: where periodic checkpoints go (replaced atomically).
         """
         _check_checkpointing(save_every, checkpoint_path)
         if resume_from is None:
-            run = self._start_run(text_embeds, num_frames, noise, generator, seed, latent_hw)
+            run = self._start_run(text_embeds, num_frames, noise, generator, seed, latent_hw, prompt_switches)
         else:
             given = {
                 "text_embeds": text_embeds,
@@ -259,6 +285,7 @@ class CausalInferencePipeline:
                 "generator": generator,
                 "seed": seed,
                 "latent_hw": latent_hw,
+                "prompt_switches": prompt_switches,
             }
             conflicting = [name for name, value in given.items() if value is not None]
             if conflicting:
@@ -275,10 +302,12 @@ class CausalInferencePipeline:
 
         Returns:
             ``{"cache": cache.state_dict(), "generator_state": uint8 tensor, "text_embeds":
-            [B, L, text_dim], "noise": InitialNoise.state_dict(), "meta": JSON-able dict}`` with
-            ``meta`` holding ``next_chunk``, ``start_frame``, ``num_frames`` and the settings a
-            resume must share. ``noise`` holds per-item generator states (a few KB), or the unused
-            initial noise ``[B, F_left, C, H, W]`` when it is held (see the module docstring).
+            [B, L, text_dim], "noise": InitialNoise.state_dict(), "switches": [(frame, [B, L, text_dim])],
+            "history": [B, n, C, H, W] or None, "meta": JSON-able dict}`` with ``meta`` holding
+            ``next_chunk``, ``start_frame``, ``num_frames`` and the settings a resume must share.
+            ``noise`` holds per-item generator states (a few KB), or the unused initial noise
+            ``[B, F_left, C, H, W]`` when it is held (see the module docstring); ``history`` the
+            clean latents a later prompt switch re-encodes.
         """
         if self._run is None:
             raise RuntimeError("state_dict() needs a run: call stream() or generate() first")
@@ -294,6 +323,8 @@ class CausalInferencePipeline:
             "generator_state": run.generator.get_state(),
             "text_embeds": run.text_embeds.detach().clone(),
             "noise": run.noise.state_dict(),
+            "switches": [(switch.frame, switch.text_embeds.detach().clone()) for switch in run.switches],
+            "history": None if run.history is None else run.history.detach().clone(),
             "meta": {
                 "format": STATE_FORMAT,
                 "version": STATE_VERSION,
@@ -309,6 +340,12 @@ class CausalInferencePipeline:
         state = _upgrade_state(state)
         tensors = {_CACHE_PREFIX + name: tensor for name, tensor in state["cache"].items()}
         tensors.update(generator_state=state["generator_state"], text_embeds=state["text_embeds"])
+        switch_frames = []
+        for index, (frame, embeds) in enumerate(state.get("switches", ())):
+            switch_frames.append(frame)
+            tensors[f"{_SWITCH_PREFIX}{index}"] = embeds
+        if state.get("history") is not None:
+            tensors[_HISTORY_KEY] = state["history"]
         noise_info = {}
         for name, value in state["noise"].items():
             if isinstance(value, torch.Tensor):
@@ -316,7 +353,7 @@ class CausalInferencePipeline:
             else:
                 noise_info[name] = value
         tensors = {name: tensor.detach().to("cpu").contiguous() for name, tensor in tensors.items()}
-        meta = {**state["meta"], "noise": noise_info}
+        meta = {**state["meta"], "noise": noise_info, "switch_frames": switch_frames}
         _atomic_save(tensors, {_META_KEY: json.dumps(meta)}, path)
 
     def load_state(self, path: PathLike) -> dict[str, Any]:
@@ -357,6 +394,12 @@ class CausalInferencePipeline:
                 if name.startswith(_NOISE_PREFIX)
             )
             state["noise"] = noise
+        switch_frames = meta.pop("switch_frames", [])
+        try:
+            state["switches"] = [(frame, tensors[f"{_SWITCH_PREFIX}{i}"]) for i, frame in enumerate(switch_frames)]
+        except KeyError as missing:
+            raise ValueError(f"{os.fspath(path)!r} is missing the tensor {missing.args[0]!r}") from None
+        state["history"] = tensors.get(_HISTORY_KEY)
         self._check_state(state)
         return _upgrade_state(state)
 
@@ -394,10 +437,12 @@ class CausalInferencePipeline:
         generator: torch.Generator | None,
         seed: int | None,
         latent_hw: tuple[int, int] | None,
+        prompt_switches: Sequence[tuple[int, torch.Tensor]] | None,
     ) -> _Run:
         text_embeds = self._check_text_embeds(text_embeds)
         batch = text_embeds.shape[0]
         num_frames = self._check_num_frames(num_frames)
+        switches = self._check_switches(prompt_switches, batch, num_frames)
         generator = _make_generator(generator, seed)
         if noise is None:
             height, width = _check_latent_hw(latent_hw if latent_hw is not None else DEFAULT_LATENT_HW)
@@ -407,7 +452,7 @@ class CausalInferencePipeline:
             initial = InitialNoise.from_tensor(
                 self._check_noise(noise, batch, num_frames, latent_hw).to(self.dtype)
             )
-        run = self._new_run(text_embeds, initial, generator, num_frames, 0)
+        run = self._new_run(text_embeds, initial, generator, num_frames, 0, switches, None)
         if self.decoder is not None and hasattr(self.decoder, "reset"):
             self.decoder.reset()
         return run
@@ -429,7 +474,11 @@ class CausalInferencePipeline:
             )
         if noise.lazy and noise.dtype != self.dtype:
             raise ValueError(f"resume_from initial noise is drawn in {noise.dtype}, not {self.dtype}")
-        run = self._new_run(text_embeds, noise, generator, meta["num_frames"], meta["next_chunk"])
+        switches = self._check_switches(state.get("switches"), text_embeds.shape[0], meta["num_frames"])
+        history = state.get("history")
+        run = self._new_run(
+            text_embeds, noise, generator, meta["num_frames"], meta["next_chunk"], switches, history
+        )
         run.cache.load_state_dict(state["cache"])
         return run
 
@@ -441,22 +490,29 @@ class CausalInferencePipeline:
         generator: torch.Generator,
         num_frames: int,
         next_chunk: int,
+        switches: tuple[PromptSwitch, ...],
+        history: torch.Tensor | None,
     ) -> _Run:
         text_embeds = text_embeds.to(device=self.device, dtype=self.dtype)
+        switches = tuple(
+            PromptSwitch(s.frame, s.text_embeds.to(device=self.device, dtype=self.dtype)) for s in switches
+        )
         latent_hw = noise.frame_shape[1:]
         cache = self.model.new_cache(
             self.cache_config, text_embeds.shape[0], latent_hw, device=self.device, dtype=self.dtype
         )
-        context = self.model.encode_context(text_embeds)
-        return _Run(text_embeds, context, noise, generator, cache, num_frames, next_chunk)
+        start_frame = next_chunk * self.chunk_frames
+        in_force = [s.text_embeds for s in switches if s.frame < start_frame]
+        context = self.model.encode_context(in_force[-1] if in_force else text_embeds)
+        if history is not None:
+            history = history.to(device=self.device, dtype=self.dtype)
+        return _Run(text_embeds, context, noise, generator, cache, num_frames, next_chunk, switches, history)
 
     # ------------------------------------------------------------------ validation
-    def _check_text_embeds(self, text_embeds: torch.Tensor | None) -> torch.Tensor:
+    def _check_text_embeds(self, text_embeds: torch.Tensor | None, name: str = "text_embeds") -> torch.Tensor:
         config = self.model.config
         if not isinstance(text_embeds, torch.Tensor):
-            raise TypeError(
-                f"text_embeds must be a tensor [B, L, {config.text_dim}], got {type(text_embeds).__name__}"
-            )
+            raise TypeError(f"{name} must be a tensor [B, L, {config.text_dim}], got {type(text_embeds).__name__}")
         shape = tuple(text_embeds.shape)
         if (
             text_embeds.ndim != 3
@@ -465,7 +521,7 @@ class CausalInferencePipeline:
             or shape[2] != config.text_dim
         ):
             raise ValueError(
-                f"text_embeds must have shape [B >= 1, 1 <= L <= {config.text_len}, {config.text_dim}], "
+                f"{name} must have shape [B >= 1, 1 <= L <= {config.text_len}, {config.text_dim}], "
                 f"got {list(shape)}"
             )
         return text_embeds
@@ -483,6 +539,42 @@ class CausalInferencePipeline:
                 f"({chunk}, {2 * chunk}, {3 * chunk}, ...), got {num_frames!r}"
             )
         return num_frames
+
+    def _check_switches(
+        self, prompt_switches: Sequence[tuple[int, torch.Tensor]] | None, batch: int, num_frames: int
+    ) -> tuple[PromptSwitch, ...]:
+        if prompt_switches is None:
+            return ()
+        if isinstance(prompt_switches, (str, bytes, torch.Tensor)) or not isinstance(prompt_switches, Sequence):
+            raise TypeError(
+                "prompt_switches must be a sequence of (frame, text_embeds) pairs, "
+                f"got {type(prompt_switches).__name__}"
+            )
+        chunk = self.chunk_frames
+        switches: list[PromptSwitch] = []
+        for position, pair in enumerate(prompt_switches):
+            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+                raise TypeError(f"prompt_switches[{position}] must be a (frame, text_embeds) pair, got {pair!r:.80}")
+            frame, embeds = pair
+            previous = switches[-1].frame if switches else 0
+            if (
+                isinstance(frame, bool)
+                or not isinstance(frame, int)
+                or frame % chunk
+                or not previous < frame < num_frames
+            ):
+                raise ValueError(
+                    f"prompt_switches[{position}] frame must be a multiple of chunk_frames={chunk} in "
+                    f"({previous}, {num_frames}) (after the previous switch, before num_frames), got {frame!r}"
+                )
+            embeds = self._check_text_embeds(embeds, f"prompt_switches[{position}] text_embeds")
+            if embeds.shape[0] != batch:
+                raise ValueError(
+                    f"prompt_switches[{position}] text_embeds must have the batch size of text_embeds "
+                    f"({batch}), got {embeds.shape[0]}"
+                )
+            switches.append(PromptSwitch(frame, embeds))
+        return tuple(switches)
 
     def _check_noise(
         self, noise: torch.Tensor, batch: int, num_frames: int, latent_hw: tuple[int, int] | None
@@ -508,8 +600,12 @@ class CausalInferencePipeline:
         while run.next_chunk * chunk < run.num_frames:
             index = run.next_chunk
             start = index * chunk
+            for switch in run.switches:
+                if switch.frame == start:
+                    self._switch_prompt(run, switch.text_embeds)
             x = run.noise.take(chunk).to(device=self.device, dtype=self.dtype)
             latents = self._denoise_chunk(run, x, start)
+            self._remember(run, latents, start)
             run.next_chunk = index + 1
             if save_every is not None and checkpoint_path is not None and run.next_chunk % save_every == 0:
                 self._save(self._state_of(run), Path(checkpoint_path))
@@ -539,6 +635,38 @@ class CausalInferencePipeline:
         )
         self.model(x0, t_context, run.context, cache=run.cache, start_frame=start_frame)
         return x0
+
+
+    def _switch_prompt(self, run: _Run, text_embeds: torch.Tensor) -> None:
+        """Follow ``text_embeds`` from now on: new cross-attention context, window re-encoded (KV re-cache)."""
+        run.context = self.model.encode_context(text_embeds)
+        first_frame, frames = run.cache.recache_window()
+        if frames == 0:
+            return
+        if run.history is None:
+            raise RuntimeError("a prompt switch needs the latents of the cache window, but none were kept")
+        history_start = run.next_chunk * self.chunk_frames - run.history.shape[1]
+        offset = first_frame - history_start
+        if offset < 0:
+            raise RuntimeError(
+                f"the recache window starts at frame {first_frame} but the kept latents start at {history_start}"
+            )
+        window = run.history[:, offset : offset + frames]
+        t_context = torch.full(
+            window.shape[:2], float(self.context_noise), dtype=torch.float32, device=self.device
+        )
+        with run.cache.recaching() as (start_frame, _):
+            self.model(window, t_context, run.context, cache=run.cache, start_frame=start_frame)
+
+    def _remember(self, run: _Run, latents: torch.Tensor, start_frame: int) -> None:
+        """Keep the clean latents a later prompt switch re-encodes (nothing once no switch lies ahead)."""
+        if not any(switch.frame > start_frame for switch in run.switches):
+            run.history = None
+            return
+        config = self.cache_config
+        kept_frames = config.cache_frames - config.sink_frames if config.bounded else run.num_frames
+        history = latents if run.history is None else torch.cat([run.history, latents], dim=1)
+        run.history = history[:, -kept_frames:]
 
 
 def _upgrade_state(state: dict[str, Any]) -> dict[str, Any]:
