@@ -6,7 +6,7 @@ import functools
 
 import pytest
 import torch
-from upstream_standins import (
+from memrope.testing.upstream import (
     VARIANTS,
     CausalInferencePipelineStandin,
     CausalWanStandin,

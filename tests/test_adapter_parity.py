@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from upstream_standins import VARIANTS, LoraLinearStandin, build_pipeline
+from memrope.testing.upstream import VARIANTS, LoraLinearStandin, build_pipeline
 
 from memrope.adapters import attach
 from memrope.parity import PARITY_DIR_ENV, ParitySet, find_parity_sets, load_parity_set

@@ -1,4 +1,4 @@
-"""Small stand-ins for the upstream objects the drop-in adapter must fit (SPEC §12).
+"""Small stand-ins for the upstream objects the drop-in adapter must fit.
 
 They reproduce the module tree, call signatures and per-block cache-list protocol of the causal Wan
 model, the ``WanDiffusionWrapper`` and the ``CausalInferencePipeline`` of Self-Forcing, LongLive and
@@ -177,7 +177,17 @@ class BlockStandin(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(ffn_dim, dim))
         self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
 
-    def forward(self, x, e, grid, freqs, context, kv_cache, crossattn_cache, current_start):  # type: ignore[no-untyped-def]
+    def forward(
+        self,
+        x: torch.Tensor,
+        e: torch.Tensor,
+        grid: tuple[int, int, int],
+        freqs: torch.Tensor,
+        context: torch.Tensor,
+        kv_cache: dict[str, Any],
+        crossattn_cache: dict[str, Any] | None,
+        current_start: int,
+    ) -> Any:
         frames = e.shape[1]
         mod = (self.modulation.unsqueeze(1) + e).chunk(6, dim=2)
 
@@ -237,7 +247,7 @@ class CausalWanStandin(nn.Module):
         self.variant = variant
         self.dim, self.ffn_dim, self.num_heads, self.num_layers = dim, ffn_dim, num_heads, num_layers
         self.in_dim, self.out_dim, self.text_dim, self.text_len, self.freq_dim = in_dim, out_dim, text_dim, text_len, freq_dim
-        self.patch_size = tuple(patch_size)
+        self.patch_size = (int(patch_size[0]), int(patch_size[1]), int(patch_size[2]))
         self.eps = eps
         self.local_attn_size, self.sink_size = local_attn_size, sink_size
         self.num_frame_per_block = 1
@@ -257,18 +267,32 @@ class CausalWanStandin(nn.Module):
         return self._forward_inference(*args, **kwargs)
 
     def _forward_inference(
-        self, x, t, context, seq_len, clip_fea=None, y=None, kv_cache=None, crossattn_cache=None, current_start=0, cache_start=None
-    ) -> torch.Tensor:  # type: ignore[no-untyped-def]
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        context: torch.Tensor,
+        seq_len: int,
+        clip_fea: torch.Tensor | None = None,
+        y: torch.Tensor | None = None,
+        kv_cache: list[dict[str, Any]] | None = None,
+        crossattn_cache: list[Any] | None = None,
+        current_start: int = 0,
+        cache_start: int | None = None,
+    ) -> torch.Tensor:
         embedded = [self.patch_embedding(u.unsqueeze(0)) for u in x]
-        grid = tuple(int(n) for n in embedded[0].shape[2:])
+        frames, height, width = (int(n) for n in embedded[0].shape[2:])
+        grid = (frames, height, width)
         tokens = torch.cat([u.flatten(2).transpose(1, 2) for u in embedded])
-        assert tokens.shape[1] <= seq_len
+        if tokens.shape[1] > seq_len:
+            raise ValueError(f"{tokens.shape[1]} tokens exceed seq_len={seq_len}")
         batch = tokens.shape[0]
         if kv_cache is None:  # no cache: attend within the call only
             size = tokens.shape[1]
             kv_cache = [self._empty_cache(batch, size, tokens) for _ in self.blocks]
-            crossattn_cache = [None] * len(self.blocks)
+            crossattn_cache = None
             current_start = 0
+        if crossattn_cache is None:
+            crossattn_cache = [None] * len(self.blocks)
         e = self.time_embedding(sinusoid(self.freq_dim, t.flatten()).type_as(tokens))
         e0 = self.time_projection(e).unflatten(1, (6, self.dim)).unflatten(0, t.shape)
         text = self.text_embedding(torch.stack([torch.cat([u, u.new_zeros(self.text_len - u.size(0), u.size(1))]) for u in context]))
@@ -286,7 +310,6 @@ class CausalWanStandin(nn.Module):
             kv_cache[index]["global_end_index"].fill_(global_end)
             kv_cache[index]["local_end_index"].fill_(local_end)
         out = self.head(tokens, e.unflatten(0, t.shape).unsqueeze(2))
-        frames, height, width = grid
         _, ph, pw = self.patch_size
         videos = []
         for u in out:
@@ -294,7 +317,7 @@ class CausalWanStandin(nn.Module):
             videos.append(torch.einsum("fhwpqrc->cfphqwr", u).reshape(self.out_dim, frames, height * ph, width * pw))
         return torch.stack(videos)
 
-    def _empty_cache(self, batch: int, size: int, like: torch.Tensor) -> dict:
+    def _empty_cache(self, batch: int, size: int, like: torch.Tensor) -> dict[str, Any]:
         head_dim = self.dim // self.num_heads
         return {
             "k": like.new_zeros(batch, size, self.num_heads, head_dim),
@@ -369,6 +392,7 @@ class PeftModelStandin(nn.Module):
 def inject_lora(model: CausalWanStandin, rank: int = 4, alpha: float = 8.0, seed: int = 0) -> PeftModelStandin:
     """Wrap every Linear of the blocks (attention ``q, k, v, o`` and the FFN) with LoRA, B non-zero."""
     generator = torch.Generator().manual_seed(seed)
+    block: Any
     for block in model.blocks:
         for attention in (block.self_attn, block.cross_attn):
             for name in ("q", "k", "v", "o"):
@@ -378,6 +402,7 @@ def inject_lora(model: CausalWanStandin, rank: int = 4, alpha: float = 8.0, seed
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, LoraLinearStandin):
+                lora: Any
                 for lora in (module.lora_A["default"], module.lora_B["default"]):
                     lora.weight.copy_(torch.randn(lora.weight.shape, generator=generator) * 0.1)
     return PeftModelStandin(model)
@@ -392,7 +417,9 @@ def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
         state[name.replace(".base_layer.", ".")] = tensor.clone()
     for name, module in model.named_modules():
         if isinstance(module, LoraLinearStandin):
-            delta = module.lora_B["default"].weight @ module.lora_A["default"].weight * module.scaling["default"]
+            lora_a: Any = module.lora_A["default"]
+            lora_b: Any = module.lora_B["default"]
+            delta = lora_b.weight @ lora_a.weight * module.scaling["default"]
             state[f"{name}.weight"] = state[f"{name}.weight"] + delta
     return state
 
@@ -422,10 +449,10 @@ class WanDiffusionWrapperStandin(nn.Module):
     def forward(
         self,
         noisy_image_or_video: torch.Tensor,
-        conditional_dict: dict,
+        conditional_dict: dict[str, torch.Tensor],
         timestep: torch.Tensor,
-        kv_cache: list | None = None,
-        crossattn_cache: list | None = None,
+        kv_cache: list[dict[str, Any]] | bool | None = None,
+        crossattn_cache: list[Any] | None = None,
         current_start: int | None = None,
         cache_start: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -477,15 +504,17 @@ class CausalInferencePipelineStandin(nn.Module):
             self.denoising_step_list = table[NUM_TRAIN_TIMESTEPS - steps]
         else:
             self.denoising_step_list = steps
-        wan = generator.model
+        wan: Any = generator.model
         wan = wan.base_model.model if hasattr(wan, "base_model") else wan
-        self.wan = [wan]  # a list: not registered as a submodule twice
+        self.wan: list[Any] = [wan]  # a list: not registered as a submodule twice
         self.num_transformer_blocks = len(wan.blocks)
-        self.kv_cache1: list | None = None
-        self.crossattn_cache: list | None = None
+        self.kv_cache1: list[dict[str, Any]] | None = None
+        self.crossattn_cache: list[dict[str, Any]] | None = None
         self.allocations = 0
 
-    def _initialize_kv_cache(self, batch_size, dtype, device, kv_cache_size_override=None) -> None:  # type: ignore[no-untyped-def]
+    def _initialize_kv_cache(
+        self, batch_size: int, dtype: torch.dtype, device: torch.device, kv_cache_size_override: int | None = None
+    ) -> None:
         wan = self.wan[0]
         head_dim = wan.dim // wan.num_heads
         if kv_cache_size_override is not None:
@@ -508,7 +537,7 @@ class CausalInferencePipelineStandin(nn.Module):
         self.allocations += 1
         self.kv_cache1 = caches
 
-    def _initialize_crossattn_cache(self, batch_size, dtype, device) -> None:  # type: ignore[no-untyped-def]
+    def _initialize_crossattn_cache(self, batch_size: int, dtype: torch.dtype, device: torch.device) -> None:
         wan = self.wan[0]
         head_dim = wan.dim // wan.num_heads
         self.crossattn_cache = [
@@ -523,10 +552,11 @@ class CausalInferencePipelineStandin(nn.Module):
     def inference(self, noise: torch.Tensor, prompt_embeds: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         batch, num_frames, channels, height, width = noise.shape
         chunk = self.num_frame_per_block
-        assert num_frames % chunk == 0
+        if num_frames % chunk:
+            raise ValueError(f"the noise has {num_frames} frames, not a multiple of {chunk} per block")
         device, dtype = noise.device, noise.dtype
         conditional_dict = {"prompt_embeds": prompt_embeds}
-        if self.variant == "self_forcing" and self.kv_cache1 is not None:
+        if self.variant == "self_forcing" and self.kv_cache1 is not None and self.crossattn_cache is not None:
             for entry in self.crossattn_cache:
                 entry["is_init"].fill_(False)
             for entry in self.kv_cache1:
