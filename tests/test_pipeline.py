@@ -155,7 +155,7 @@ def test_decoder_gets_every_chunk(model: CausalWanModel) -> None:
         def reset(self) -> None:
             self.resets += 1
 
-        def __call__(self, latents: torch.Tensor) -> torch.Tensor:
+        def decode_chunk(self, latents: torch.Tensor) -> torch.Tensor:
             return latents.mean(dim=2)
 
     decoder = Decoder()

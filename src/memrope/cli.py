@@ -709,16 +709,10 @@ def _resolve_weights(plan: Plan) -> None:
 
 
 def _load_text_encoder(plan: Plan) -> Any:
-    config = plan.preset.model_config
-    if plan.text_encoder == "hash":
-        from memrope.encoders import HashTextEncoder
+    from memrope.components import load_text_encoder
 
-        return HashTextEncoder(text_len=config.text_len, text_dim=config.text_dim)
-    from memrope.encoders import UMT5TextEncoder
-
-    dtype = torch.bfloat16 if plan.device.type == "cuda" else torch.float32
     try:
-        return UMT5TextEncoder.from_pretrained(plan.text_encoder, dtype=dtype, device=plan.device)
+        return load_text_encoder(plan.preset, plan.text_encoder, device=plan.device)
     except ImportError as error:
         raise CLIError(str(error), EXIT_FAILURE) from None
     except (OSError, ValueError) as error:
@@ -762,51 +756,31 @@ def _encode_prompts(plan: Plan, videos: list[Video]) -> None:
 
 
 def _load_model(plan: Plan) -> torch.nn.Module:
-    from memrope.models.wan import CausalWanModel
-    from memrope.presets import tiny_model
+    from memrope.components import load_model
 
-    if plan.checkpoint is None:
-        return tiny_model().to(device=plan.device, dtype=plan.dtype)
-    from memrope.loading import CheckpointFormatError, CheckpointKeyError, CheckpointKind, load_wan_weights
-
-    with torch.device("meta"):
-        model = CausalWanModel(plan.preset.model_config)
-    model = model.to(dtype=plan.dtype).to_empty(device=plan.device)
-    kind: CheckpointKind = "longlive" if plan.lora is not None and plan.preset.family == "longlive" else "auto"
     try:
-        load_wan_weights(model, plan.checkpoint, kind=kind, lora=plan.lora)
-    except (CheckpointKeyError, CheckpointFormatError, FileNotFoundError, ValueError) as error:
+        return load_model(
+            plan.preset, checkpoint=plan.checkpoint, lora=plan.lora, device=plan.device, dtype=plan.dtype
+        )
+    except (FileNotFoundError, ValueError) as error:  # CheckpointKeyError/FormatError are ValueErrors
         raise CLIError(f"cannot load the checkpoint {plan.checkpoint!r}: {error}", EXIT_FAILURE) from None
-    return model.eval().requires_grad_(False)
 
 
 def _load_decoder(plan: Plan) -> Any:
-    if plan.vae == "tiny":
-        from memrope.presets import TINY_MODEL_CONFIG, tiny_decoder
-
-        if plan.preset.model_config.out_dim != TINY_MODEL_CONFIG.out_dim:
-            raise CLIError("--vae tiny decodes 16-channel latents only")
-        return tiny_decoder()
-    from memrope.vae import WanVAEDecoder
+    from memrope.components import load_decoder
 
     try:
-        return WanVAEDecoder.from_pretrained(plan.vae, dtype=torch.float32, device=plan.device)
+        return load_decoder(plan.preset, plan.vae, device=plan.device)
     except ImportError as error:
         raise CLIError(str(error), EXIT_FAILURE) from None
     except (OSError, ValueError) as error:
+        if plan.vae == "tiny":
+            raise CLIError(f"--vae tiny: {error}") from None
         raise CLIError(
             f"could not load the Wan VAE from {plan.vae!r}: {error}. Download it with "
             f"`huggingface-cli download {plan.vae} --include 'vae/*'` or pass --vae LOCAL_FOLDER",
             EXIT_FAILURE,
         ) from None
-
-
-def _pipeline_cache(pipeline: Any) -> Any:
-    cache = getattr(pipeline, "cache", None)
-    if cache is None:
-        run = getattr(pipeline, "_run", None)
-        cache = getattr(run, "cache", None)
-    return cache
 
 
 # --------------------------------------------------------------------------------------------------
@@ -953,20 +927,11 @@ def _progress_postfix(plan: Plan, frames_done: int, started: float, generated: i
 
 def _generate_video(plan: Plan, video: Video, model: Any, decoder: Any, stop: _StopRequest, count: int) -> bool:
     """Generate (or resume) one video; returns whether it is complete."""
-    from memrope.pipeline import CausalInferencePipeline
+    from memrope.components import make_pipeline
     from memrope.video import Mp4Writer, to_uint8
 
     preset = plan.preset
-    pipeline = CausalInferencePipeline(
-        model,
-        plan.cache,
-        denoising_steps=preset.denoising_steps,
-        warp_denoising_step=preset.warp_denoising_step,
-        shift=preset.shift,
-        context_noise=preset.context_noise,
-        dtype=plan.dtype,
-        device=plan.device,
-    )
+    pipeline = make_pipeline(preset, model, cache=plan.cache, device=plan.device, dtype=plan.dtype)
     chunk = plan.cache.chunk_frames
     frame_shape = (preset.model_config.in_dim, *preset.latent_hw)
     signature = plan.signature(video)
@@ -1041,9 +1006,8 @@ def _generate_video(plan: Plan, video: Video, model: Any, decoder: Any, stop: _S
                         log.sync()  # type: ignore[union-attr]
                         pipeline.save_state(video.state)
                     if generated == 1 or done:
-                        cache = _pipeline_cache(pipeline)
-                        if cache is not None:
-                            cache_info = _cache_info(cache)
+                        if pipeline.cache is not None:
+                            cache_info = _cache_info(pipeline.cache)
                     bar.set_postfix_str(_progress_postfix(plan, frames_done, generation_started, generated))
                     bar.update(1)
                     if stop.requested and not done:

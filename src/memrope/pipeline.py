@@ -50,6 +50,7 @@ from memrope.cache import MemRoPECache
 from memrope.config import MemRoPEConfig
 from memrope.noise import InitialNoise
 from memrope.scheduler import FlowMatchScheduler
+from memrope.vae import VideoDecoder
 
 DEFAULT_LATENT_HW = (60, 104)
 STATE_FORMAT = "memrope.pipeline_state"
@@ -89,16 +90,6 @@ class CausalVideoModel(Protocol):
         cache: MemRoPECache,
         start_frame: int,
     ) -> torch.Tensor: ...
-
-
-class ChunkDecoder(Protocol):
-    """Turns the latents of one chunk ``[B, f, C, H, W]`` into video frames.
-
-    A decoder with a ``reset()`` method (a causal VAE with its own cache) is reset when a new video
-    starts; its state is not part of pipeline checkpoints.
-    """
-
-    def __call__(self, latents: torch.Tensor) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -153,7 +144,9 @@ class CausalInferencePipeline:
         context_noise: timestep of the extra call that writes the clean chunk into the cache.
         dtype: dtype of latents and noise (the model's weights should match it).
         device: where latents live (default: the model's parameters' device).
-        decoder: optional :class:`ChunkDecoder` applied to every chunk.
+        decoder: optional streaming :class:`~memrope.vae.VideoDecoder` applied to every chunk; it is
+            reset when a run starts. Its temporal context is not part of checkpoints: after
+            ``resume_from`` it starts fresh (``memrope generate`` re-decodes the logged latents first).
     """
 
     def __init__(
@@ -167,7 +160,7 @@ class CausalInferencePipeline:
         context_noise: float = 0,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
-        decoder: ChunkDecoder | None = None,
+        decoder: VideoDecoder | None = None,
     ) -> None:
         if not isinstance(cache_config, MemRoPEConfig):
             raise TypeError(f"cache_config must be a MemRoPEConfig, got {type(cache_config).__name__}")
@@ -199,6 +192,11 @@ class CausalInferencePipeline:
     def chunk_frames(self) -> int:
         """Latent frames generated per chunk."""
         return self.cache_config.chunk_frames
+
+    @property
+    def cache(self) -> MemRoPECache | None:
+        """The KV cache of the current run (``None`` before :meth:`stream` or :meth:`generate`)."""
+        return None if self._run is None else self._run.cache
 
     def _step_timesteps(self) -> torch.Tensor:
         """float32 ``[S]`` timesteps of the denoising steps (warped or not)."""
@@ -453,7 +451,7 @@ class CausalInferencePipeline:
                 self._check_noise(noise, batch, num_frames, latent_hw).to(self.dtype)
             )
         run = self._new_run(text_embeds, initial, generator, num_frames, 0, switches, None)
-        if self.decoder is not None and hasattr(self.decoder, "reset"):
+        if self.decoder is not None:
             self.decoder.reset()
         return run
 
@@ -609,7 +607,7 @@ class CausalInferencePipeline:
             run.next_chunk = index + 1
             if save_every is not None and checkpoint_path is not None and run.next_chunk % save_every == 0:
                 self._save(self._state_of(run), Path(checkpoint_path))
-            frames = self.decoder(latents) if self.decoder is not None else None
+            frames = self.decoder.decode_chunk(latents) if self.decoder is not None else None
             yield ChunkResult(index=index, start_frame=start, latents=latents, frames=frames)
 
     def _denoise_chunk(self, run: _Run, x: torch.Tensor, start_frame: int) -> torch.Tensor:

@@ -1,0 +1,148 @@
+"""Build the parts of a :class:`~memrope.presets.Preset`: DiT, text encoder, decoder and pipeline.
+
+The same code serves ``memrope generate`` and Python users::
+
+    from memrope import components
+    from memrope.presets import get_preset
+
+    preset = get_preset("self-forcing-60s")
+    encoder = components.load_text_encoder(preset, device="cuda")
+    prompt = encoder.encode(["a red fox running through snow"])
+    del encoder                                   # umT5-XXL is 10.6 GiB in bf16: free it first
+    model = components.load_model(preset, device="cuda")          # downloads the checkpoint once
+    decoder = components.load_decoder(preset, device="cuda")
+    pipeline = components.make_pipeline(preset, model, decoder=decoder)
+    for chunk in pipeline.stream(prompt, num_frames=preset.latent_frames, seed=0,
+                                 latent_hw=preset.latent_hw):
+        ...                                       # chunk.frames: [1, T, 3, 480, 832] in [-1, 1]
+
+Loading errors keep their types: :class:`FileNotFoundError` for a checkpoint that is not there (and,
+offline, not cached), :class:`~memrope.loading.CheckpointKeyError` for weights that do not fit,
+:class:`ImportError` naming the extra to install for the umT5 encoder or the Wan VAE.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from memrope.config import MemRoPEConfig
+from memrope.encoders import HashTextEncoder, TextEncoder, UMT5TextEncoder
+from memrope.loading import CheckpointKind, load_wan_weights
+from memrope.models.wan import CausalWanModel
+from memrope.pipeline import CausalInferencePipeline
+from memrope.presets import TINY_MODEL_CONFIG, Preset, tiny_decoder, tiny_model
+from memrope.vae import TinyDecoder, VideoDecoder, WanVAEDecoder
+
+__all__ = ["default_device", "load_decoder", "load_model", "load_text_encoder", "make_pipeline"]
+
+PathLike = str | os.PathLike[str]
+
+
+def default_device() -> torch.device:
+    """``cuda`` when a GPU is visible, else ``cpu``."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _device(device: torch.device | str | None) -> torch.device:
+    return default_device() if device is None else torch.device(device)
+
+
+def load_model(
+    preset: Preset,
+    *,
+    checkpoint: PathLike | None = None,
+    lora: PathLike | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> CausalWanModel:
+    """The preset's DiT with its weights, in eval mode without gradients.
+
+    Args:
+        preset: what to build.
+        checkpoint: weights instead of the preset's (local file or folder, ``hf://owner/name/path``
+            or a :data:`memrope.loading.CHECKPOINTS` name); the tiny preset's default is its
+            seeded random weights.
+        lora: a PEFT LoRA merged into ``checkpoint`` (LongLive's ``lora.pt``).
+        device: where the weights go (default: CUDA when available).
+        dtype: weight dtype (default: the preset's on an accelerator, float32 on the CPU).
+
+    The weights are materialised straight on ``device`` in ``dtype`` (no float32 copy first).
+    """
+    target = _device(device)
+    if dtype is None:
+        dtype = preset.default_dtype if target.type != "cpu" else torch.float32
+    if lora is not None and checkpoint is None:
+        raise ValueError("lora needs checkpoint (the registered presets bring their own LoRA)")
+    source = checkpoint if checkpoint is not None else preset.checkpoint
+    if source is None:
+        return tiny_model().to(device=target, dtype=dtype)
+    with torch.device("meta"):
+        model = CausalWanModel(preset.model_config)
+    model = model.to(dtype=dtype).to_empty(device=target)
+    kind: CheckpointKind = "longlive" if lora is not None and preset.family == "longlive" else "auto"
+    load_wan_weights(model, source, kind=kind, lora=lora)
+    return model.eval().requires_grad_(False)
+
+
+def load_text_encoder(
+    preset: Preset,
+    source: str | Path | None = None,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    offload: bool = False,
+) -> TextEncoder:
+    """The preset's text encoder: ``"hash"`` (download-free) or umT5-XXL from a Hub id / local folder.
+
+    ``source`` overrides the preset's; ``dtype`` defaults to bfloat16 on CUDA and float32 on the CPU;
+    ``offload`` keeps umT5 on the CPU between :meth:`~memrope.encoders.TextEncoder.encode` calls.
+    """
+    source = preset.text_encoder if source is None else source
+    config = preset.model_config
+    if source == "hash":
+        return HashTextEncoder(text_len=config.text_len, text_dim=config.text_dim)
+    return UMT5TextEncoder.from_pretrained(
+        source, dtype=dtype, device=_device(device), offload=offload, text_len=config.text_len
+    )
+
+
+def load_decoder(
+    preset: Preset, source: str | Path | None = None, *, device: torch.device | str | None = None
+) -> TinyDecoder | WanVAEDecoder:
+    """The preset's streaming decoder: ``"tiny"`` (weight-free) or the Wan VAE (float32) from a Hub id / folder."""
+    source = preset.vae if source is None else source
+    if source == "tiny":
+        if preset.model_config.out_dim != TINY_MODEL_CONFIG.out_dim:
+            raise ValueError(f"the tiny decoder decodes {TINY_MODEL_CONFIG.out_dim}-channel latents only")
+        return tiny_decoder()
+    return WanVAEDecoder.from_pretrained(source, dtype=torch.float32, device=_device(device))
+
+
+def make_pipeline(
+    preset: Preset,
+    model: CausalWanModel,
+    *,
+    cache: MemRoPEConfig | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    decoder: VideoDecoder | None = None,
+) -> CausalInferencePipeline:
+    """A pipeline with the preset's sampler and cache policy (``cache`` overrides the policy).
+
+    ``device`` and ``dtype`` default to the model's (its first parameter's).
+    """
+    weight = next(model.parameters())
+    return CausalInferencePipeline(
+        model,
+        preset.cache if cache is None else cache,
+        denoising_steps=preset.denoising_steps,
+        warp_denoising_step=preset.warp_denoising_step,
+        shift=preset.shift,
+        context_noise=preset.context_noise,
+        dtype=weight.dtype if dtype is None else dtype,
+        device=weight.device if device is None else device,
+        decoder=decoder,
+    )
