@@ -21,7 +21,7 @@ FLASH_MAX_HEAD_DIM = 256
 def _flash_attn_func() -> Callable[..., Any] | None:
     """``flash_attn.flash_attn_func`` when flash-attn is installed, else ``None``."""
     try:
-        from flash_attn import flash_attn_func
+        from flash_attn import flash_attn_func  # type: ignore[import-not-found, unused-ignore]
     except ImportError:
         return None
     return flash_attn_func  # type: ignore[no-any-return]
@@ -70,7 +70,9 @@ def rope_on_the_fly(
     Writes the chunk's un-roped ``key`` / ``value`` into ``cache`` (advancing it on the first call
     of a chunk, rewriting the chunk's slots on later calls), applies RoPE to the queries at their
     cache-slot positions and to the cached keys at slot-relative positions, and attends over every
-    filled slot (sink, memory, recent and the chunk itself).
+    filled slot (sink, memory, recent and the chunk itself). The cache's attention hooks (if any, see
+    :meth:`~memrope.cache.MemRoPECache.register_attention_hook`) see the RoPE'd query and the
+    context just before the kernel runs.
 
     Args:
         query, key, value: un-roped ``[B, L, H, D]`` of the chunk, ``L = chunk_frames * H' * W'``.
@@ -88,4 +90,5 @@ def rope_on_the_fly(
         )
     context = cache.update(key, value, layer=layer, start_frame=start_frame)
     roped_query = cache.rope.apply(query, context.query_cos, context.query_sin)
+    cache.call_attention_hooks(layer, roped_query, context)
     return attention(roped_query, context.keys, context.values)

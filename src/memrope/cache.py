@@ -14,16 +14,22 @@ position ever leaves ``[0, cache_frames)``.
 RoPE'd keys are kept in a workspace: per layer (default, fastest: only the chunk's own keys are
 rotated per call, the rest once per chunk) or one workspace shared by all layers (resident memory
 at the minimum plus one layer's keys; every call rotates its layer's whole context).
+
+Attention hooks (:meth:`MemRoPECache.register_attention_hook`) see every attention call's RoPE'd
+query and context, e.g. to measure how much attention each :data:`SLOT_ROLES` role receives
+(:mod:`memrope.diagnostics`); with no hook registered they cost nothing.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 import torch
+from torch.utils.hooks import RemovableHandle
 
 from memrope.config import ADAPTIVE_RATE_MAX_FACTOR, ADAPTIVE_RATE_MIN_FACTOR, MemRoPEConfig
 from memrope.rope import RotaryEmbedding, frame_grid_positions, wan_axis_pairs
@@ -36,6 +42,14 @@ LONG_MEMORY_SLOT = -2
 SHORT_MEMORY_SLOT = -3
 MOTION_EPS = 1e-8
 FULL_POLICY_INITIAL_CHUNKS = 4
+
+SlotRole = Literal["sink", "long", "short", "recent", "current"]
+SINK_ROLE: SlotRole = "sink"
+LONG_ROLE: SlotRole = "long"
+SHORT_ROLE: SlotRole = "short"
+RECENT_ROLE: SlotRole = "recent"
+CURRENT_ROLE: SlotRole = "current"
+SLOT_ROLES: tuple[SlotRole, ...] = (SINK_ROLE, LONG_ROLE, SHORT_ROLE, RECENT_ROLE, CURRENT_ROLE)
 
 
 @dataclass(frozen=True)
@@ -53,6 +67,22 @@ class CacheContext:
     query_sin: torch.Tensor
 
 
+class AttentionHook(Protocol):
+    """Called as ``hook(cache, layer, query, context)`` by every attention call, before the kernel.
+
+    * ``cache``: the :class:`MemRoPECache` the call went through; ``layer``: the layer index.
+    * ``query``: the chunk's RoPE'd queries ``[B, Lq, H, D]``.
+    * ``context``: the call's :class:`CacheContext` (RoPE'd keys and values of every filled slot,
+      ``[B, Lk, H, D]``), already holding the chunk's own keys and values.
+
+    Hooks must not modify these tensors; their return value is ignored.
+    """
+
+    def __call__(
+        self, cache: MemRoPECache, layer: int, query: torch.Tensor, context: CacheContext, /
+    ) -> None: ...
+
+
 @dataclass
 class LayerState:
     """Buffers and host-side counters of one layer (counters are Python ints: no host sync)."""
@@ -65,6 +95,7 @@ class LayerState:
     chunk_start: int = 0
     chunk_slot: int = 0
     roped_frames: int = 0
+    last_call: CallKind | None = None
     memory: dict[str, torch.Tensor] = field(default_factory=dict)
     slot_frames: list[int] = field(default_factory=list)
 
@@ -138,11 +169,14 @@ class MemRoPECache:
         self.frame_shape = (int(frame_shape[0]), int(frame_shape[1]))
         self.frame_seqlen = self.frame_shape[0] * self.frame_shape[1]
         self.dtype = dtype
-        if layer_devices is None:
-            layer_devices = [device] * num_layers
-        if len(layer_devices) != num_layers:
-            raise ValueError(f"layer_devices must name one device per layer ({num_layers}), got {len(layer_devices)}")
-        self.layer_devices = [torch.empty(0, device=d).device for d in layer_devices]
+        requested_devices: list[torch.device | str | None] = (
+            [device] * num_layers if layer_devices is None else list(layer_devices)
+        )
+        if len(requested_devices) != num_layers:
+            raise ValueError(
+                f"layer_devices must name one device per layer ({num_layers}), got {len(requested_devices)}"
+            )
+        self.layer_devices = [torch.empty(0, device=d).device for d in requested_devices]
         self.device = self.layer_devices[0]
         self.rope = rope
         self.key_workspace: KeyWorkspace = key_workspace
@@ -156,6 +190,7 @@ class MemRoPECache:
         self._shared_keys: dict[torch.device, torch.Tensor] = {}
         self._shared_owner: dict[torch.device, int] = {}
         self._recache: tuple[int, int] | None = None
+        self._attention_hooks: OrderedDict[int, AttentionHook] = OrderedDict()
         self.layers = [self._new_layer(d) for d in self.layer_devices]
         self._build_tables()
 
@@ -208,8 +243,7 @@ class MemRoPECache:
     # ------------------------------------------------------------------ validation
     def _check_call(self, key: torch.Tensor, value: torch.Tensor, layer: int, start_frame: int) -> CallKind:
         """Validate one call and say what it does: ``"advance"``, ``"rewrite"`` or ``"recache"``."""
-        if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < self.num_layers:
-            raise ValueError(f"layer must be an int in [0, {self.num_layers}), got {layer!r}")
+        state = self._layer_state(layer)
         if isinstance(start_frame, bool) or not isinstance(start_frame, int):
             raise TypeError(f"start_frame must be an int, got {type(start_frame).__name__}")
         frames = self.config.chunk_frames if self._recache is None else self._recache[1]
@@ -230,7 +264,6 @@ class MemRoPECache:
                 raise ValueError(
                     f"{name} must be on the device of layer {layer}'s cache, {self.layer_devices[layer]}, got {tensor.device}"
                 )
-        state = self.layers[layer]
         if self._recache is not None:
             if start_frame != self._recache[0]:
                 raise ValueError(
@@ -259,6 +292,7 @@ class MemRoPECache:
         state = self.layers[layer]
         if kind == "advance":
             self._advance(state, start_frame)
+        state.last_call = kind
         first_slot = state.chunk_slot if kind != "recache" else state.slot_frames.index(start_frame)
         tokens = self.frame_seqlen
         chunk_begin = first_slot * tokens
@@ -418,6 +452,50 @@ class MemRoPECache:
         finally:
             self._recache = None
 
+    @property
+    def active_recache_window(self) -> tuple[int, int] | None:
+        """``(start_frame, frames)`` of the recache in progress inside :meth:`recaching`, else ``None``."""
+        return self._recache
+
+    # ------------------------------------------------------------------ attention hooks
+    def register_attention_hook(self, hook: AttentionHook) -> RemovableHandle:
+        """Call ``hook(cache, layer, query, context)`` on every attention call (see :class:`AttentionHook`).
+
+        Hooks run in registration order, after the chunk is written and its query roped, before
+        the attention kernel. They survive :meth:`reset` and are not part of :meth:`state_dict`.
+        Under ``torch.compile`` hooks run eagerly (the graph breaks around them, so a
+        ``fullgraph=True`` compile fails while a hook is registered); with none it is unaffected.
+
+        Returns:
+            a handle whose ``remove()`` unregisters the hook.
+        """
+        if not callable(hook):
+            raise TypeError(
+                f"hook must be callable as hook(cache, layer, query, context), got {type(hook).__name__}"
+            )
+        handle = RemovableHandle(self._attention_hooks)
+        self._attention_hooks[handle.id] = hook
+        return handle
+
+    @property
+    def attention_hooks(self) -> tuple[AttentionHook, ...]:
+        """The registered attention hooks, in call order."""
+        return tuple(self._attention_hooks.values())
+
+    def call_attention_hooks(self, layer: int, query: torch.Tensor, context: CacheContext) -> None:
+        """Run the registered hooks on one call: RoPE'd ``query`` ``[B, Lq, H, D]`` and its ``context``.
+
+        :func:`memrope.attention.rope_on_the_fly` calls this; custom attention paths over the
+        cache should too. With no hook registered it does nothing.
+        """
+        if self._attention_hooks:
+            self._run_attention_hooks(layer, query, context)
+
+    @torch.compiler.disable
+    def _run_attention_hooks(self, layer: int, query: torch.Tensor, context: CacheContext) -> None:
+        for hook in tuple(self._attention_hooks.values()):
+            hook(self, layer, query, context)
+
     # ------------------------------------------------------------------ inspection
     def layer_contents(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Un-roped keys and values of the filled slots of ``layer`` in slot order, ``[B, filled_tokens, H, D]``."""
@@ -428,6 +506,55 @@ class MemRoPECache:
     def slot_layout(self, layer: int = 0) -> list[str]:
         """What each filled slot of ``layer`` holds: ``"f<global frame>"``, ``"long"`` or ``"short"``."""
         return [_slot_label(frame) for frame in self.layers[layer].slot_frames]
+
+    def slot_roles(self, layer: int = 0) -> list[SlotRole]:
+        """The role (one of :data:`SLOT_ROLES`) of each filled slot of ``layer``, in slot order.
+
+        * ``"current"``: the slots of the chunk last written (``chunk_slot .. chunk_slot +
+          chunk_frames - 1``), or of the recache window inside :meth:`recaching`. This wins over
+          ``"sink"`` while the first chunks fill the sink slots.
+        * ``"long"`` / ``"short"``: the EMA memory slots.
+        * ``"sink"``: other slots below ``config.sink_frames``.
+        * ``"recent"``: every other real frame.
+        """
+        state = self._layer_state(layer)
+        current = self._current_slots(state)
+        return [self._slot_role(slot, frame, current) for slot, frame in enumerate(state.slot_frames)]
+
+    def last_call_kind(self, layer: int = 0) -> CallKind | None:
+        """What ``layer``'s latest call did: ``"advance"``, ``"rewrite"`` or ``"recache"``.
+
+        ``None`` before the first call (and after :meth:`reset` or :meth:`load_state_dict`).
+        """
+        return self._layer_state(layer).last_call
+
+    def _layer_state(self, layer: int) -> LayerState:
+        if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < self.num_layers:
+            raise ValueError(f"layer must be an int in [0, {self.num_layers}), got {layer!r}")
+        return self.layers[layer]
+
+    def _current_slots(self, state: LayerState) -> range:
+        """Slots written by the latest call: the recache window inside :meth:`recaching`, else the chunk."""
+        if self._recache is not None:
+            start_frame, frames = self._recache
+            if frames == 0 or start_frame not in state.slot_frames:
+                return range(0)
+            first = state.slot_frames.index(start_frame)
+            return range(first, first + frames)
+        if not state.slot_frames:
+            return range(0)
+        return range(state.chunk_slot, state.chunk_slot + self.config.chunk_frames)
+
+    def _slot_role(self, slot: int, frame: int, current: range) -> SlotRole:
+        if slot in current:
+            return CURRENT_ROLE
+        if frame == LONG_MEMORY_SLOT:
+            return LONG_ROLE
+        if frame == SHORT_MEMORY_SLOT:
+            return SHORT_ROLE
+        if slot < self.config.sink_frames:
+            return SINK_ROLE
+        return RECENT_ROLE
 
     def resident_bytes(self) -> int:
         """Bytes held by the cache buffers, memory accumulators and RoPE tables."""
@@ -443,9 +570,11 @@ class MemRoPECache:
         """A readable description of the layout: which global frame sits in which slot."""
         config = self.config
         lines = [
-            f"MemRoPECache(policy={config.policy!r}, layers={self.num_layers}, batch={self.batch_size}, "
-            f"heads={self.num_heads}, head_dim={self.head_dim}, frame_shape={self.frame_shape}, "
-            f"dtype={str(self.dtype).removeprefix('torch.')}, device={self.device})",
+            (
+                f"MemRoPECache(policy={config.policy!r}, layers={self.num_layers}, batch={self.batch_size}, "
+                f"heads={self.num_heads}, head_dim={self.head_dim}, frame_shape={self.frame_shape}, "
+                f"dtype={str(self.dtype).removeprefix('torch.')}, device={self.device})"
+            ),
         ]
         if config.bounded:
             lines.append(
@@ -466,11 +595,12 @@ class MemRoPECache:
 
     # ------------------------------------------------------------------ state management
     def reset(self) -> None:
-        """Forget every frame; buffers are kept (and zeroed) for the next video."""
+        """Forget every frame; buffers (zeroed) and attention hooks are kept for the next video."""
         for state in self.layers:
             state.keys.zero_()
             state.values.zero_()
             state.filled_frames = state.end_frame = state.chunk_start = state.chunk_slot = state.roped_frames = 0
+            state.last_call = None
             state.memory = {}
             state.slot_frames = []
         self._shared_owner = {}
@@ -561,4 +691,5 @@ class MemRoPECache:
             state.slot_frames = slot_frames
             state.memory = {name: tensor.to(device, self.memory_dtype).clone() for name, tensor in memory.items()}
             state.roped_frames = 0
+            state.last_call = None
         self._shared_owner = {}

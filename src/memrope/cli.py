@@ -724,8 +724,22 @@ def _load_text_encoder(plan: Plan) -> Any:
         ) from None
 
 
+def _prompt_embeds(encoder: Any, prompt: str, config: Any) -> torch.Tensor:
+    """``[1, L, text_dim]`` CPU embeddings of ``prompt`` with the trailing (zero) padding rows dropped."""
+    embeds = encoder.encode([prompt]).float().cpu()
+    if embeds.ndim != 3 or embeds.shape[1] > config.text_len or embeds.shape[2] != config.text_dim:
+        raise CLIError(
+            f"the text encoder gives {list(embeds.shape)} embeddings but the model needs "
+            f"[1, <= {config.text_len}, {config.text_dim}]",
+            EXIT_FAILURE,
+        )
+    used = embeds[0].abs().sum(dim=-1).nonzero()
+    length = int(used.max()) + 1 if used.numel() else 1
+    return embeds[:, :length].contiguous()
+
+
 def _encode_prompts(plan: Plan, videos: list[Video]) -> None:
-    """Text embeddings of the videos to start, on the CPU with trailing zero rows dropped.
+    """Text embeddings of the videos to start (and of their prompt switches), on the CPU.
 
     The DiT zero-pads embeddings back to ``text_len``, so dropping the (exactly zero) padding rows
     changes nothing and keeps the embeddings small; the encoder is freed afterwards.
@@ -734,22 +748,9 @@ def _encode_prompts(plan: Plan, videos: list[Video]) -> None:
         return
     encoder = _load_text_encoder(plan)
     config = plan.preset.model_config
-
-    def encode(prompt: str) -> torch.Tensor:
-        embeds = encoder.encode([prompt]).float().cpu()
-        if embeds.ndim != 3 or embeds.shape[1] > config.text_len or embeds.shape[2] != config.text_dim:
-            raise CLIError(
-                f"the text encoder gives {list(embeds.shape)} embeddings but the model needs "
-                f"[1, <= {config.text_len}, {config.text_dim}]",
-                EXIT_FAILURE,
-            )
-        used = embeds[0].abs().sum(dim=-1).nonzero()
-        length = int(used.max()) + 1 if used.numel() else 1
-        return embeds[:, :length].contiguous()
-
     for video in videos:
-        video.embeds = encode(video.prompt)
-        video.switch_embeds = [encode(entry.prompt) for entry in video.switches]
+        video.embeds = _prompt_embeds(encoder, video.prompt, config)
+        video.switch_embeds = [_prompt_embeds(encoder, entry.prompt, config) for entry in video.switches]
     del encoder
     if plan.device.type == "cuda":
         torch.cuda.empty_cache()
@@ -1005,9 +1006,8 @@ def _generate_video(plan: Plan, video: Video, model: Any, decoder: Any, stop: _S
                     if not done and plan.save_every is not None and (due or stop.requested):
                         log.sync()  # type: ignore[union-attr]
                         pipeline.save_state(video.state)
-                    if generated == 1 or done:
-                        if pipeline.cache is not None:
-                            cache_info = _cache_info(pipeline.cache)
+                    if (generated == 1 or done) and pipeline.cache is not None:
+                        cache_info = _cache_info(pipeline.cache)
                     bar.set_postfix_str(_progress_postfix(plan, frames_done, generation_started, generated))
                     bar.update(1)
                     if stop.requested and not done:
@@ -1142,6 +1142,12 @@ register_command(Command("generate", "generate videos (mp4 + JSON report)", _con
                          _run_generate, GENERATE_DESCRIPTION))
 register_command(Command("presets", "list the presets (models, lengths, GPU memory)", _configure_presets,
                          _run_presets))
+
+from memrope import diagnostics  # here, not at the top: diagnostics imports this module lazily
+
+register_command(Command("plot-attention", diagnostics.PLOT_ATTENTION_HELP,
+                         diagnostics.configure_plot_attention, diagnostics.run_plot_attention,
+                         diagnostics.PLOT_ATTENTION_DESCRIPTION))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,714 @@
+"""Opt-in attention diagnostics: how much attention mass each part of the cache receives.
+
+Identity drift shows in where the current chunk's queries look: the sink, the long and short EMA
+memory tokens, the recent frames or the chunk itself (the roles of
+:meth:`~memrope.cache.MemRoPECache.slot_roles`). :class:`AttentionMassRecorder` is an attention
+hook that measures this on every attention call, :func:`plot_attention_mass` draws it and
+``memrope plot-attention STATS.json`` does the same from the command line::
+
+    recorder = AttentionMassRecorder()
+    with recorder.attached(cache):
+        ...  # generate as usual
+    recorder.save("stats.json")
+    plot_attention_mass("stats.json", "stats.png")
+
+A *share* is the softmax probability mass (scale ``1/sqrt(D)``, no mask, float32) the queries put
+on one role's slots, averaged over queries and heads; the shares of a call sum to 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import weakref
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, cast
+
+import torch
+from torch.utils.hooks import RemovableHandle
+
+from memrope.cache import SLOT_ROLES, CacheContext, MemRoPECache, SlotRole
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.axis import Axis
+    from matplotlib.figure import Figure
+
+__all__ = [
+    "ATTENTION_MASS_FORMAT",
+    "ATTENTION_MASS_VERSION",
+    "AttentionMassRecorder",
+    "check_attention_mass",
+    "load_attention_mass",
+    "mean_shares_per_chunk",
+    "plot_attention_mass",
+    "role_attention_shares",
+    "slot_attention_mass",
+]
+
+ATTENTION_MASS_FORMAT = "memrope.attention_mass"
+ATTENTION_MASS_VERSION = 1
+DEFAULT_QUERY_BLOCK_SIZE = 128
+CallSelection = Literal["all", "first"]
+CALL_SELECTIONS: tuple[str, ...] = ("all", "first")
+PLOT_INSTALL_HINT = 'pip install "memrope[plot]"'
+REQUIRED_RECORD_FIELDS = ("chunk", "call", "layer", "start_frame", "kind", "shares")
+ROLE_COLORS: Mapping[str, str] = {
+    "sink": "tab:blue",
+    "long": "tab:purple",
+    "short": "tab:pink",
+    "recent": "tab:orange",
+    "current": "tab:green",
+}
+FIGURE_SIZE = (13.0, 7.5)
+FIGURE_DPI = 110
+
+
+# --------------------------------------------------------------------------------------------------
+# The measurement
+# --------------------------------------------------------------------------------------------------
+
+
+def slot_attention_mass(
+    query: torch.Tensor,
+    keys: torch.Tensor,
+    frame_seqlen: int,
+    *,
+    query_block_size: int = DEFAULT_QUERY_BLOCK_SIZE,
+) -> torch.Tensor:
+    """Softmax attention probability mass on each cache slot, summed over queries and heads.
+
+    Probabilities are computed in float32 with scale ``1/sqrt(D)`` and no mask, ``query_block_size``
+    queries at a time, so the transient is about ``2 * B * H * query_block_size * Lk * 4`` bytes
+    (Wan 480x832, ``B = 1``, 12 heads, ``Lk = 18720``, 128 queries: ~230 MB) plus float32 copies of
+    the queries and keys in ``[B, H, L, D]`` layout (~115 MB for those keys).
+
+    Args:
+        query: RoPE'd queries ``[B, Lq, H, D]``.
+        keys: RoPE'd keys ``[B, S * frame_seqlen, H, D]`` of ``S`` slots.
+        frame_seqlen: tokens per slot.
+        query_block_size: queries per block.
+
+    Returns:
+        ``[B, S]`` float32 on the query's device; every row sums to ``Lq * H``.
+    """
+    _check_query_keys(query, keys, frame_seqlen)
+    block_size = _check_positive_int("query_block_size", query_block_size)
+    head_dim = query.shape[-1]
+    slots = keys.shape[1] // frame_seqlen
+    scaled_queries = _heads_first_float32(query) * head_dim**-0.5  # [B, H, Lq, D]
+    keys_by_head = _heads_first_float32(keys)  # [B, H, Lk, D]
+    mass = torch.zeros(query.shape[0], slots, device=query.device, dtype=torch.float32)
+    for begin in range(0, query.shape[1], block_size):
+        logits = scaled_queries[:, :, begin : begin + block_size] @ keys_by_head.mT  # [B, H, block, Lk]
+        probabilities = logits.softmax(dim=-1)
+        mass += probabilities.unflatten(-1, (slots, frame_seqlen)).sum(dim=(1, 2, 4))
+    return mass
+
+
+def _heads_first_float32(tokens: torch.Tensor) -> torch.Tensor:
+    """``[B, L, H, D]`` -> contiguous float32 ``[B, H, L, D]`` (one copy), so the block matmuls need none."""
+    return tokens.transpose(1, 2).to(torch.float32, memory_format=torch.contiguous_format)
+
+
+def role_attention_shares(
+    query: torch.Tensor,
+    keys: torch.Tensor,
+    slot_roles: list[SlotRole],
+    frame_seqlen: int,
+    *,
+    query_block_size: int = DEFAULT_QUERY_BLOCK_SIZE,
+) -> torch.Tensor:
+    """Share of the attention mass on each role, per batch item.
+
+    Args:
+        query: RoPE'd queries ``[B, Lq, H, D]``.
+        keys: RoPE'd keys ``[B, len(slot_roles) * frame_seqlen, H, D]``.
+        slot_roles: the role of each slot of ``keys`` (see :meth:`MemRoPECache.slot_roles`).
+        frame_seqlen: tokens per slot.
+        query_block_size: queries per block (see :func:`slot_attention_mass`).
+
+    Returns:
+        ``[B, len(SLOT_ROLES)]`` float32 shares in :data:`~memrope.cache.SLOT_ROLES` order, the mean
+        over queries and heads (each row sums to 1); on the query's device, nothing synced.
+    """
+    _check_query_keys(query, keys, frame_seqlen)
+    unknown = sorted(set(slot_roles) - set(SLOT_ROLES))
+    if unknown:
+        raise ValueError(f"slot_roles must hold roles from {SLOT_ROLES}, got {unknown}")
+    if keys.shape[1] != len(slot_roles) * frame_seqlen:
+        raise ValueError(
+            f"keys must hold len(slot_roles) * frame_seqlen = {len(slot_roles)} * {frame_seqlen} tokens, "
+            f"got {keys.shape[1]}"
+        )
+    slot_mass = slot_attention_mass(query, keys, frame_seqlen, query_block_size=query_block_size)
+    role_mass = {role: slot_mass.new_zeros(slot_mass.shape[0]) for role in SLOT_ROLES}
+    for role, first_slot, end_slot in _role_runs(slot_roles):
+        role_mass[role] = role_mass[role] + slot_mass[:, first_slot:end_slot].sum(dim=1)
+    queries_times_heads = query.shape[1] * query.shape[2]
+    return torch.stack([role_mass[role] for role in SLOT_ROLES], dim=1) / queries_times_heads
+
+
+def _role_runs(slot_roles: list[SlotRole]) -> list[tuple[SlotRole, int, int]]:
+    """Maximal runs of equal roles as ``(role, first slot, end slot)`` (slicing, no index tensors)."""
+    runs: list[tuple[SlotRole, int, int]] = []
+    for slot, role in enumerate(slot_roles):
+        if runs and runs[-1][0] == role:
+            runs[-1] = (role, runs[-1][1], slot + 1)
+        else:
+            runs.append((role, slot, slot + 1))
+    return runs
+
+
+def _check_query_keys(query: torch.Tensor, keys: torch.Tensor, frame_seqlen: int) -> None:
+    for name, tensor in (("query", query), ("keys", keys)):
+        if not isinstance(tensor, torch.Tensor) or tensor.ndim != 4:
+            raise ValueError(f"{name} must be a [B, L, H, D] tensor, got {_describe(tensor)}")
+    _check_positive_int("frame_seqlen", frame_seqlen)
+    batch, _, heads, head_dim = query.shape
+    if (keys.shape[0], keys.shape[2], keys.shape[3]) != (batch, heads, head_dim):
+        raise ValueError(
+            f"keys must have the query's B, H, D = {(batch, heads, head_dim)}, got shape {list(keys.shape)}"
+        )
+    if keys.shape[1] % frame_seqlen:
+        raise ValueError(
+            f"keys must hold whole slots of frame_seqlen={frame_seqlen} tokens, got {keys.shape[1]}"
+        )
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {list(value.shape)}"
+    return type(value).__name__
+
+
+def _check_positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    return value
+
+
+# --------------------------------------------------------------------------------------------------
+# The recorder
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _CallInfo:
+    """Where one recorded attention call sits: which cache, chunk, call of the chunk and layer."""
+
+    cache: int
+    chunk: int
+    call: int
+    layer: int
+    start_frame: int
+    kind: str
+
+
+class AttentionMassRecorder:
+    """Attention hook recording the attention share of each cache role on every call.
+
+    Attach it to one or several caches (:meth:`attach`, :meth:`attached`, or
+    ``cache.register_attention_hook(recorder)``). Each recorded call gives one record::
+
+        {"cache": 0, "chunk": 5, "call": 0, "layer": 3, "start_frame": 15, "kind": "advance",
+         "shares": {"sink": .., "long": .., "short": .., "recent": .., "current": ..},
+         "item_shares": [{role: share, ...} per batch item]}
+
+    * ``cache``: index of the cache in the order the recorder first saw it (see ``to_dict()["caches"]``).
+    * ``chunk``: ``chunk_start // chunk_frames`` of the layer; ``start_frame``: the call's first frame
+      (the recache window's inside :meth:`MemRoPECache.recaching`).
+    * ``call``: 0-based index of the call within the chunk for that layer (the advance call is 0,
+      then the rewrite calls, then any recache calls); exact when attached before a chunk starts.
+    * ``kind``: ``"advance"``, ``"rewrite"`` or ``"recache"``.
+    * ``shares``: mean over queries, heads and batch items; ``item_shares``: the same per batch item
+      (items are independent videos). Every share dict sums to 1 and names every role (0 for roles
+      absent from the cache, e.g. memory while filling or with the ``sink`` policy).
+
+    Host syncs: none per call. The sums of a chunk stay on the device and move to the host in one
+    ``.tolist()`` when a call of another chunk (or cache) arrives or when the records are read
+    (:attr:`records`, :meth:`per_chunk`, :meth:`to_dict`, :meth:`save`). Each recorded call costs a
+    float32 softmax over the whole context (see :func:`slot_attention_mass` for the transient
+    memory). Under ``torch.compile`` the cache runs hooks eagerly, so compile without
+    ``fullgraph=True`` while recording.
+
+    Args:
+        layers: layer indices to record (default: all).
+        calls: ``"all"`` (default: every denoising step, the clean context refresh and recache
+            calls), ``"first"`` (only each chunk's first call: the first, noisiest denoising step)
+            or a collection of call indices (e.g. ``range(4)``: the 4 denoising steps).
+        query_block_size: queries per block of the softmax (bounds the transient memory).
+    """
+
+    def __init__(
+        self,
+        *,
+        layers: Collection[int] | None = None,
+        calls: CallSelection | Collection[int] = "all",
+        query_block_size: int = DEFAULT_QUERY_BLOCK_SIZE,
+    ) -> None:
+        self.layers = _check_index_set("layers", layers, "layer indices")
+        self.calls = _check_calls(calls)
+        self.query_block_size = _check_positive_int("query_block_size", query_block_size)
+        self._cache_indices: weakref.WeakKeyDictionary[MemRoPECache, int] = weakref.WeakKeyDictionary()
+        self._cache_layouts: list[dict[str, Any]] = []
+        self._calls_seen: dict[tuple[int, int, int], int] = {}
+        self._pending: list[tuple[_CallInfo, torch.Tensor]] = []
+        self._records: list[dict[str, Any]] = []
+
+    def __call__(self, cache: MemRoPECache, layer: int, query: torch.Tensor, context: CacheContext) -> None:
+        """Record one attention call (the :class:`~memrope.cache.AttentionHook` signature)."""
+        if self.layers is not None and layer not in self.layers:
+            return
+        info = self._call_info(cache, layer)
+        if self.calls is not None and info.call not in self.calls:
+            return
+        with torch.no_grad():
+            shares = role_attention_shares(
+                query,
+                context.keys,
+                cache.slot_roles(layer),
+                cache.frame_seqlen,
+                query_block_size=self.query_block_size,
+            )
+        if self._pending and (self._pending[-1][0].cache, self._pending[-1][0].chunk) != (
+            info.cache,
+            info.chunk,
+        ):
+            self._flush()
+        self._pending.append((info, shares))
+
+    def _call_info(self, cache: MemRoPECache, layer: int) -> _CallInfo:
+        kind = cache.last_call_kind(layer)
+        if kind is None:
+            raise ValueError(
+                f"layer {layer} of the cache has had no attention call; the recorder must be called as an "
+                "attention hook (cache.register_attention_hook)"
+            )
+        cache_index = self._cache_index(cache)
+        state = cache.layers[layer]
+        chunk = state.chunk_start // cache.config.chunk_frames
+        counter_key = (cache_index, layer, chunk)
+        call = 0 if kind == "advance" else self._calls_seen.get(counter_key, -1) + 1
+        self._calls_seen[counter_key] = call
+        recache_window = cache.active_recache_window
+        start_frame = (
+            recache_window[0] if kind == "recache" and recache_window is not None else state.chunk_start
+        )
+        return _CallInfo(cache_index, chunk, call, layer, start_frame, kind)
+
+    def _cache_index(self, cache: MemRoPECache) -> int:
+        if cache not in self._cache_indices:
+            self._cache_indices[cache] = len(self._cache_layouts)
+            self._cache_layouts.append(_cache_layout(cache))
+        return self._cache_indices[cache]
+
+    def _flush(self) -> None:
+        """Move the pending shares to the host (one sync) and turn them into records."""
+        if not self._pending:
+            return
+        device = self._pending[0][1].device
+        item_rows = torch.stack([shares.to(device) for _, shares in self._pending]).tolist()  # [N, B, R]
+        for (info, _), rows in zip(self._pending, item_rows):
+            self._records.append(_record(info, rows))
+        self._pending = []
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        """Every record so far, in call order (syncs pending device sums; do not modify the dicts)."""
+        self._flush()
+        return list(self._records)
+
+    def per_chunk(self) -> dict[int, dict[str, float]]:
+        """Mean share of each role per chunk, over layers, calls and caches: ``{chunk: {role: share}}``."""
+        return mean_shares_per_chunk(self.records)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able statistics: format tag, version, roles, the recorded ``layers`` and ``calls`` (``None``:
+        all), the layout of each cache (policy, cache/sink/memory/chunk frames, frame_seqlen, ...) and
+        the records."""
+        return {
+            "format": ATTENTION_MASS_FORMAT,
+            "version": ATTENTION_MASS_VERSION,
+            "roles": list(SLOT_ROLES),
+            "layers": None if self.layers is None else sorted(self.layers),
+            "calls": None if self.calls is None else sorted(self.calls),
+            "caches": [dict(layout) for layout in self._cache_layouts],
+            "records": self.records,
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Write :meth:`to_dict` as JSON to ``path``; returns the path."""
+        target = Path(path)
+        target.write_text(json.dumps(self.to_dict()), encoding="utf-8")
+        return target
+
+    def clear(self) -> None:
+        """Forget every record and call count (hooks stay attached)."""
+        self._cache_indices = weakref.WeakKeyDictionary()
+        self._cache_layouts = []
+        self._calls_seen = {}
+        self._pending = []
+        self._records = []
+
+    def attach(self, cache: MemRoPECache) -> RemovableHandle:
+        """Register this recorder as an attention hook of ``cache``; ``handle.remove()`` detaches it."""
+        if not isinstance(cache, MemRoPECache):
+            raise TypeError(f"cache must be a MemRoPECache, got {type(cache).__name__}")
+        if self.layers is not None and max(self.layers) >= cache.num_layers:
+            raise ValueError(
+                f"layers must be indices in [0, {cache.num_layers}) for this cache, got {sorted(self.layers)}"
+            )
+        return cache.register_attention_hook(self)
+
+    @contextmanager
+    def attached(self, cache: MemRoPECache) -> Iterator[AttentionMassRecorder]:
+        """``with recorder.attached(cache): ...`` records the calls inside the block, then detaches."""
+        handle = self.attach(cache)
+        try:
+            yield self
+        finally:
+            handle.remove()
+
+
+def _check_index_set(name: str, values: Collection[int] | None, what: str) -> frozenset[int] | None:
+    if values is None:
+        return None
+    if isinstance(values, (str, bytes)) or not isinstance(values, Collection):
+        raise TypeError(f"{name} must be None or a collection of {what} (ints >= 0), got {values!r}")
+    if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in values):
+        raise ValueError(f"{name} must be a non-empty collection of {what} (ints >= 0), got {values!r}")
+    return frozenset(values)
+
+
+def _check_calls(calls: CallSelection | Collection[int]) -> frozenset[int] | None:
+    """``None`` for every call, else the recorded call indices."""
+    if isinstance(calls, str):
+        if calls not in CALL_SELECTIONS:
+            raise ValueError(
+                f"calls must be one of {CALL_SELECTIONS} or a collection of call indices, got {calls!r}"
+            )
+        return None if calls == "all" else frozenset({0})
+    return _check_index_set("calls", calls, "call indices")
+
+
+def _cache_layout(cache: MemRoPECache) -> dict[str, Any]:
+    config = cache.config
+    return {
+        "policy": config.policy,
+        "cache_frames": config.cache_frames if config.bounded else None,
+        "sink_frames": config.sink_frames,
+        "memory_frames": config.memory_frames,
+        "chunk_frames": config.chunk_frames,
+        "frame_seqlen": cache.frame_seqlen,
+        "frame_shape": list(cache.frame_shape),
+        "num_layers": cache.num_layers,
+        "num_heads": cache.num_heads,
+        "batch_size": cache.batch_size,
+    }
+
+
+def _record(info: _CallInfo, item_rows: list[list[float]]) -> dict[str, Any]:
+    """One record from a call's per-item shares ``[B][len(SLOT_ROLES)]``."""
+    item_shares = [dict(zip(SLOT_ROLES, row)) for row in item_rows]
+    shares = {role: sum(item[role] for item in item_shares) / len(item_shares) for role in SLOT_ROLES}
+    return {
+        "cache": info.cache,
+        "chunk": info.chunk,
+        "call": info.call,
+        "layer": info.layer,
+        "start_frame": info.start_frame,
+        "kind": info.kind,
+        "shares": shares,
+        "item_shares": item_shares,
+    }
+
+
+def mean_shares_per_chunk(records: Iterable[Mapping[str, Any]]) -> dict[int, dict[str, float]]:
+    """Mean share of each role per chunk over ``records``: ``{chunk: {role: share}}``, sorted by chunk."""
+    totals: dict[int, dict[str, float]] = {}
+    counts: dict[int, int] = {}
+    for record in records:
+        chunk = record["chunk"]
+        chunk_totals = totals.setdefault(chunk, dict.fromkeys(SLOT_ROLES, 0.0))
+        for role in SLOT_ROLES:
+            chunk_totals[role] += record["shares"].get(role, 0.0)
+        counts[chunk] = counts.get(chunk, 0) + 1
+    return {
+        chunk: {role: total / counts[chunk] for role, total in totals[chunk].items()}
+        for chunk in sorted(totals)
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# Files
+# --------------------------------------------------------------------------------------------------
+
+
+def load_attention_mass(path: str | Path) -> dict[str, Any]:
+    """Read statistics written by :meth:`AttentionMassRecorder.save`.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: the file is not JSON, not tagged ``format = "memrope.attention_mass"``, has an
+            unknown version or malformed records.
+    """
+    source = Path(path)
+    try:
+        data = json.loads(source.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{source}: not a memrope attention-mass JSON file ({error})") from None
+    return check_attention_mass(data, source=str(source))
+
+
+def check_attention_mass(data: object, *, source: str = "data") -> dict[str, Any]:
+    """Validate attention-mass statistics (a :meth:`AttentionMassRecorder.to_dict` result) and return them.
+
+    Raises:
+        ValueError: naming ``source`` and what is wrong (format tag, version, records).
+    """
+    problem = _statistics_problem(data)
+    if problem is not None:
+        raise ValueError(f"{source}: {problem}")
+    return cast("dict[str, Any]", data)
+
+
+def _statistics_problem(data: object) -> str | None:
+    """What makes ``data`` unreadable as attention-mass statistics, or ``None``."""
+    if not isinstance(data, dict):
+        return (
+            f"not memrope attention-mass statistics: expected an object with format "
+            f"{ATTENTION_MASS_FORMAT!r}, got {type(data).__name__}"
+        )
+    if data.get("format") != ATTENTION_MASS_FORMAT:
+        return (
+            f"not memrope attention-mass statistics: format must be {ATTENTION_MASS_FORMAT!r}, "
+            f"got {data.get('format')!r}"
+        )
+    if data.get("version") != ATTENTION_MASS_VERSION:
+        version = data.get("version")
+        return f"attention-mass version {version!r} is not supported (expected {ATTENTION_MASS_VERSION})"
+    if not isinstance(data.get("caches", []), list):
+        return "'caches' must be a list of cache layouts"
+    records = data.get("records")
+    if not isinstance(records, list):
+        return f"'records' must be a list, got {type(records).__name__}"
+    for index, record in enumerate(records):
+        problem = _record_problem(record)
+        if problem is not None:
+            return f"record {index}: {problem}"
+    return None
+
+
+def _record_problem(record: object) -> str | None:
+    """What is wrong with one record, or ``None``."""
+    if not isinstance(record, dict):
+        return f"must be an object, got {type(record).__name__}"
+    missing = [name for name in REQUIRED_RECORD_FIELDS if name not in record]
+    if missing:
+        return f"lacks {missing}"
+    for name in ("chunk", "call", "layer", "start_frame"):
+        value = record[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            return f"{name!r} must be an int >= 0, got {value!r}"
+    shares = record["shares"]
+    if not isinstance(shares, dict) or not set(shares) <= set(SLOT_ROLES):
+        return f"'shares' must map roles from {SLOT_ROLES} to numbers, got {shares!r}"
+    for role, share in shares.items():
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or not math.isfinite(share):
+            return f"share of {role!r} must be a finite number, got {share!r}"
+    return None
+
+
+# --------------------------------------------------------------------------------------------------
+# The figure
+# --------------------------------------------------------------------------------------------------
+
+
+def plot_attention_mass(
+    data_or_path: Mapping[str, Any] | str | Path, output_png: str | Path, *, title: str | None = None
+) -> Path:
+    """Draw attention-mass statistics into a PNG and return its path.
+
+    Top panel: mean share per role against the chunk (stacked; mean over layers, calls and caches).
+    Bottom row: one heatmap per role present, layer x chunk, mean share over calls. Drawn with the
+    Agg backend (no display, pyplot's global state untouched).
+
+    Args:
+        data_or_path: :meth:`AttentionMassRecorder.to_dict` output or the path of a saved JSON.
+        output_png: where to write the figure.
+        title: figure title (default: the policy and the number of chunks and layers).
+
+    Raises:
+        ImportError: matplotlib is missing (``pip install "memrope[plot]"``).
+        ValueError: invalid statistics, or no records to plot.
+    """
+    if isinstance(data_or_path, (str, Path)):
+        data = load_attention_mass(data_or_path)
+    else:
+        data = check_attention_mass(dict(data_or_path))
+    records = data["records"]
+    if not records:
+        raise ValueError("the attention-mass statistics hold no records; nothing to plot")
+    figure_class, canvas_class = _agg_figure_classes()
+    figure = figure_class(figsize=FIGURE_SIZE, layout="constrained")
+    canvas_class(figure)
+    roles = [role for role in SLOT_ROLES if any(record["shares"].get(role, 0.0) > 0 for record in records)]
+    grid = figure.add_gridspec(2, len(roles), height_ratios=(3, 2))
+    stacked_axes = figure.add_subplot(grid[0, :])
+    _draw_stacked_shares(stacked_axes, mean_shares_per_chunk(records), roles)
+    figure.legend(*stacked_axes.get_legend_handles_labels(), loc="outside lower center", ncols=len(roles))
+    for column, role in enumerate(roles):
+        _draw_layer_heatmap(figure, figure.add_subplot(grid[1, column]), records, role, first=column == 0)
+    figure.suptitle(title if title is not None else _default_title(data))
+    output = Path(output_png)
+    figure.savefig(output, dpi=FIGURE_DPI)
+    return output
+
+
+def _agg_figure_classes() -> tuple[type[Figure], Any]:
+    """matplotlib's ``Figure`` and the Agg canvas, imported on first use."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as error:
+        raise ImportError(f"plotting attention mass needs matplotlib: {PLOT_INSTALL_HINT}") from error
+    return Figure, FigureCanvasAgg
+
+
+def _draw_stacked_shares(axes: Axes, per_chunk: dict[int, dict[str, float]], roles: Sequence[str]) -> None:
+    """Stacked shares per chunk, each chunk drawn over ``[chunk - 0.5, chunk + 0.5)`` (as in the heatmaps)."""
+    chunks = list(per_chunk)
+    edges = [chunk - 0.5 for chunk in chunks] + [chunks[-1] + 0.5]
+    series = [[per_chunk[chunk][role] for chunk in chunks] for role in roles]
+    axes.stackplot(
+        edges,
+        *[[*values, values[-1]] for values in series],
+        labels=roles,
+        colors=[ROLE_COLORS[role] for role in roles],
+        step="post",
+    )
+    axes.set_xlim(edges[0], edges[-1])
+    axes.set_ylim(0.0, 1.0)
+    axes.set_xlabel("chunk")
+    axes.set_ylabel("attention share\n(mean over layers and calls)")
+    _use_integer_ticks(axes.xaxis)
+
+
+def _draw_layer_heatmap(
+    figure: Figure, axes: Axes, records: list[dict[str, Any]], role: str, *, first: bool
+) -> None:
+    """Heatmap of ``role``'s mean share per (layer, chunk); cells without records stay blank."""
+    means, extent = _layer_chunk_means(records, role)
+    image = axes.imshow(
+        means, aspect="auto", origin="lower", interpolation="nearest", cmap="viridis", extent=extent
+    )
+    axes.set_title(role, color=ROLE_COLORS[role])
+    axes.set_xlabel("chunk")
+    _use_integer_ticks(axes.xaxis, axes.yaxis)
+    if first:
+        axes.set_ylabel("layer")
+    figure.colorbar(image, ax=axes, shrink=0.9)
+
+
+def _layer_chunk_means(
+    records: list[dict[str, Any]], role: str
+) -> tuple[list[list[float]], tuple[float, float, float, float]]:
+    """Mean share of ``role`` per layer (rows) and chunk (columns), NaN where nothing was recorded,
+    and the ``imshow`` extent ``(left, right, bottom, top)`` centring each cell on its integer."""
+    chunks = [record["chunk"] for record in records]
+    layers = [record["layer"] for record in records]
+    first_chunk, first_layer = min(chunks), min(layers)
+    totals = [[0.0] * (max(chunks) - first_chunk + 1) for _ in range(max(layers) - first_layer + 1)]
+    counts = [[0] * len(totals[0]) for _ in totals]
+    for record, chunk, layer in zip(records, chunks, layers):
+        totals[layer - first_layer][chunk - first_chunk] += record["shares"].get(role, 0.0)
+        counts[layer - first_layer][chunk - first_chunk] += 1
+    means = [
+        [total / count if count else math.nan for total, count in zip(total_row, count_row)]
+        for total_row, count_row in zip(totals, counts)
+    ]
+    extent = (first_chunk - 0.5, max(chunks) + 0.5, first_layer - 0.5, max(layers) + 0.5)
+    return means, extent
+
+
+def _use_integer_ticks(*axes: Axis) -> None:
+    from matplotlib.ticker import MaxNLocator  # optional dependency: imported on use
+
+    for axis in axes:
+        axis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _default_title(data: Mapping[str, Any]) -> str:
+    records = data["records"]
+    chunks = len({record["chunk"] for record in records})
+    layers = len({record["layer"] for record in records})
+    policies = sorted(
+        {str(layout.get("policy")) for layout in data.get("caches", []) if isinstance(layout, dict)}
+    )
+    policy = f"policy {'/'.join(policies)}, " if policies else ""
+    return f"Attention mass per cache role ({policy}{chunks} chunks, {layers} layers)"
+
+
+# --------------------------------------------------------------------------------------------------
+# memrope plot-attention
+# --------------------------------------------------------------------------------------------------
+
+PLOT_ATTENTION_HELP = "plot attention-mass statistics (JSON of AttentionMassRecorder.save) as a PNG"
+PLOT_ATTENTION_DESCRIPTION = """Plot where the queries' attention goes: sink, memory, recent, current chunk.
+
+    memrope plot-attention stats.json -o stats.png --title "fox, 60 s"
+
+STATS.json comes from memrope.diagnostics.AttentionMassRecorder.save(). Needs matplotlib
+(pip install "memrope[plot]")."""
+
+
+def configure_plot_attention(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``memrope plot-attention``."""
+    parser.add_argument(
+        "stats", type=Path, metavar="STATS.json", help="statistics written by AttentionMassRecorder.save"
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        metavar="OUT.png",
+        help="the figure to write (default: STATS with the suffix .png)",
+    )
+    parser.add_argument("--title", help="figure title (default: policy, chunks and layers)")
+
+
+def run_plot_attention(args: argparse.Namespace) -> int:
+    """``memrope plot-attention``: load, validate, plot; problems become ``CLIError``."""
+    from memrope.cli import EXIT_FAILURE, EXIT_OK, CLIError  # not at the top: memrope.cli imports this module
+
+    stats_path: Path = args.stats
+    output: Path = args.output if args.output is not None else stats_path.with_suffix(".png")
+    if not stats_path.is_file():
+        raise CLIError(
+            f"{stats_path} does not exist" if not stats_path.exists() else f"{stats_path} is not a file"
+        )
+    if output.is_dir():
+        raise CLIError(f"--output {output} is a directory; give a file path")
+    if not output.parent.is_dir():
+        raise CLIError(f"--output {output}: the folder {output.parent} does not exist")
+    try:
+        data = load_attention_mass(stats_path)
+    except ValueError as error:
+        raise CLIError(str(error)) from None
+    except OSError as error:
+        raise CLIError(f"cannot read {stats_path}: {error}") from None
+    try:
+        written = plot_attention_mass(data, output, title=args.title)
+    except ImportError as error:
+        raise CLIError(str(error), EXIT_FAILURE) from None
+    except ValueError as error:
+        raise CLIError(f"{stats_path}: {error}") from None
+    except OSError as error:
+        raise CLIError(f"cannot write {output}: {error}", EXIT_FAILURE) from None
+    print(written)
+    return EXIT_OK
