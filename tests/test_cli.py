@@ -368,3 +368,21 @@ def test_bad_prompt_schedules_fail_clearly(
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not output.exists()
+
+
+def test_attention_stats_are_recorded_and_plotted(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from memrope.diagnostics import load_attention_mass
+
+    output = tmp_path / "fox.mp4"
+    assert main(tiny_args(output, "--num-frames", "15", "--attention-stats")) == 0
+    stats = tmp_path / "fox.mp4.attention.json"
+    data = load_attention_mass(stats)
+    records = data["records"]
+    assert len(records) == 5 * 5 * 2  # chunks x (4 denoising steps + the clean refresh) x layers
+    assert {record["chunk"] for record in records} == set(range(5))
+    last = [record for record in records if record["chunk"] == 4]
+    assert all(record["shares"]["long"] > 0 and record["shares"]["short"] > 0 for record in last)
+    assert json.loads((tmp_path / "fox.mp4.json").read_text())["attention_stats"] == str(stats)
+    assert main(["plot-attention", str(stats), "-o", str(tmp_path / "fox.png")]) == 0
+    assert (tmp_path / "fox.png").stat().st_size > 1000

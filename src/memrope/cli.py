@@ -69,6 +69,7 @@ DTYPES: dict[str, torch.dtype] = {
     "fp16": torch.float16,
 }
 REPORT_SUFFIX = ".json"
+ATTENTION_SUFFIX = ".attention.json"
 STATE_SUFFIX = ".resume.safetensors"
 LATENTS_SUFFIX = ".resume.latents"
 RUN_SUFFIX = ".resume.json"
@@ -335,6 +336,12 @@ def _configure_generate(parser: argparse.ArgumentParser) -> None:
         help="continue from the checkpoint next to the output (same arguments); start afresh without one",
     )
     output.add_argument("--no-progress", action="store_true", help="no progress bar")
+    output.add_argument(
+        "--attention-stats", action="store_true",
+        help="record the attention share of sink / long / short memory / recent / current slots per layer "
+        "and call into <video>.attention.json (plot it with `memrope plot-attention`); costs one extra "
+        "softmax over the cache per attention call (after --resume: the chunks of the resumed run)",
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -377,6 +384,10 @@ class Video:
     def run_file(self) -> Path:
         return _beside(self.output, RUN_SUFFIX)
 
+    @property
+    def attention_stats(self) -> Path:
+        return _beside(self.output, ATTENTION_SUFFIX)
+
 
 @dataclass
 class Plan:
@@ -395,6 +406,7 @@ class Plan:
     save_every: int | None
     resume: bool
     progress: bool
+    attention_stats: bool = False
     videos: list[Video] = field(default_factory=list)
 
     @property
@@ -676,6 +688,7 @@ def plan_generate(args: argparse.Namespace) -> Plan:
         save_every=args.save_every,
         resume=args.resume,
         progress=not args.no_progress,
+        attention_stats=args.attention_stats,
         videos=videos,
     )
     for video in videos:
@@ -991,6 +1004,12 @@ def _generate_video(plan: Plan, video: Video, model: Any, decoder: Any, stop: _S
                     video.embeds, num_frames=plan.num_frames, seed=plan.seed, latent_hw=preset.latent_hw,
                     prompt_switches=switches or None,
                 )
+            recorder = None
+            if plan.attention_stats and pipeline.cache is not None:
+                from memrope.diagnostics import AttentionMassRecorder
+
+                recorder = AttentionMassRecorder()
+                recorder.attach(pipeline.cache)
             bar = _progress_bar(plan, video, start_frame // chunk, count)
             generation_started = time.perf_counter()
             try:
@@ -1020,6 +1039,8 @@ def _generate_video(plan: Plan, video: Video, model: Any, decoder: Any, stop: _S
             finally:
                 generation_seconds = time.perf_counter() - generation_started
                 bar.close()
+                if recorder is not None and recorder.records:
+                    recorder.save(video.attention_stats)
     finally:
         if log is not None:
             if complete and video.latents_path is not None:
@@ -1107,6 +1128,7 @@ def _report(
             torch.cuda.max_memory_allocated(plan.device) if plan.device.type == "cuda" else None
         ),
         "latents": str(video.latents_path) if complete and video.latents_path is not None else None,
+        "attention_stats": str(video.attention_stats) if plan.attention_stats else None,
         "signature": signature,
     }
     return report
