@@ -496,9 +496,8 @@ class CausalInferencePipeline:
             PromptSwitch(s.frame, s.text_embeds.to(device=self.device, dtype=self.dtype)) for s in switches
         )
         latent_hw = noise.frame_shape[1:]
-        cache = self.model.new_cache(
-            self.cache_config, text_embeds.shape[0], latent_hw, device=self.device, dtype=self.dtype
-        )
+        # each layer's cache beside its block: a model split over devices keeps its cache split too
+        cache = self.model.new_cache(self.cache_config, text_embeds.shape[0], latent_hw, dtype=self.dtype)
         start_frame = next_chunk * self.chunk_frames
         in_force = [s.text_embeds for s in switches if s.frame < start_frame]
         context = self.model.encode_context(in_force[-1] if in_force else text_embeds)

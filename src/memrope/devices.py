@@ -1,0 +1,666 @@
+"""Where the DiT, its cache, the text encoder and the VAE live: one device, or split over several.
+
+* :func:`plan_devices` makes a :class:`DevicePlan`: ``"single"`` puts everything on one device
+  (optionally keeping the text encoder and the VAE on the CPU between uses); ``"split"`` is the
+  official 2-GPU layout (SPEC §10): the embeddings and blocks ``0 .. n/2-1`` on the first device,
+  blocks ``n/2 .. n-1``, the head and the VAE on the second, the text encoder swapped in from the
+  CPU; ``"auto"`` picks the first of these that fits in the free GPU memory.
+* :func:`place_model` moves a :class:`~memrope.models.wan.CausalWanModel` (or any model with the
+  same module names) onto the devices of a plan with plain ``.to(device)`` calls. No hooks are
+  installed: the model's forward moves activations between blocks itself, and
+  ``model.new_cache(...)`` puts each layer's cache on its block's device, so the cache is never
+  copied across devices.
+* :func:`offloaded` moves a module (text encoder, VAE) to its device for a ``with`` block and back
+  to the CPU afterwards.
+
+The device map uses accelerate's format (``{"patch_embedding": device, ..., "blocks.0": device,
+..., "head": device}``) so it can be handed to accelerate's tools, but nothing here needs
+accelerate: the memory model is the analytic :class:`~memrope.presets.MemoryEstimate` (the KV cache,
+which accelerate does not see, is the larger half of it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from itertools import pairwise
+from types import MappingProxyType
+from typing import Any, Protocol, TypeVar
+
+import torch
+from torch import nn
+
+__all__ = [
+    "EMBEDDING_MODULES",
+    "HEAD_MODULE",
+    "PLAN_MODES",
+    "CudaMemoryProbe",
+    "DevicePlan",
+    "MemoryBreakdown",
+    "MemoryProbe",
+    "NotEnoughMemoryError",
+    "StaticMemoryProbe",
+    "offloaded",
+    "place_model",
+    "plan_devices",
+]
+
+PLAN_MODES = ("auto", "single", "split")
+PLACED_MODES = ("single", "split")
+EMBEDDING_MODULES = ("patch_embedding", "text_embedding", "time_embedding", "time_projection")
+HEAD_MODULE = "head"
+BLOCK_PREFIX = "blocks."
+GIB = 1024**3
+
+DeviceLike = torch.device | str | int
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
+
+
+class NotEnoughMemoryError(RuntimeError):
+    """``plan_devices(mode="auto")`` found no layout that fits in the free GPU memory."""
+
+
+class MemoryBreakdown(Protocol):
+    """Bytes a run needs per component (:class:`memrope.presets.MemoryEstimate` is one).
+
+    Explicit numbers: build a ``MemoryEstimate(weights=..., cache=..., activations=...,
+    text_encoder=..., vae=..., overhead=...)``.
+    """
+
+    @property
+    def weights(self) -> int: ...
+
+    @property
+    def cache(self) -> int: ...
+
+    @property
+    def activations(self) -> int: ...
+
+    @property
+    def text_encoder(self) -> int: ...
+
+    @property
+    def vae(self) -> int: ...
+
+    @property
+    def overhead(self) -> int: ...
+
+
+class MemoryProbe(Protocol):
+    """Which accelerators are visible and how much memory each has free (injectable for tests)."""
+
+    def accelerators(self) -> list[torch.device]:
+        """The visible CUDA devices, ``cuda:0 .. cuda:N-1`` (empty without CUDA)."""
+        ...
+
+    def free_bytes(self, device: torch.device) -> int:
+        """Free memory of ``device`` in bytes."""
+        ...
+
+
+class CudaMemoryProbe:
+    """The real probe: ``torch.cuda.device_count()`` and ``torch.cuda.mem_get_info``."""
+
+    def accelerators(self) -> list[torch.device]:
+        if not torch.cuda.is_available():
+            return []
+        return [torch.device("cuda", index) for index in range(torch.cuda.device_count())]
+
+    def free_bytes(self, device: torch.device) -> int:
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+
+
+class StaticMemoryProbe:
+    """A probe answering from fixed numbers: ``StaticMemoryProbe({"cuda:0": 80 * 2**30, ...})``."""
+
+    def __init__(self, free: Mapping[DeviceLike, int]) -> None:
+        self._free = {_as_device(spec, "free"): int(count) for spec, count in free.items()}
+
+    def accelerators(self) -> list[torch.device]:
+        return list(self._free)
+
+    def free_bytes(self, device: torch.device) -> int:
+        return self._free[device]
+
+
+@dataclass(frozen=True)
+class DevicePlan:
+    """Where every part of a run lives.
+
+    Attributes:
+        mode: ``"single"`` or ``"split"``.
+        devices: the devices used, in block order (one for ``single``).
+        device_map: accelerate-style map of the DiT's top-level modules and blocks to devices.
+        vae_device: where the VAE decodes.
+        text_encoder_device: where the text encoder encodes.
+        offload_text_encoder: the text encoder waits on the CPU and visits its device per use.
+        offload_vae: the VAE waits on the CPU and visits its device per use.
+        needed_bytes: estimated peak bytes per device (``None`` without a memory estimate).
+    """
+
+    mode: str
+    devices: tuple[torch.device, ...]
+    device_map: Mapping[str, torch.device] = field(hash=False)
+    vae_device: torch.device
+    text_encoder_device: torch.device
+    offload_text_encoder: bool
+    offload_vae: bool
+    needed_bytes: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in PLACED_MODES:
+            raise ValueError(f"mode must be one of {PLACED_MODES}, got {self.mode!r}")
+        object.__setattr__(self, "devices", tuple(torch.device(d) for d in self.devices))
+        mapping = {name: torch.device(device) for name, device in self.device_map.items()}
+        object.__setattr__(self, "device_map", MappingProxyType(mapping))
+        stray = sorted({str(d) for d in mapping.values()} - {str(d) for d in self.devices})
+        if stray:
+            raise ValueError(f"device_map uses devices {stray} that are not in devices {self.devices}")
+        if self.needed_bytes is not None and len(self.needed_bytes) != len(self.devices):
+            raise ValueError(
+                f"needed_bytes must hold one number per device ({len(self.devices)}), got {self.needed_bytes}"
+            )
+
+    @property
+    def primary_device(self) -> torch.device:
+        """The device of the embeddings: where latents and noise enter the model."""
+        return self.device_map[EMBEDDING_MODULES[0]]
+
+    @property
+    def output_device(self) -> torch.device:
+        """The device of the head: where the model's output comes out."""
+        return self.device_map[HEAD_MODULE]
+
+    @property
+    def block_devices(self) -> tuple[torch.device, ...]:
+        """The device of every block, in order (the cache of layer ``i`` lives on entry ``i``)."""
+        return tuple(device for name, device in self.device_map.items() if name.startswith(BLOCK_PREFIX))
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able description (devices as strings)."""
+        return {
+            "mode": self.mode,
+            "devices": [str(device) for device in self.devices],
+            "device_map": {name: str(device) for name, device in self.device_map.items()},
+            "vae_device": str(self.vae_device),
+            "text_encoder_device": str(self.text_encoder_device),
+            "offload_text_encoder": self.offload_text_encoder,
+            "offload_vae": self.offload_vae,
+            "needed_bytes": None if self.needed_bytes is None else list(self.needed_bytes),
+        }
+
+    def describe(self) -> str:
+        """A few readable lines: what sits on which device, and the estimated memory per device."""
+        names = ", ".join(str(device) for device in self.devices)
+        title = (
+            f"single device: {names}"
+            if self.mode == "single"
+            else f"split over {len(self.devices)} devices: {names}"
+        )
+        lines = [title]
+        for position, device in enumerate(self.devices):
+            parts = _compact_module_names([n for n, d in self.device_map.items() if d == device])
+            if device == self.vae_device and not self.offload_vae:
+                parts.append("VAE")
+            need = "" if self.needed_bytes is None else f" (~{self.needed_bytes[position] / GIB:.1f} GiB)"
+            lines.append(f"  {device}: {', '.join(parts) or '(nothing)'}{need}")
+        lines.append(
+            f"  text encoder: {_component_line(self.text_encoder_device, self.offload_text_encoder)}"
+        )
+        lines.append(f"  VAE: {_component_line(self.vae_device, self.offload_vae)}")
+        return "\n".join(lines)
+
+
+def _component_line(device: torch.device, offload: bool) -> str:
+    return f"waits on the CPU, moved to {device} for each use" if offload else f"resident on {device}"
+
+
+def _compact_module_names(names: list[str]) -> list[str]:
+    """``[..., "blocks.0", "blocks.1", "blocks.2", "head"]`` -> ``[..., "blocks.0-2", "head"]``."""
+    compact: list[str] = []
+    run: list[int] = []
+    for name in [*names, ""]:
+        index = _block_index(name)
+        if index is not None and (not run or index == run[-1] + 1):
+            run.append(index)
+            continue
+        if run:
+            compact.append(f"blocks.{run[0]}" + (f"-{run[-1]}" if len(run) > 1 else ""))
+        run = [index] if index is not None else []
+        if index is None and name:
+            compact.append(name)
+    return compact
+
+
+def _block_index(name: str) -> int | None:
+    suffix = name.removeprefix(BLOCK_PREFIX)
+    return int(suffix) if name.startswith(BLOCK_PREFIX) and suffix.isdigit() else None
+
+
+# ---------------------------------------------------------------------- argument checks
+def _as_device(spec: object, argument: str) -> torch.device:
+    """``"cuda:1"``, ``torch.device(...)`` or an int (a CUDA index) as a ``torch.device``."""
+    if isinstance(spec, bool) or not isinstance(spec, (torch.device, str, int)):
+        raise TypeError(
+            f"{argument} must hold devices (torch.device, 'cpu', 'cuda:N' or an int), got {spec!r}"
+        )
+    if isinstance(spec, int):
+        if spec < 0:
+            raise ValueError(f"{argument}: a CUDA index must be >= 0, got {spec}")
+        return torch.device("cuda", spec)
+    try:
+        return torch.device(spec)
+    except RuntimeError:
+        raise ValueError(
+            f"{argument}: unknown device {spec!r}; use 'cpu', 'cuda', 'cuda:N', 'mps' or 'meta'"
+        ) from None
+
+
+def _check_available(device: torch.device, probe: MemoryProbe) -> None:
+    if device.type in ("cpu", "meta"):
+        return
+    if device.type == "cuda":
+        visible = probe.accelerators()
+        if (device.index is None and visible) or device in visible:
+            return
+        listed = ", ".join(str(d) for d in visible) or "none"
+        raise ValueError(f"devices: {device} is not available here (visible CUDA devices: {listed})")
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError):
+        raise ValueError(f"devices: {device} is not available here") from None
+
+
+def _check_devices(devices: object, probe: MemoryProbe) -> tuple[torch.device, ...] | None:
+    if devices is None:
+        return None
+    if isinstance(devices, (str, torch.device, int)) or not isinstance(devices, Sequence):
+        raise TypeError(
+            f"devices must be a sequence of devices such as ['cuda:0', 'cuda:1'], got {devices!r}"
+        )
+    checked = tuple(_as_device(spec, "devices") for spec in devices)
+    for device in checked:
+        _check_available(device, probe)
+    return checked
+
+
+def _check_num_layers(num_layers: object) -> int:
+    if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
+        raise ValueError(f"num_layers must be an int >= 1 (the model's block count), got {num_layers!r}")
+    return num_layers
+
+
+def _even_boundaries(num_layers: int, parts: int) -> tuple[int, ...]:
+    """First block of every device after the first, for ``parts`` near-equal contiguous groups."""
+    return tuple(num_layers * part // parts for part in range(1, parts))
+
+
+def _boundaries(split_at: int | Sequence[int] | None, num_layers: int, parts: int) -> tuple[int, ...]:
+    """Validated first block index of devices ``1 .. parts-1``."""
+    if split_at is None:
+        return _even_boundaries(num_layers, parts)
+    if isinstance(split_at, int) and not isinstance(split_at, bool):
+        if parts != 2:
+            raise ValueError(
+                f"split_at as an int splits over exactly 2 devices, got {parts}; "
+                f"give a sequence of {parts - 1} increasing block indices"
+            )
+        given: list[object] = [split_at]
+    elif isinstance(split_at, Sequence) and not isinstance(split_at, str):
+        given = list(split_at)
+    else:
+        raise TypeError(f"split_at must be an int, a sequence of ints or None, got {split_at!r}")
+    boundaries = [b for b in given if isinstance(b, int) and not isinstance(b, bool)]
+    valid = (
+        len(boundaries) == len(given) == parts - 1
+        and boundaries == sorted(set(boundaries))
+        and all(1 <= b <= num_layers - 1 for b in boundaries)
+    )
+    if not valid:
+        raise ValueError(
+            f"split_at must be {parts - 1} strictly increasing block index(es) in 1..{num_layers - 1} "
+            f"(the first block of each device after the first), got {split_at!r}"
+        )
+    return tuple(boundaries)
+
+
+# ---------------------------------------------------------------------- memory model
+def _single_need(memory: MemoryBreakdown, offload: bool) -> int:
+    """Peak bytes on one device holding everything.
+
+    As in :class:`~memrope.presets.MemoryEstimate`, prompts are encoded before the DiT is loaded, so
+    the text encoder's phase and the generation phase do not add up. Offloaded, the VAE visits
+    between DiT calls and shares the room of the activations.
+    """
+    text_phase = memory.text_encoder + memory.overhead
+    resident = memory.weights + memory.cache + memory.overhead
+    extra = max(memory.activations, memory.vae) if offload else memory.activations + memory.vae
+    return max(text_phase, resident + extra)
+
+
+def _split_needs(memory: MemoryBreakdown, block_counts: Sequence[int], offload: bool) -> tuple[int, ...]:
+    """Peak bytes per device of a split: each holds its blocks' share of weights and cache and
+    the activations of one call; the first also hosts the text encoder's phase, the last the VAE."""
+    total = sum(block_counts)
+    needs = []
+    for position, count in enumerate(block_counts):
+        need = (memory.weights + memory.cache) * count // total + memory.activations + memory.overhead
+        if position == len(block_counts) - 1:
+            need += max(memory.vae - memory.activations, 0) if offload else memory.vae
+        if position == 0:
+            need = max(need, memory.text_encoder + memory.overhead)
+        needs.append(need)
+    return tuple(needs)
+
+
+def _block_counts(boundaries: tuple[int, ...], num_layers: int) -> list[int]:
+    edges = (0, *boundaries, num_layers)
+    return [stop - start for start, stop in pairwise(edges)]
+
+
+# ---------------------------------------------------------------------- plans
+def _device_map(
+    devices: tuple[torch.device, ...], boundaries: tuple[int, ...], num_layers: int
+) -> dict[str, torch.device]:
+    mapping = {name: devices[0] for name in EMBEDDING_MODULES}
+    edges = (0, *boundaries, num_layers)
+    for device, start, stop in zip(devices, edges, edges[1:]):
+        mapping.update({f"{BLOCK_PREFIX}{index}": device for index in range(start, stop)})
+    mapping[HEAD_MODULE] = devices[-1]
+    return mapping
+
+
+def _single_plan(
+    device: torch.device, num_layers: int, offload: bool, memory: MemoryBreakdown | None
+) -> DevicePlan:
+    offload = offload and device.type != "cpu"
+    return DevicePlan(
+        mode="single",
+        devices=(device,),
+        device_map=_device_map((device,), (), num_layers),
+        vae_device=device,
+        text_encoder_device=device,
+        offload_text_encoder=offload,
+        offload_vae=offload,
+        needed_bytes=None if memory is None else (_single_need(memory, offload),),
+    )
+
+
+def _split_plan(
+    devices: tuple[torch.device, ...],
+    boundaries: tuple[int, ...],
+    num_layers: int,
+    offload: bool,
+    memory: MemoryBreakdown | None,
+) -> DevicePlan:
+    needs = None if memory is None else _split_needs(memory, _block_counts(boundaries, num_layers), offload)
+    return DevicePlan(
+        mode="split",
+        devices=devices,
+        device_map=_device_map(devices, boundaries, num_layers),
+        vae_device=devices[-1],
+        text_encoder_device=devices[0],
+        offload_text_encoder=devices[0].type != "cpu",
+        offload_vae=offload and devices[-1].type != "cpu",
+        needed_bytes=needs,
+    )
+
+
+def _explicit_single(
+    devices: tuple[torch.device, ...] | None,
+    num_layers: int,
+    offload: bool,
+    memory: MemoryBreakdown | None,
+    probe: MemoryProbe,
+) -> DevicePlan:
+    if devices is None:
+        visible = probe.accelerators()
+        devices = (visible[0] if visible else torch.device("cpu"),)
+    if len(devices) != 1:
+        raise ValueError(
+            f"mode='single' takes exactly 1 device in devices, got {len(devices)}: {list(devices)}"
+        )
+    return _single_plan(devices[0], num_layers, offload, memory)
+
+
+def _explicit_split(
+    devices: tuple[torch.device, ...] | None,
+    num_layers: int,
+    offload: bool,
+    split_at: int | Sequence[int] | None,
+    memory: MemoryBreakdown | None,
+    probe: MemoryProbe,
+) -> DevicePlan:
+    if devices is None:
+        devices = tuple(probe.accelerators())
+        if len(devices) < 2:
+            raise ValueError(
+                f"mode='split' needs at least 2 devices; {len(devices)} CUDA device(s) visible "
+                "(pass devices=...)"
+            )
+    if not 2 <= len(devices) <= num_layers:
+        raise ValueError(
+            f"mode='split' takes 2 to num_layers={num_layers} devices in devices, "
+            f"got {len(devices)}: {list(devices)}"
+        )
+    boundaries = _boundaries(split_at, num_layers, len(devices))
+    return _split_plan(devices, boundaries, num_layers, offload, memory)
+
+
+def _fits(plan: DevicePlan, free: Mapping[torch.device, int]) -> bool:
+    used: dict[torch.device, int] = {}
+    for device, need in zip(plan.devices, plan.needed_bytes or ()):
+        used[device] = used.get(device, 0) + need
+    return all(need <= free[device] for device, need in used.items())
+
+
+def _auto_candidates(
+    pool: list[torch.device],
+    free: Mapping[torch.device, int],
+    num_layers: int,
+    offload: bool,
+    split_at: int | Sequence[int] | None,
+    memory: MemoryBreakdown,
+) -> Iterator[DevicePlan]:
+    """Layouts from cheapest to most spread: one GPU, one GPU offloaded, then splits over 2, 3, ...
+    GPUs (each without, then with, the VAE offloaded), on the GPUs with the most free memory, kept
+    in ``pool`` order."""
+    offload_choices = (True,) if offload else (False, True)
+    ranked = sorted(pool, key=lambda device: -free[device])
+    if split_at is None:
+        split_sizes = list(range(2, min(len(pool), num_layers) + 1))
+    else:
+        parts = 2 if isinstance(split_at, int) else len(split_at) + 1
+        split_sizes = [parts] if parts <= len(pool) else []
+    for choice in offload_choices:
+        yield _single_plan(ranked[0], num_layers, choice, memory)
+    for parts in split_sizes:
+        chosen = tuple(device for device in pool if device in ranked[:parts])
+        boundaries = _boundaries(split_at, num_layers, parts)
+        for choice in offload_choices:
+            yield _split_plan(chosen, boundaries, num_layers, choice, memory)
+
+
+def _layout_label(plan: DevicePlan) -> str:
+    if plan.mode == "single":
+        return "1 GPU with the text encoder and VAE offloaded" if plan.offload_vae else "1 GPU"
+    return f"{len(plan.devices)} GPUs" + (" with the VAE offloaded" if plan.offload_vae else "")
+
+
+def _not_enough_memory(plans: list[DevicePlan], free: Mapping[torch.device, int]) -> NotEnoughMemoryError:
+    def gib(count: int) -> str:
+        return f"{count / GIB:.1f} GiB"
+
+    options = [
+        f"{_layout_label(plan)}: {' + '.join(gib(n) for n in plan.needed_bytes or ())}" for plan in plans
+    ]
+    available = ", ".join(f"{device} {gib(count)}" for device, count in free.items())
+    return NotEnoughMemoryError(
+        f"the run does not fit in the free GPU memory. Needed: {'; '.join(options)}. "
+        f"Free: {available}. Free some memory, use a smaller dtype or batch, "
+        "or run on the CPU with mode='single', devices=['cpu']"
+    )
+
+
+def _auto_plan(
+    devices: tuple[torch.device, ...] | None,
+    num_layers: int,
+    offload: bool,
+    split_at: int | Sequence[int] | None,
+    memory: MemoryBreakdown | None,
+    probe: MemoryProbe,
+) -> DevicePlan:
+    pool = list(dict.fromkeys(devices if devices is not None else probe.accelerators()))
+    if not pool:
+        return _single_plan(torch.device("cpu"), num_layers, offload, memory)
+    if any(device.type != "cuda" for device in pool):
+        raise ValueError(
+            f"mode='auto' chooses among CUDA devices, got devices={[str(d) for d in pool]}; "
+            "use mode='single' or mode='split' to place on other devices"
+        )
+    if memory is None:
+        raise ValueError(
+            "mode='auto' with GPUs needs memory= (a MemoryEstimate such as preset.memory_estimate(dtype)) "
+            "to choose a layout; or pass mode='single' or mode='split'"
+        )
+    free = {device: probe.free_bytes(device) for device in pool}
+    plans = list(_auto_candidates(pool, free, num_layers, offload, split_at, memory))
+    for plan in plans:
+        if _fits(plan, free):
+            return plan
+    raise _not_enough_memory(plans, free)
+
+
+def plan_devices(
+    mode: str = "auto",
+    devices: Sequence[DeviceLike] | None = None,
+    *,
+    num_layers: int,
+    offload: bool = False,
+    split_at: int | Sequence[int] | None = None,
+    memory: MemoryBreakdown | None = None,
+    probe: MemoryProbe | None = None,
+) -> DevicePlan:
+    """Decide where the DiT blocks, its cache, the text encoder and the VAE go.
+
+    Args:
+        mode: ``"single"``: everything on one device (default: the first CUDA device, else the
+            CPU). ``"split"``: blocks in contiguous groups over 2 or more devices (default: every
+            visible GPU); embeddings on the first device, head and VAE on the last, the text
+            encoder swapped in from the CPU onto the first (SPEC §10). ``"auto"``: with no GPU,
+            the CPU; otherwise the first layout that fits in the free memory of ``devices`` (default:
+            every visible GPU), in this order: one GPU (the one with the most free memory), the same
+            with the text encoder and VAE offloaded, a split over the 2 GPUs with the most free
+            memory, the same with the VAE offloaded, then over 3, 4, ... GPUs. Raises
+            :class:`NotEnoughMemoryError` (needed and free bytes in the message) when none fits.
+        devices: devices to use, e.g. ``["cuda:0", "cuda:1"]`` (ints are CUDA indices).
+        num_layers: the model's block count (``model.config.num_layers``).
+        offload: keep the text encoder and the VAE on the CPU between uses (no effect on the CPU).
+            With ``"auto"``, ``True`` forces offloading; ``False`` still lets ``auto`` offload when
+            that is what makes the run fit.
+        split_at: first block of the second device (2 devices; default ``num_layers // 2``), or
+            the first block of each device after the first (more devices; default: even groups).
+        memory: the run's memory needs (``preset.memory_estimate(dtype, batch_size)``); needed by
+            ``"auto"`` with GPUs, and recorded as ``needed_bytes`` by the other modes.
+        probe: visible GPUs and their free memory (default :class:`CudaMemoryProbe`; tests and
+            schedulers can pass a :class:`StaticMemoryProbe`).
+
+    Raises:
+        ValueError: unknown ``mode``, wrong number of ``devices``, an unavailable device,
+            ``split_at`` out of range or given to ``"single"``, bad ``num_layers``.
+        NotEnoughMemoryError: ``"auto"`` found no layout that fits.
+    """
+    if mode not in PLAN_MODES:
+        raise ValueError(f"mode must be one of {PLAN_MODES}, got {mode!r}")
+    if not isinstance(offload, bool):
+        raise TypeError(f"offload must be True or False, got {offload!r}")
+    num_layers = _check_num_layers(num_layers)
+    probe = CudaMemoryProbe() if probe is None else probe
+    checked = _check_devices(devices, probe)
+    if mode == "single":
+        if split_at is not None:
+            raise ValueError(
+                f"split_at only applies to mode='split' or mode='auto', got mode='single' with {split_at!r}"
+            )
+        return _explicit_single(checked, num_layers, offload, memory, probe)
+    if mode == "split":
+        return _explicit_split(checked, num_layers, offload, split_at, memory, probe)
+    return _auto_plan(checked, num_layers, offload, split_at, memory, probe)
+
+
+# ---------------------------------------------------------------------- placement
+def _covered(name: str, prefixes: Sequence[str]) -> bool:
+    return any(name == prefix or name.startswith(prefix + ".") for prefix in prefixes)
+
+
+def _check_model_matches(model: nn.Module, plan: DevicePlan) -> None:
+    module_names = {name for name, _ in model.named_modules()}
+    missing = [name for name in plan.device_map if name not in module_names]
+    if missing:
+        raise ValueError(
+            f"the plan places modules the model does not have: {', '.join(missing[:5])}"
+            f"{' ...' if len(missing) > 5 else ''} (was it planned with num_layers={len(plan.block_devices)} "
+            "for this model?)"
+        )
+    prefixes = list(plan.device_map)
+    tensors = [name for name, _ in (*model.named_parameters(), *model.named_buffers())]
+    uncovered = [name for name in tensors if not _covered(name, prefixes)]
+    if uncovered:
+        raise ValueError(
+            f"the plan does not place these model tensors: {', '.join(uncovered[:5])}"
+            f"{' ...' if len(uncovered) > 5 else ''} (was it planned with num_layers="
+            f"{len(plan.block_devices)} for this model?)"
+        )
+
+
+def place_model(model: ModuleT, plan: DevicePlan, *, empty: bool = False) -> ModuleT:
+    """Move ``model``'s modules in place onto the devices of ``plan.device_map``; returns ``model``.
+
+    Every named module is moved with ``.to(device)`` (no hooks). After this, ``model.new_cache(...)``
+    without ``device`` puts each layer's cache on its block's device.
+
+    Args:
+        model: a :class:`~memrope.models.wan.CausalWanModel` or any model with the same module names.
+        plan: from :func:`plan_devices` with ``num_layers`` equal to the model's block count.
+        empty: allocate uninitialised storage on the target devices (``module.to_empty``) instead of
+            copying: for a model built on the ``meta`` device whose weights are loaded afterwards.
+
+    Raises:
+        ValueError: the plan names modules the model lacks, or leaves some of its tensors unplaced.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(plan, DevicePlan):
+        raise TypeError(f"plan must be a DevicePlan (from plan_devices), got {type(plan).__name__}")
+    _check_model_matches(model, plan)
+    for name, device in plan.device_map.items():
+        module = model.get_submodule(name)
+        if empty:
+            module.to_empty(device=device)
+        else:
+            module.to(device)
+    return model
+
+
+@contextmanager
+def offloaded(
+    module: ModuleT, device: DeviceLike, *, home: DeviceLike = "cpu", enabled: bool = True
+) -> Iterator[ModuleT]:
+    """Move ``module`` to ``device`` for the ``with`` block, and back to ``home`` afterwards.
+
+    The module goes back even when the block raises. With ``enabled=False`` nothing moves (the
+    module stays where it is), so callers can write one code path for both settings::
+
+        with offloaded(vae, plan.vae_device, enabled=plan.offload_vae):
+            frames = decoder.decode_chunk(latents)
+    """
+    if not enabled:
+        yield module
+        return
+    module.to(_as_device(device, "device"))
+    try:
+        yield module
+    finally:
+        module.to(_as_device(home, "home"))
