@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import diffusers
 import pytest
 import torch
 
@@ -13,11 +15,14 @@ from memrope.vae import TinyDecoder, VideoDecoder, WanVAEDecoder, video_frame_co
 
 LATENTS_MEAN = [0.1, -0.2, 0.3, 0.5]
 LATENTS_STD = [1.5, 0.7, 2.0, 1.1]
+# ways to cut a 7-frame latent video into chunks, the whole video in one call included
+SPLITS_OF_7 = [[7], [3, 3, 1], [1] * 7, [2, 5], [4, 1, 2]]
 
 
-def decode_in_chunks(decoder: VideoDecoder, latents: torch.Tensor, chunk: int) -> torch.Tensor:
+def decode_in_chunks(decoder: VideoDecoder, latents: torch.Tensor, sizes: int | Sequence[int]) -> torch.Tensor:
     decoder.reset()
-    return torch.cat([decoder.decode_chunk(part) for part in latents.split(chunk, dim=1)], dim=1)
+    parts = torch.split(latents, sizes if isinstance(sizes, int) else list(sizes), dim=1)
+    return torch.cat([decoder.decode_chunk(part) for part in parts], dim=1)
 
 
 def latent_video(frames: int, channels: int = 4, seed: int = 0) -> torch.Tensor:
@@ -33,13 +38,13 @@ def test_tiny_decoder_chunks_join_without_seams_and_follow_the_frame_rule() -> N
     decoder = TinyDecoder(latent_channels=4, seed=3)
     assert isinstance(decoder, VideoDecoder)
     latents = latent_video(7)
-    whole = decode_in_chunks(decoder, latents, chunk=7)
+    whole = decode_in_chunks(decoder, latents, 7)
     assert whole.shape == (2, video_frame_count(7), 3, 32, 48) and whole.dtype == torch.float32
     assert whole.abs().max() <= 1.0
-    for chunk in (1, 2, 3):
-        torch.testing.assert_close(decode_in_chunks(decoder, latents, chunk), whole, rtol=0, atol=0)
+    for sizes in SPLITS_OF_7:
+        torch.testing.assert_close(decode_in_chunks(decoder, latents, sizes), whole, rtol=0, atol=0)
     decoder.reset()
-    assert [decoder.decode_chunk(part).shape[1] for part in latents.split(3, dim=1)] == [9, 12, 4]
+    assert [decoder.decode_chunk(part).shape[1] for part in torch.split(latents, 3, dim=1)] == [9, 12, 4]
 
 
 def test_tiny_decoder_colours_blend_between_latent_frames() -> None:
@@ -67,74 +72,121 @@ def test_decoders_refuse_malformed_latents() -> None:
             decoder.decode_chunk(torch.zeros(shape))
 
 
+# --- Wan VAE ---------------------------------------------------------------------------------------
+
+
+def tiny_autoencoder(**options: object) -> Any:
+    """A randomly initialised Wan-architecture VAE small enough for the CPU (z_dim 4, 8x spatial and
+    4x temporal compression like the real one)."""
+    torch.manual_seed(0)
+    vae: Any = diffusers.AutoencoderKLWan(
+        base_dim=8, z_dim=4, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
+        latents_mean=LATENTS_MEAN, latents_std=LATENTS_STD, **options,
+    )
+    return vae.eval()
+
+
 @pytest.fixture(scope="module")
 def tiny_wan_vae() -> Any:
-    """A randomly initialised Wan2.1-architecture VAE small enough for the CPU (z_dim 4)."""
-    diffusers = pytest.importorskip("diffusers")
-    torch.manual_seed(0)
-    return diffusers.AutoencoderKLWan(
-        base_dim=8, z_dim=4, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
-        latents_mean=LATENTS_MEAN, latents_std=LATENTS_STD,
-    ).eval()
+    return tiny_autoencoder()
+
+
+@pytest.fixture(scope="module")
+def tiny_wan_folder(tiny_wan_vae: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The VAE saved in the layout of ``Wan-AI/Wan2.1-T2V-1.3B-Diffusers`` (its ``vae`` subfolder)."""
+    root = tmp_path_factory.mktemp("wan")
+    tiny_wan_vae.save_pretrained(root / "vae")
+    return root
+
+
+@pytest.fixture
+def wan_decoder(tiny_wan_folder: Path, offline_hub: Path) -> WanVAEDecoder:
+    return WanVAEDecoder.from_pretrained(tiny_wan_folder, device="cpu")
 
 
 def reference_decode(vae: Any, latents: torch.Tensor) -> torch.Tensor:
-    """diffusers' own whole-video decode of normalised latents ``[B, F, C, H, W]`` -> ``[B, T, 3, H', W']``."""
+    """diffusers' own whole-video decode of normalised latents ``[B, F, C, H, W]`` -> ``[B, T, 3, H', W']``,
+    un-normalised as diffusers' ``WanPipeline`` does (in float32, then cast to the VAE's dtype)."""
     mean = torch.tensor(LATENTS_MEAN).view(1, -1, 1, 1, 1)
-    std = torch.tensor(LATENTS_STD).view(1, -1, 1, 1, 1)
+    inverse_std = 1.0 / torch.tensor(LATENTS_STD).view(1, -1, 1, 1, 1)
     with torch.no_grad():
-        return vae.decode(latents.transpose(1, 2) * std + mean).sample.transpose(1, 2)
+        z = (latents.transpose(1, 2) / inverse_std + mean).to(vae.dtype)
+        frames: torch.Tensor = vae.decode(z).sample.transpose(1, 2)
+    return frames
 
 
-def test_wan_decoder_in_chunks_matches_diffusers_whole_video_decode(tiny_wan_vae: Any) -> None:
-    decoder = WanVAEDecoder(tiny_wan_vae)
-    assert isinstance(decoder, VideoDecoder)
+def test_wan_decoder_in_chunks_matches_diffusers_whole_video_decode(
+    tiny_wan_vae: Any, wan_decoder: WanVAEDecoder
+) -> None:
+    assert isinstance(wan_decoder, VideoDecoder)
     latents = latent_video(7)
     expected = reference_decode(tiny_wan_vae, latents)
     assert expected.shape == (2, video_frame_count(7), 3, 32, 48)
     assert expected.std() > 0.05  # not a saturated or constant video
-    for chunk in (3, 1, 7):
-        torch.testing.assert_close(decode_in_chunks(decoder, latents, chunk), expected, rtol=0, atol=1e-5)
+    for sizes in SPLITS_OF_7:
+        torch.testing.assert_close(decode_in_chunks(wan_decoder, latents, sizes), expected, rtol=0, atol=1e-6)
+    # the frames depend on earlier chunks: decoding latent frames 3-5 as a new video gives another
+    # last frame (video frame 4 * 5) than decoding them after frames 0-2
+    wan_decoder.reset()
+    restarted = wan_decoder.decode_chunk(latents[:, 3:6])
+    assert restarted.shape[1] == video_frame_count(3)
+    assert (restarted[:, -1] - expected[:, 20]).abs().max() > 0.1
 
 
-def test_wan_decoder_reset_starts_a_new_video(tiny_wan_vae: Any) -> None:
-    decoder = WanVAEDecoder(tiny_wan_vae)
-    decoder.decode_chunk(latent_video(3, seed=1))
-    decoder.reset()
+def test_wan_decoder_chunks_follow_the_frame_rule(wan_decoder: WanVAEDecoder) -> None:
+    latents = latent_video(7)
+    wan_decoder.reset()
+    assert [wan_decoder.decode_chunk(part).shape[1] for part in torch.split(latents, [1, 4, 2], dim=1)] == [1, 16, 8]
+
+
+def test_wan_decoder_reset_starts_a_new_video(
+    tiny_wan_vae: Any, wan_decoder: WanVAEDecoder
+) -> None:
+    wan_decoder.decode_chunk(latent_video(3, seed=1))
+    wan_decoder.reset()
     second = latent_video(4, seed=2)
-    torch.testing.assert_close(decoder.decode_chunk(second), reference_decode(tiny_wan_vae, second),
-                               rtol=0, atol=1e-5)
+    torch.testing.assert_close(wan_decoder.decode_chunk(second), reference_decode(tiny_wan_vae, second),
+                               rtol=0, atol=1e-6)
 
 
-def test_wan_decoder_cache_does_not_grow_with_the_video(tiny_wan_vae: Any) -> None:
-    decoder = WanVAEDecoder(tiny_wan_vae)
-
+def test_wan_decoder_cache_does_not_grow_with_the_video(wan_decoder: WanVAEDecoder) -> None:
     def cached_elements() -> int:
-        assert decoder._feature_cache is not None
-        return sum(entry.numel() for entry in decoder._feature_cache if isinstance(entry, torch.Tensor))
+        assert wan_decoder._feature_cache is not None
+        return sum(entry.numel() for entry in wan_decoder._feature_cache if isinstance(entry, torch.Tensor))
 
     latents = latent_video(12)
-    decoder.decode_chunk(latents[:, :3])
+    wan_decoder.decode_chunk(latents[:, :3])
     after_first_chunk = cached_elements()
-    for part in latents[:, 3:].split(3, dim=1):
-        decoder.decode_chunk(part)
+    for part in torch.split(latents[:, 3:], 3, dim=1):
+        wan_decoder.decode_chunk(part)
         assert cached_elements() == after_first_chunk
 
 
-def test_wan_decoder_loads_a_local_diffusers_folder(tiny_wan_vae: Any, tmp_path: Path) -> None:
-    tiny_wan_vae.save_pretrained(tmp_path / "vae")
+def test_wan_decoder_loads_the_diffusers_layout_or_the_vae_folder(
+    tiny_wan_vae: Any, tiny_wan_folder: Path, offline_hub: Path
+) -> None:
     latents = latent_video(3)
     expected = reference_decode(tiny_wan_vae, latents)
-    for source in (tmp_path, tmp_path / "vae"):
+    for source in (tiny_wan_folder, tiny_wan_folder / "vae"):
         decoder = WanVAEDecoder.from_pretrained(source, device="cpu")
-        torch.testing.assert_close(decoder.decode_chunk(latents), expected, rtol=0, atol=1e-5)
+        assert decoder.vae.dtype == torch.float32 and decoder.latent_channels == 4
+        torch.testing.assert_close(decoder.decode_chunk(latents), expected, rtol=0, atol=1e-6)
+
+
+def test_wan_decoder_decodes_in_the_requested_dtype(
+    tiny_wan_vae: Any, tiny_wan_folder: Path, offline_hub: Path
+) -> None:
+    decoder = WanVAEDecoder.from_pretrained(tiny_wan_folder, dtype=torch.bfloat16, device="cpu")
+    assert {parameter.dtype for parameter in decoder.vae.parameters()} == {torch.bfloat16}
+    latents = latent_video(5)
+    frames = decode_in_chunks(decoder, latents, [2, 3])
+    assert frames.dtype == torch.bfloat16 and frames.shape == (2, video_frame_count(5), 3, 32, 48)
+    torch.testing.assert_close(frames, reference_decode(decoder.vae, latents), rtol=0, atol=1e-2)
+    torch.testing.assert_close(frames.float(), reference_decode(tiny_wan_vae, latents), rtol=0, atol=0.05)
 
 
 def test_wan_decoder_refuses_other_vae_layouts() -> None:
-    diffusers = pytest.importorskip("diffusers")
-    wan22 = diffusers.AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
-                                       latents_mean=LATENTS_MEAN, latents_std=LATENTS_STD,
-                                       is_residual=True, patch_size=2, in_channels=12, out_channels=12)
+    wan22 = tiny_autoencoder(is_residual=True, patch_size=2, in_channels=12, out_channels=12)
     with pytest.raises(ValueError, match="Wan2.1"):
         WanVAEDecoder(wan22)
 

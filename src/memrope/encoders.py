@@ -14,13 +14,14 @@ from __future__ import annotations
 import hashlib
 import html
 import re
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
+
+from memrope.devices import offloaded
 
 __all__ = [
     "UMT5_TEXT_DIM",
@@ -84,13 +85,12 @@ def _import_transformers() -> Any:
         raise ImportError(
             "UMT5TextEncoder needs transformers and sentencepiece: pip install 'memrope[text]'"
         ) from error
+    if not transformers.is_torch_available():
+        raise ImportError(
+            f"transformers {transformers.__version__} does not work with torch {torch.__version__} (it "
+            "disabled PyTorch): install a newer torch or a transformers release that supports this one"
+        )
     return transformers
-
-
-def _dtype_keyword(transformers: Any) -> str:
-    """transformers renamed ``torch_dtype`` to ``dtype`` in 4.56 (the old name warns in 5.x)."""
-    major, minor = (int(part) for part in re.findall(r"\d+", transformers.__version__)[:2])
-    return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
 
 
 def _default_device() -> torch.device:
@@ -115,6 +115,8 @@ class UMT5TextEncoder:
         offload: bool = False,
         text_len: int = UMT5_TEXT_LEN,
     ) -> None:
+        if text_len < 1:
+            raise ValueError(f"text_len must be a positive number of tokens, got {text_len}")
         self.model: Any = model.eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.device = torch.device(device) if device is not None else _default_device()
@@ -143,24 +145,13 @@ class UMT5TextEncoder:
             dtype = torch.bfloat16 if target.type == "cuda" else torch.float32
         tokenizer = transformers.AutoTokenizer.from_pretrained(**component_location(source, "tokenizer"))
         model = transformers.UMT5EncoderModel.from_pretrained(
-            **component_location(source, "text_encoder"), **{_dtype_keyword(transformers): dtype}
+            **component_location(source, "text_encoder"), dtype=dtype
         )
         return cls(model, tokenizer, device=target, offload=offload, text_len=text_len)
 
     @property
     def text_dim(self) -> int:
         return int(self.model.config.d_model)
-
-    @contextmanager
-    def _on_device(self) -> Iterator[None]:
-        if not self.offload:
-            yield
-            return
-        self.model.to(self.device)
-        try:
-            yield
-        finally:
-            self.model.to("cpu")
 
     @torch.no_grad()
     def encode(self, prompts: Sequence[str]) -> Tensor:
@@ -177,8 +168,8 @@ class UMT5TextEncoder:
         )
         ids = tokens["input_ids"].to(self.device)
         mask = tokens["attention_mask"].to(self.device)
-        with self._on_device():
-            hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
+        with offloaded(self.model, self.device, enabled=self.offload):
+            hidden: Tensor = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
         return hidden.masked_fill(mask[..., None] == 0, 0)
 
 

@@ -66,12 +66,12 @@ class WanVAEDecoder:
     """Wan2.1's VAE decoder (diffusers ``AutoencoderKLWan``), decoding causally frame by frame.
 
     Latents are the DiT's normalised latents; they are un-normalised per channel with the VAE
-    config's statistics (``z * latents_std + latents_mean``, computed as ``z / (1 / std) + mean`` in
-    float32 like Wan and diffusers do). Every latent frame goes through the decoder with the shared
-    feature cache (the last two frames of input to each causal 3-D convolution), which is exactly
-    what ``AutoencoderKLWan.decode`` does for a whole video, except that the cache survives between
-    calls; its size is fixed by the frame size, not the video length. Output frames are clamped to
-    ``[-1, 1]`` and returned in the VAE's dtype on its device.
+    config's statistics (``z * latents_std + latents_mean``, computed as ``z / (1 / std) + mean`` like
+    Wan and diffusers' pipeline do, in float32 before the cast to the VAE's dtype). Every latent frame
+    goes through the decoder with the shared feature cache (the last two frames of input to each
+    causal 3-D convolution), which is exactly what ``AutoencoderKLWan.decode`` does for a whole video,
+    except that the cache survives between calls; its size is fixed by the frame size, not the video
+    length. Output frames are clamped to ``[-1, 1]`` and returned in the VAE's dtype on its device.
     """
 
     def __init__(self, vae: Any) -> None:
