@@ -67,3 +67,21 @@ def test_pipeline_follows_the_preset_and_decodes_every_chunk() -> None:
     assert pipeline.cache is not None and pipeline.cache.slot_layout() == [f"f{i}" for i in range(6)]
     sink = MemRoPEConfig(policy="sink", cache_frames=6, sink_frames=3)
     assert components.make_pipeline(TINY, model, cache=sink).cache_config == sink
+
+
+@pytest.mark.filterwarnings("ignore:.*to a meta parameter in the current model, which is a no-op")
+def test_placement_puts_each_module_on_its_planned_device(tmp_path: Path) -> None:
+    from memrope.devices import plan_devices
+
+    weights = tmp_path / "seed3.safetensors"
+    save_file(tiny_model(seed=3).state_dict(), weights)
+    split = plan_devices("split", ("cpu", "meta"), num_layers=TINY_MODEL_CONFIG.num_layers)
+    for checkpoint in (None, weights):
+        model = components.load_model(TINY, checkpoint=checkpoint, placement=split)
+        assert model.blocks[0].ffn[0].weight.device.type == "cpu" and model.patch_embedding.weight.device.type == "cpu"
+        assert model.blocks[1].ffn[0].weight.device.type == "meta" and model.head.head.weight.device.type == "meta"
+    same = plan_devices("split", ("cpu", "cpu"), num_layers=TINY_MODEL_CONFIG.num_layers)
+    placed = components.load_model(TINY, checkpoint=weights, placement=same)
+    assert torch.equal(placed.blocks[1].ffn[0].weight, tiny_model(seed=3).blocks[1].ffn[0].weight)
+    with pytest.raises(ValueError, match="device or placement, not both"):
+        components.load_model(TINY, device="cpu", placement=same)

@@ -185,6 +185,28 @@ def test_wan_decoder_decodes_in_the_requested_dtype(
     torch.testing.assert_close(frames.float(), reference_decode(tiny_wan_vae, latents), rtol=0, atol=0.05)
 
 
+def test_wan_decoder_offload_visits_the_device_only_while_decoding(
+    tiny_wan_vae: Any, tiny_wan_folder: Path, offline_hub: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    decoder = WanVAEDecoder.from_pretrained(tiny_wan_folder, device="cpu", offload=True)
+    moves: list[torch.device] = []
+    original_to = decoder.vae.to
+
+    def to(device: torch.device | str) -> Any:
+        moves.append(torch.device(device))
+        return original_to(device)
+
+    monkeypatch.setattr(decoder.vae, "to", to)
+    moves_before_decoding: list[int] = []
+    decoder.vae.decoder.register_forward_pre_hook(lambda module, args: moves_before_decoding.append(len(moves)))
+    latents = latent_video(5)
+    frames = decode_in_chunks(decoder, latents, [2, 3])
+    cpu = torch.device("cpu")
+    assert moves == [decoder.device, cpu] * 2  # to the (here CPU) device and back, once per chunk
+    assert moves_before_decoding == [1, 1, 3, 3, 3]  # every latent frame decodes while on the device
+    torch.testing.assert_close(frames, reference_decode(tiny_wan_vae, latents), rtol=0, atol=1e-6)
+
+
 def test_wan_decoder_refuses_other_vae_layouts() -> None:
     wan22 = tiny_autoencoder(is_residual=True, patch_size=2, in_channels=12, out_channels=12)
     with pytest.raises(ValueError, match="Wan2.1"):

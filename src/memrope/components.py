@@ -11,6 +11,10 @@ The same code serves ``memrope generate`` and Python users::
     del encoder                                   # umT5-XXL is 10.6 GiB in bf16: free it first
     model = components.load_model(preset, device="cuda")          # downloads the checkpoint once
     decoder = components.load_decoder(preset, device="cuda")
+
+For a model split over devices, pass ``placement=plan_devices("split", ["cuda:0", "cuda:1"], ...)``
+(:mod:`memrope.devices`) to :func:`load_model` and use ``plan.text_encoder_device`` /
+``plan.vae_device`` (and their ``offload_*`` flags) for the encoder and the decoder.
     pipeline = components.make_pipeline(preset, model, decoder=decoder)
     for chunk in pipeline.stream(prompt, num_frames=preset.latent_frames, seed=0,
                                  latent_hw=preset.latent_hw):
@@ -29,6 +33,7 @@ from pathlib import Path
 import torch
 
 from memrope.config import MemRoPEConfig
+from memrope.devices import DevicePlan, place_model
 from memrope.encoders import HashTextEncoder, TextEncoder, UMT5TextEncoder
 from memrope.loading import CheckpointKind, load_wan_weights
 from memrope.models.wan import CausalWanModel
@@ -57,6 +62,7 @@ def load_model(
     lora: PathLike | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
+    placement: DevicePlan | None = None,
 ) -> CausalWanModel:
     """The preset's DiT with its weights, in eval mode without gradients.
 
@@ -68,20 +74,28 @@ def load_model(
         lora: a PEFT LoRA merged into ``checkpoint`` (LongLive's ``lora.pt``).
         device: where the weights go (default: CUDA when available).
         dtype: weight dtype (default: the preset's on an accelerator, float32 on the CPU).
+        placement: a :class:`~memrope.devices.DevicePlan` putting each module on its device
+            instead of ``device`` (e.g. the official 2-GPU split).
 
-    The weights are materialised straight on ``device`` in ``dtype`` (no float32 copy first).
+    The weights are materialised straight on their devices in ``dtype`` (no float32 copy first).
     """
-    target = _device(device)
+    if placement is not None and device is not None:
+        raise ValueError("pass device or placement, not both")
+    target = placement.primary_device if placement is not None else _device(device)
     if dtype is None:
         dtype = preset.default_dtype if target.type != "cpu" else torch.float32
     if lora is not None and checkpoint is None:
         raise ValueError("lora needs checkpoint (the registered presets bring their own LoRA)")
     source = checkpoint if checkpoint is not None else preset.checkpoint
     if source is None:
-        return tiny_model().to(device=target, dtype=dtype)
+        seeded = tiny_model().to(dtype=dtype)
+        return place_model(seeded, placement) if placement is not None else seeded.to(target)
     with torch.device("meta"):
-        model = CausalWanModel(preset.model_config)
-    model = model.to(dtype=dtype).to_empty(device=target)
+        model = CausalWanModel(preset.model_config).to(dtype=dtype)
+    if placement is not None:
+        model = place_model(model, placement, empty=True)
+    else:
+        model = model.to_empty(device=target)
     kind: CheckpointKind = "longlive" if lora is not None and preset.family == "longlive" else "auto"
     load_wan_weights(model, source, kind=kind, lora=lora)
     return model.eval().requires_grad_(False)
@@ -110,15 +124,22 @@ def load_text_encoder(
 
 
 def load_decoder(
-    preset: Preset, source: str | Path | None = None, *, device: torch.device | str | None = None
+    preset: Preset,
+    source: str | Path | None = None,
+    *,
+    device: torch.device | str | None = None,
+    offload: bool = False,
 ) -> TinyDecoder | WanVAEDecoder:
-    """The preset's streaming decoder: ``"tiny"`` (weight-free) or the Wan VAE (float32) from a Hub id / folder."""
+    """The preset's streaming decoder: ``"tiny"`` (weight-free) or the Wan VAE (float32) from a Hub id / folder.
+
+    ``offload`` keeps the Wan VAE's weights on the CPU between chunks (the tiny decoder has none).
+    """
     source = preset.vae if source is None else source
     if source == "tiny":
         if preset.model_config.out_dim != TINY_MODEL_CONFIG.out_dim:
             raise ValueError(f"the tiny decoder decodes {TINY_MODEL_CONFIG.out_dim}-channel latents only")
         return tiny_decoder()
-    return WanVAEDecoder.from_pretrained(source, dtype=torch.float32, device=_device(device))
+    return WanVAEDecoder.from_pretrained(source, dtype=torch.float32, device=_device(device), offload=offload)
 
 
 def make_pipeline(

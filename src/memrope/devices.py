@@ -200,11 +200,14 @@ class DevicePlan:
             else f"split over {len(self.devices)} devices: {names}"
         )
         lines = [title]
-        for position, device in enumerate(self.devices):
+        for device in dict.fromkeys(self.devices):  # a device named twice is described once
             parts = _compact_module_names([n for n, d in self.device_map.items() if d == device])
             if device == self.vae_device and not self.offload_vae:
                 parts.append("VAE")
-            need = "" if self.needed_bytes is None else f" (~{self.needed_bytes[position] / GIB:.1f} GiB)"
+            need = ""
+            if self.needed_bytes is not None:
+                total = sum(n for n, d in zip(self.needed_bytes, self.devices) if d == device)
+                need = f" (~{total / GIB:.1f} GiB)"
             lines.append(f"  {device}: {', '.join(parts) or '(nothing)'}{need}")
         lines.append(
             f"  text encoder: {_component_line(self.text_encoder_device, self.offload_text_encoder)}"

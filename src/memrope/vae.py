@@ -24,6 +24,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
+from memrope.devices import offloaded
 from memrope.encoders import WAN21_DIFFUSERS_REPO, component_location
 
 __all__ = ["TinyDecoder", "VideoDecoder", "WanVAEDecoder", "video_frame_count"]
@@ -71,10 +72,12 @@ class WanVAEDecoder:
     goes through the decoder with the shared feature cache (the last two frames of input to each
     causal 3-D convolution), which is exactly what ``AutoencoderKLWan.decode`` does for a whole video,
     except that the cache survives between calls; its size is fixed by the frame size, not the video
-    length. Output frames are clamped to ``[-1, 1]`` and returned in the VAE's dtype on its device.
+    length. Output frames are clamped to ``[-1, 1]`` and returned in the VAE's dtype on ``device``
+    (default: where the VAE's weights are). With ``offload`` the weights wait on the CPU and visit
+    ``device`` only during :meth:`decode_chunk` (the small feature cache stays on ``device``).
     """
 
-    def __init__(self, vae: Any) -> None:
+    def __init__(self, vae: Any, *, device: torch.device | str | None = None, offload: bool = False) -> None:
         _, causal_conv = _import_autoencoder()
         config = vae.config
         if config.patch_size is not None or config.is_residual:
@@ -85,6 +88,9 @@ class WanVAEDecoder:
         self._mean = torch.tensor(config.latents_mean, dtype=torch.float32).view(1, -1, 1, 1, 1)
         self._inverse_std = 1.0 / torch.tensor(config.latents_std, dtype=torch.float32).view(1, -1, 1, 1, 1)
         self._feature_cache: list[Any] | None = None
+        self.device = torch.device(device) if device is not None else next(vae.parameters()).device
+        self.offload = offload
+        self.vae.to("cpu" if offload else self.device)
 
     @classmethod
     def from_pretrained(
@@ -93,15 +99,17 @@ class WanVAEDecoder:
         *,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
+        offload: bool = False,
     ) -> WanVAEDecoder:
         """Load the VAE from the Hub (``vae`` subfolder of the Diffusers layout) or a local folder.
 
         float32 by default, as in diffusers' Wan examples; the Wan2.1 VAE is small (~0.5 GB).
+        ``device`` defaults to CUDA when available; ``offload``: see the class docstring.
         """
         autoencoder, _ = _import_autoencoder()
         vae = autoencoder.from_pretrained(**component_location(source, "vae"), torch_dtype=dtype)
         target = device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
-        return cls(vae.to(target))
+        return cls(vae, device=target, offload=offload)
 
     def reset(self) -> None:
         self._feature_cache = None
@@ -110,18 +118,19 @@ class WanVAEDecoder:
     def decode_chunk(self, latents: Tensor) -> Tensor:
         """Latents ``[B, F, z_dim, H, W]`` -> frames ``[B, T, 3, 8H, 8W]`` in ``[-1, 1]``."""
         _check_latents(latents, self.latent_channels)
-        parameter = next(self.vae.parameters())
-        z = latents.to(parameter.device, torch.float32).transpose(1, 2)
+        dtype = next(self.vae.parameters()).dtype
+        z = latents.to(self.device, torch.float32).transpose(1, 2)
         z = z / self._inverse_std.to(z.device) + self._mean.to(z.device)
-        x = self.vae.post_quant_conv(z.to(parameter.dtype))
         frames = []
-        for index in range(x.shape[2]):
-            first = self._feature_cache is None
-            if first:
-                self._feature_cache = [None] * self._num_cached_convs
-            frames.append(self.vae.decoder(
-                x[:, :, index : index + 1], feat_cache=self._feature_cache, feat_idx=[0], first_chunk=first
-            ))
+        with offloaded(self.vae, self.device, enabled=self.offload):
+            x = self.vae.post_quant_conv(z.to(dtype))
+            for index in range(x.shape[2]):
+                first = self._feature_cache is None
+                if first:
+                    self._feature_cache = [None] * self._num_cached_convs
+                frames.append(self.vae.decoder(
+                    x[:, :, index : index + 1], feat_cache=self._feature_cache, feat_idx=[0], first_chunk=first
+                ))
         return torch.cat(frames, dim=2).clamp_(-1.0, 1.0).transpose(1, 2)
 
 
