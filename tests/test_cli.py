@@ -386,3 +386,70 @@ def test_attention_stats_are_recorded_and_plotted(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "fox.mp4.json").read_text())["attention_stats"] == str(stats)
     assert main(["plot-attention", str(stats), "-o", str(tmp_path / "fox.png")]) == 0
     assert (tmp_path / "fox.png").stat().st_size > 1000
+
+
+# --------------------------------------------------------------------------------------------------
+# Devices and torchrun
+# --------------------------------------------------------------------------------------------------
+
+
+def test_split_placement_over_two_cpu_devices_gives_the_same_video(tmp_path: Path) -> None:
+    single, split = tmp_path / "single.safetensors", tmp_path / "split.safetensors"
+    assert main(tiny_args(tmp_path / "a.mp4", "--num-frames", "15", "--save-latents", str(single))) == 0
+    assert main(tiny_args(tmp_path / "b.mp4", "--num-frames", "15", "--save-latents", str(split),
+                          "--placement", "split", "--devices", "cpu,cpu", "--split-at", "1", "--offload")) == 0
+    assert torch.equal(load_file(single)["latents"], load_file(split)["latents"])
+    placement = json.loads((tmp_path / "b.mp4.json").read_text())["placement"]
+    assert placement["mode"] == "split"
+    assert json.loads((tmp_path / "a.mp4.json").read_text())["placement"]["mode"] == "single"
+    # auto on a machine without a GPU: everything on the CPU
+    assert main(tiny_args(tmp_path / "c.mp4", "--num-frames", "3", "--placement", "auto")) == 0
+    auto = json.loads((tmp_path / "c.mp4.json").read_text())["placement"]
+    assert auto["mode"] == "single" and auto["devices"] == ["cpu"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--devices", "cpu,cpu"], "--devices and --split-at need --placement split or auto"),
+        (["--split-at", "1"], "--devices and --split-at need --placement split or auto"),
+        (["--placement", "split", "--device", "cpu"], "--placement split takes --devices, not --device"),
+        (["--placement", "split", "--devices", "cpu"], "--placement split:"),
+        (["--placement", "split", "--devices", "cpu,cpu", "--split-at", "5"], "--split-at"),
+        (["--placement", "auto", "--split-at", "1"], "--split-at needs --placement split"),
+        (["--placement", "split", "--devices", "cpu,banana"], "unknown --device 'banana'"),
+        (["--placement", "diagonal"], "invalid choice"),
+    ],
+)
+def test_bad_placements_fail_clearly(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str
+) -> None:
+    output = tmp_path / "video.mp4"
+    assert main(tiny_args(output, *extra)) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not output.exists()
+
+
+def test_torchrun_ranks_share_the_prompts_file(tmp_path: Path) -> None:
+    prompts = ["a cat", "a dog on a beach", "a lighthouse at dusk", "a red fox", "rain on a window"]
+    prompts_file = tmp_path / "prompts.txt"
+    prompts_file.write_text("\n".join(prompts) + "\n", encoding="utf-8")
+    output = tmp_path / "out" / "v.mp4"
+    output.parent.mkdir()
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "memrope.cli", "generate", "--prompts-file", str(prompts_file), "--num-frames", "6",
+               "--output", str(output), "--no-progress", "--save-latents", str(tmp_path / "out" / "z.safetensors")]
+    result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr
+    assert "2 ranks, every rank finished" in result.stderr
+    reports = {int(path.name.split("_")[1].split(".")[0]): json.loads(path.read_text())
+               for path in output.parent.glob("v_*.mp4.json")}
+    assert sorted(reports) == list(range(5))  # every prompt once: no gap, no duplicate
+    assert {index: report["rank"] for index, report in reports.items()} == {0: 0, 1: 1, 2: 0, 3: 1, 4: 0}
+    assert all(report["world_size"] == 2 and report["prompt"] == prompts[index] for index, report in reports.items())
+    # rank 1's video of "a red fox" equals the single-process generation of that prompt
+    alone = tmp_path / "alone.safetensors"
+    assert main(tiny_args(tmp_path / "alone.mp4", "--num-frames", "6", "--save-latents", str(alone))) == 0
+    assert torch.equal(load_file(tmp_path / "out" / "z_3.safetensors")["latents"], load_file(alone)["latents"])

@@ -50,6 +50,8 @@ from typing import Any
 import torch
 
 from memrope.config import POLICIES, MemRoPEConfig
+from memrope.devices import DevicePlan, NotEnoughMemoryError, plan_devices
+from memrope.distributed import DistributedContext, DistributedEnv, shard_indices
 from memrope.presets import FPS, PRESETS, TEMPORAL_FACTOR, Preset, presets_table
 from memrope.schedule import ScheduledPrompt, parse_prompt_schedule
 
@@ -74,6 +76,7 @@ STATE_SUFFIX = ".resume.safetensors"
 LATENTS_SUFFIX = ".resume.latents"
 RUN_SUFFIX = ".resume.json"
 REPORT_FORMAT = "memrope.generate_report"
+PLACEMENTS = ("single", "split", "auto")
 RUN_FORMAT = "memrope.generate_run"
 
 
@@ -313,6 +316,30 @@ def _configure_generate(parser: argparse.ArgumentParser) -> None:
     cache.add_argument("--cache-frames", type=_positive_int, metavar="N", help="cache size in latent frames (12)")
     cache.add_argument("--sink-frames", type=_nonnegative_int, metavar="N", help="sink frames (3)")
 
+    devices = parser.add_argument_group("devices")
+    devices.add_argument(
+        "--device", help="cpu, cuda, cuda:1, ... (default: cuda if available; under torchrun cuda:LOCAL_RANK)"
+    )
+    devices.add_argument(
+        "--placement", choices=PLACEMENTS, default="single",
+        help="single: everything on --device; split: the DiT's blocks over --devices (official 2-GPU "
+        "layout: embeddings + first half of the blocks on the first, the rest, the head and the VAE on "
+        "the last, each layer's cache beside its block); auto: the first of single / single with "
+        "--offload / split that fits in the free GPU memory (default: single)",
+    )
+    devices.add_argument(
+        "--devices", metavar="DEV,DEV,...",
+        help="devices for --placement split or auto, e.g. cuda:0,cuda:1 (auto default: every visible GPU)",
+    )
+    devices.add_argument(
+        "--split-at", type=_positive_int, metavar="N",
+        help="with --placement split over 2 devices: the first block on the second device (default: half)",
+    )
+    devices.add_argument(
+        "--offload", action="store_true",
+        help="keep the text encoder and the VAE on the CPU between uses (less GPU memory, a little slower)",
+    )
+
     output = parser.add_argument_group("output and running")
     output.add_argument(
         "--output", "-o", default="memrope.mp4", metavar="PATH",
@@ -322,7 +349,6 @@ def _configure_generate(parser: argparse.ArgumentParser) -> None:
         "--save-latents", metavar="PATH",
         help="also write the latents [1, F, 16, H, W] as safetensors (key 'latents')",
     )
-    output.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     output.add_argument(
         "--dtype", type=_dtype, metavar="DTYPE",
         help="float32, bfloat16 or float16 (default: bfloat16 for official presets on GPU, else float32)",
@@ -400,7 +426,7 @@ class Plan:
     vae: str
     num_frames: int
     cache: MemRoPEConfig
-    device: torch.device
+    placement: DevicePlan
     dtype: torch.dtype
     seed: int
     save_every: int | None
@@ -408,10 +434,17 @@ class Plan:
     progress: bool
     attention_stats: bool = False
     videos: list[Video] = field(default_factory=list)
+    rank: int = 0
+    world_size: int = 1
 
     @property
     def chunks(self) -> int:
         return self.num_frames // self.cache.chunk_frames
+
+    @property
+    def device(self) -> torch.device:
+        """Where latents live: the DiT's first device."""
+        return self.placement.primary_device
 
     def signature(self, video: Video) -> dict[str, Any]:
         """What a resumed run must share with the run that wrote the checkpoint."""
@@ -631,8 +664,46 @@ def _check_resume_file(video: Video, plan: Plan) -> str:
     return "fresh"
 
 
-def plan_generate(args: argparse.Namespace) -> Plan:
-    """Validate a ``memrope generate`` invocation; raises :class:`CLIError`."""
+def _placement(args: argparse.Namespace, preset: Preset, dtype: torch.dtype | None, env: DistributedEnv) -> DevicePlan:
+    """Where the DiT, its cache, the text encoder and the VAE go (``--device`` / ``--placement`` / ...)."""
+    if env.is_distributed and args.placement != "single":
+        raise CLIError("under torchrun every rank runs on its own device: use --placement single")
+    if args.placement == "single" and (args.devices is not None or args.split_at is not None):
+        raise CLIError("--devices and --split-at need --placement split or auto")
+    if args.placement != "single" and args.device is not None:
+        raise CLIError(f"--placement {args.placement} takes --devices, not --device")
+    if args.placement == "auto" and args.split_at is not None:
+        raise CLIError("--split-at needs --placement split")
+    if args.placement == "single":
+        if args.device is not None:
+            devices: list[torch.device] | None = [_device(args.device)]
+        elif env.is_distributed and torch.cuda.is_available():
+            devices = [_device(f"cuda:{env.local_rank}")]
+        else:
+            devices = [_device(None)]
+    elif args.devices is not None:
+        devices = [_device(text.strip()) for text in args.devices.split(",") if text.strip()]
+    else:
+        devices = None
+    layers = preset.model_config.num_layers
+    memory = preset.memory_estimate(dtype) if args.placement == "auto" else None
+    try:
+        return plan_devices(
+            args.placement, devices, num_layers=layers, offload=args.offload, split_at=args.split_at, memory=memory
+        )
+    except NotEnoughMemoryError as error:
+        raise CLIError(f"--placement auto: {error}", EXIT_FAILURE) from None
+    except (TypeError, ValueError) as error:
+        message = str(error).replace("split_at", "--split-at").replace("devices", "--devices")
+        raise CLIError(f"--placement {args.placement}: {message}") from None
+
+
+def plan_generate(args: argparse.Namespace, env: DistributedEnv | None = None) -> Plan:
+    """Validate a ``memrope generate`` invocation; raises :class:`CLIError`.
+
+    Under ``torchrun`` (``env`` with several ranks) the plan holds this rank's share of the videos.
+    """
+    env = DistributedEnv() if env is None else env
     preset = _resolve_preset(args.model)
     cache = _cache_config(args, preset)
     chunk = cache.chunk_frames
@@ -650,10 +721,10 @@ def plan_generate(args: argparse.Namespace) -> Plan:
         prompts = [schedule[0].prompt]
     else:
         prompts = _read_prompts(args)
-    device = _device(args.device)
+    placement = _placement(args, preset, args.dtype, env)
     dtype = args.dtype
     if dtype is None:
-        dtype = preset.default_dtype if device.type != "cpu" else torch.float32
+        dtype = preset.default_dtype if placement.primary_device.type != "cpu" else torch.float32
     if args.lora is not None and args.checkpoint is None:
         raise CLIError("--lora needs --checkpoint (the registered presets bring their own LoRA)")
     if args.resume and args.save_every is None:
@@ -672,6 +743,7 @@ def plan_generate(args: argparse.Namespace) -> Plan:
     _check_writable(output, "--output")
     if latents is not None:
         _check_writable(latents, "--save-latents")
+    videos = [video for index, video in enumerate(videos) if index in shard_indices(len(videos), env.rank, env.world_size)]
     for video in videos:
         _check_writable(video.output, "--output")
     plan = Plan(
@@ -682,14 +754,16 @@ def plan_generate(args: argparse.Namespace) -> Plan:
         vae=args.vae or preset.vae,
         num_frames=num_frames,
         cache=cache,
-        device=device,
+        placement=placement,
         dtype=dtype,
         seed=args.seed,
         save_every=args.save_every,
         resume=args.resume,
-        progress=not args.no_progress,
+        progress=not args.no_progress and env.rank == 0,
         attention_stats=args.attention_stats,
         videos=videos,
+        rank=env.rank,
+        world_size=env.world_size,
     )
     for video in videos:
         if args.resume:
@@ -725,7 +799,12 @@ def _load_text_encoder(plan: Plan) -> Any:
     from memrope.components import load_text_encoder
 
     try:
-        return load_text_encoder(plan.preset, plan.text_encoder, device=plan.device)
+        return load_text_encoder(
+            plan.preset,
+            plan.text_encoder,
+            device=plan.placement.text_encoder_device,
+            offload=plan.placement.offload_text_encoder,
+        )
     except ImportError as error:
         raise CLIError(str(error), EXIT_FAILURE) from None
     except (OSError, ValueError) as error:
@@ -765,7 +844,7 @@ def _encode_prompts(plan: Plan, videos: list[Video]) -> None:
         video.embeds = _prompt_embeds(encoder, video.prompt, config)
         video.switch_embeds = [_prompt_embeds(encoder, entry.prompt, config) for entry in video.switches]
     del encoder
-    if plan.device.type == "cuda":
+    if plan.placement.text_encoder_device.type == "cuda":
         torch.cuda.empty_cache()
 
 
@@ -774,7 +853,7 @@ def _load_model(plan: Plan) -> torch.nn.Module:
 
     try:
         return load_model(
-            plan.preset, checkpoint=plan.checkpoint, lora=plan.lora, device=plan.device, dtype=plan.dtype
+            plan.preset, checkpoint=plan.checkpoint, lora=plan.lora, dtype=plan.dtype, placement=plan.placement
         )
     except (FileNotFoundError, ValueError) as error:  # CheckpointKeyError/FormatError are ValueErrors
         raise CLIError(f"cannot load the checkpoint {plan.checkpoint!r}: {error}", EXIT_FAILURE) from None
@@ -784,7 +863,9 @@ def _load_decoder(plan: Plan) -> Any:
     from memrope.components import load_decoder
 
     try:
-        return load_decoder(plan.preset, plan.vae, device=plan.device)
+        return load_decoder(
+            plan.preset, plan.vae, device=plan.placement.vae_device, offload=plan.placement.offload_vae
+        )
     except ImportError as error:
         raise CLIError(str(error), EXIT_FAILURE) from None
     except (OSError, ValueError) as error:
@@ -988,8 +1069,8 @@ def _generate_video(plan: Plan, video: Video, model: Any, decoder: Any, stop: _S
     started = time.perf_counter()
     generation_seconds = 0.0
     cache_info: dict[str, Any] = {}
-    if plan.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(plan.device)
+    for device in _cuda_devices(plan):
+        torch.cuda.reset_peak_memory_stats(device)
     try:
         with Mp4Writer(video.output, fps=FPS) as writer:
             decoder.reset()
@@ -1063,6 +1144,13 @@ def _generate_video(plan: Plan, video: Video, model: Any, decoder: Any, stop: _S
     return complete
 
 
+def _cuda_devices(plan: Plan) -> list[torch.device]:
+    """The CUDA devices the run uses (DiT, text encoder, VAE)."""
+    placement = plan.placement
+    used = [*placement.devices, placement.text_encoder_device, placement.vae_device]
+    return [device for device in dict.fromkeys(used) if device.type == "cuda"]
+
+
 def _cache_info(cache: Any) -> dict[str, Any]:
     info: dict[str, Any] = {}
     for name, getter in (
@@ -1102,6 +1190,9 @@ def _report(
         "checkpoint": plan.checkpoint,
         "seed": plan.seed,
         "device": str(plan.device),
+        "placement": plan.placement.to_dict(),
+        "rank": plan.rank,
+        "world_size": plan.world_size,
         "dtype": _dtype_name(plan.dtype),
         "fps": FPS,
         "width": plan.preset.width,
@@ -1124,9 +1215,9 @@ def _report(
             "resident_bytes": cache_info.get("resident_bytes"),
         },
         "peak_rss_bytes": _peak_rss_bytes(),
-        "cuda_max_memory_allocated_bytes": (
-            torch.cuda.max_memory_allocated(plan.device) if plan.device.type == "cuda" else None
-        ),
+        "cuda_max_memory_allocated_bytes": {
+            str(device): torch.cuda.max_memory_allocated(device) for device in _cuda_devices(plan)
+        } or None,
         "latents": str(video.latents_path) if complete and video.latents_path is not None else None,
         "attention_stats": str(video.attention_stats) if plan.attention_stats else None,
         "signature": signature,
@@ -1138,7 +1229,38 @@ def _run_generate(args: argparse.Namespace) -> int:
     if args.list_presets:
         print(presets_table())
         return EXIT_OK
-    plan = plan_generate(args)
+    try:
+        env = DistributedEnv.from_environ()
+    except ValueError as error:
+        raise CLIError(f"bad torchrun environment: {error}") from None
+    if not env.is_distributed:
+        return _generate_share(args, env)
+    with DistributedContext(env, device=_rank_device(args, env)) as context:
+        try:
+            code = _generate_share(args, env)
+        except CLIError as error:  # every rank reaches the gather, so no rank waits forever
+            _print_error(f"[rank {env.rank}] {error}")
+            code = error.exit_code
+        codes = context.gather_object(code)
+    if codes is not None:
+        failed = [rank for rank, rank_code in enumerate(codes) if rank_code != EXIT_OK]
+        status = f"ranks {failed} did not finish" if failed else "every rank finished"
+        _note(f"{env.world_size} ranks, {status}")
+    return code
+
+
+def _rank_device(args: argparse.Namespace, env: DistributedEnv) -> torch.device:
+    if args.device is not None:
+        return _device(args.device)
+    return torch.device(f"cuda:{env.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def _generate_share(args: argparse.Namespace, env: DistributedEnv) -> int:
+    """Generate this rank's videos (every video in a single process)."""
+    plan = plan_generate(args, env)
+    if env.is_distributed:
+        indices = [video.index for video in plan.videos]
+        _note(f"[rank {env.rank}/{env.world_size}] {len(indices)} video(s): {indices} on {plan.device}")
     todo = [video for video in plan.videos if video.action != "skip"]
     for video in plan.videos:
         if video.action == "skip":
