@@ -6,6 +6,11 @@ import functools
 
 import pytest
 import torch
+
+from memrope import MemRoPECache, MemRoPEConfig
+from memrope.adapters import Attachment, attach
+from memrope.models.wan import CausalWanModel, WanConfig
+from memrope.pipeline import CausalInferencePipeline
 from memrope.testing.upstream import (
     VARIANTS,
     CausalInferencePipelineStandin,
@@ -14,11 +19,6 @@ from memrope.testing.upstream import (
     build_pipeline,
     merged_state_dict,
 )
-
-from memrope import MemRoPECache, MemRoPEConfig
-from memrope.adapters import Attachment, attach
-from memrope.models.wan import CausalWanModel, WanConfig
-from memrope.pipeline import CausalInferencePipeline
 
 MODEL = {"dim": 64, "ffn_dim": 128, "num_heads": 2, "num_layers": 2, "in_dim": 4, "out_dim": 4, "text_dim": 24, "text_len": 8, "freq_dim": 32}
 LATENT_HW = (6, 8)

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from memrope.testing.upstream import VARIANTS, LoraLinearStandin, build_pipeline
 
 from memrope.adapters import attach
 from memrope.parity import PARITY_DIR_ENV, ParitySet, find_parity_sets, load_parity_set
+from memrope.testing.upstream import VARIANTS, LoraLinearStandin, build_pipeline
 
 TOLERANCE = 1e-4
 DEFAULT_PARITY_DIR = Path(__file__).resolve().parents[2] / "shared" / "parity"

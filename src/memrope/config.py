@@ -142,6 +142,6 @@ class MemRoPEConfig:
         if isinstance(dtype_name, str):
             dtype = getattr(torch, dtype_name, None)
             if not isinstance(dtype, torch.dtype):
-                raise ValueError(f"memory_dtype must name a torch dtype, got {dtype_name!r}")
+                raise ValueError(f"memory_dtype must name a torch dtype, got {dtype_name!r}")  # noqa: TRY004 (a bad name, not a bad type)
             values["memory_dtype"] = dtype
         return cls(**values)

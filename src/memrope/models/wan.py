@@ -8,12 +8,13 @@ values are computed once per prompt (:meth:`CausalWanModel.encode_context`).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
-from einops import rearrange
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 from memrope.attention import attend, rope_on_the_fly
@@ -130,7 +131,7 @@ class WanAttention(nn.Module):
 
 
 def self_attention(
-    module: nn.Module, x: torch.Tensor, *, cache: MemRoPECache, layer: int, start_frame: int
+    module: Any, x: torch.Tensor, *, cache: MemRoPECache, layer: int, start_frame: int
 ) -> torch.Tensor:
     """Causal self-attention of ``x`` ``[B, L, dim]`` over the MemRoPE cache (any Wan-like module)."""
     heads, head_dim = module.num_heads, module.head_dim
@@ -141,7 +142,7 @@ def self_attention(
     return module.o(out.flatten(2))
 
 
-def cross_attention(module: nn.Module, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+def cross_attention(module: Any, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """Cross-attention of ``x`` ``[B, L, dim]`` to cached text ``keys``/``values`` ``[B, T, H, D]`` (no mask)."""
     query = module.norm_q(module.q(x)).unflatten(-1, (module.num_heads, module.head_dim))
     return module.o(attend(query, keys, values).flatten(2))
@@ -177,7 +178,7 @@ class WanAttentionBlock(nn.Module):
 
 
 def run_block(
-    block: nn.Module,
+    block: Any,
     x: torch.Tensor,
     modulation: torch.Tensor,
     text_keys: torch.Tensor,
@@ -212,7 +213,7 @@ class WanHead(nn.Module):
         self.modulation = nn.Parameter(torch.randn(1, 2, config.dim) / config.dim**0.5)
 
 
-def run_head(head: nn.Module, x: torch.Tensor, time_embedding: torch.Tensor) -> torch.Tensor:
+def run_head(head: Any, x: torch.Tensor, time_embedding: torch.Tensor) -> torch.Tensor:
     """``x`` ``[B, F*P, dim]``, ``time_embedding`` ``[B, F, 1, dim]`` -> ``[B, F*P, prod(patch)*out]``."""
     frames = time_embedding.shape[1]
     shift, scale = (head.modulation.unsqueeze(1) + time_embedding).chunk(2, dim=2)
@@ -234,7 +235,9 @@ class CausalWanModel(nn.Module):
         )
         self.time_embedding = nn.Sequential(nn.Linear(config.freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(dim, dim * 6))
-        self.blocks = nn.ModuleList([WanAttentionBlock(config) for _ in range(config.num_layers)])
+        self.blocks: Sequence[WanAttentionBlock] = nn.ModuleList(  # type: ignore[assignment]
+            [WanAttentionBlock(config) for _ in range(config.num_layers)]
+        )
         self.head = WanHead(config)
 
     # ------------------------------------------------------------------ helpers
@@ -284,7 +287,7 @@ class CausalWanModel(nn.Module):
         if length > self.config.text_len:
             raise ValueError(f"text_embeds may have at most text_len={self.config.text_len} tokens, got {length}")
         padding = text_embeds.new_zeros(text_embeds.shape[0], self.config.text_len - length, text_embeds.shape[2])
-        weight = self.text_embedding[0].weight
+        weight = cast(nn.Linear, self.text_embedding[0]).weight
         padded = torch.cat([text_embeds, padding], dim=1).to(device=weight.device, dtype=weight.dtype)
         return self.text_embedding(padded)
 
