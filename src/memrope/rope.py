@@ -6,7 +6,8 @@ Wan's 3-axis RoPE is the default: channel pairs are adjacent elements ``(x[2i], 
 arbitrary axis splits are options, so HunyuanVideo-style models fit as well.
 
 Angles are computed in float64 once; the cos/sin tables are then stored in float32 and RoPE is
-applied in float32 (inputs of lower precision are upcast and the result is cast back).
+applied in float32 (inputs of lower precision are upcast and the result is cast back), as a complex
+multiplication for interleaved pairs.
 """
 
 from __future__ import annotations
@@ -172,21 +173,30 @@ def apply_rotary(
 
     The rotation is computed in float32 (float64 inputs stay float64) and cast back to ``x.dtype``:
     ``x * cos + partner(x) * sin`` with ``partner = (-x[2i+1], x[2i])`` (interleaved) or
-    ``(-x[i+d/2], x[i])`` (rotate-half), bit-identical to that expression. The sign is folded into
-    the small sin table, and tokens are rotated in blocks of at most ``ROTARY_BLOCK_ELEMENTS``
-    elements written straight into the result, so temporaries stay small. ``out`` (the shape of
-    ``x``, any floating dtype) receives the result instead of a new tensor in ``x.dtype``.
+    ``(-x[i+d/2], x[i])`` (rotate-half). Interleaved pairs are rotated as one complex multiplication
+    ``(x[2i] + i x[2i+1]) * (cos + i sin)`` (one pass over ``x``; the tables must give both channels
+    of a pair the same angle, as :meth:`RotaryEmbedding.cos_sin` does): the same products and sums,
+    so the same bits unless the kernel fuses a multiply-add (then within one rounding). Rotate-half,
+    calls that need gradients and calls under ``torch.compile`` (where it fuses into one kernel)
+    evaluate the expression itself. Tokens are
+    rotated in blocks of at most ``ROTARY_BLOCK_ELEMENTS`` elements written straight into the
+    result, so temporaries stay small. ``out`` (the shape of ``x``, any floating dtype) receives the
+    result instead of a new tensor in ``x.dtype``.
     """
     compute_dtype = torch.promote_types(x.dtype, torch.float32)
     if out is None:
         out = torch.empty_like(x)
     cos = cos.to(compute_dtype)
     sin = sin.to(compute_dtype)
-    signed_sin = sin * _partner_signs(x.shape[-1], pairing, sin)
     # out= kernels do not record autograd; with gradients the same sums go through differentiable ops
     differentiable = torch.is_grad_enabled() and (x.requires_grad or cos.requires_grad or sin.requires_grad)
     tokens = x.shape[1]
     step = max(1, ROTARY_BLOCK_ELEMENTS // max(x.numel() // max(tokens, 1), 1))
+    # compiled, the plain expression below becomes one fused kernel (and complex views do not trace)
+    if pairing == "interleaved" and not differentiable and not torch.compiler.is_compiling():
+        _rotate_interleaved(x, cos, sin, out, compute_dtype, step)
+        return out
+    signed_sin = sin * _partner_signs(x.shape[-1], pairing, sin)
     for begin in range(0, tokens, step):
         block = slice(begin, begin + step)
         values = x[:, block].to(compute_dtype)
@@ -196,3 +206,35 @@ def apply_rotary(
         else:
             out[:, block] = values * cos[block, None, :] + partner
     return out
+
+
+def _complex_pairs(x: torch.Tensor) -> torch.Tensor | None:
+    """``x [..., D]`` seen as ``D/2`` complex numbers ``x[2i] + i*x[2i+1]`` (a view), or ``None`` if its layout forbids it."""
+    if x.stride(-1) != 1 or x.storage_offset() % 2 or any(stride % 2 for stride in x.stride()[:-1]):
+        return None
+    return torch.view_as_complex(x.unflatten(-1, (-1, 2)))
+
+
+def _rotate_interleaved(
+    x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, out: torch.Tensor, compute_dtype: torch.dtype, step: int
+) -> None:
+    """Interleaved RoPE as one complex multiplication per block: ``(x[2i] + i x[2i+1]) * (cos + i sin)``.
+
+    The product's parts are ``x[2i] cos - x[2i+1] sin`` and ``x[2i] sin + x[2i+1] cos``: the same
+    products and sums as the real formulation, in a single pass over ``x`` written into ``out``.
+    The two channels of a pair share their angle, so ``cos[:, 2i]`` and ``sin[:, 2i]`` are the table.
+    """
+    rotation = torch.complex(cos[:, 0::2], sin[:, 0::2])  # [N, D/2]
+    for begin in range(0, x.shape[1], step):
+        block = slice(begin, begin + step)
+        values = x[:, block].to(compute_dtype)
+        source = _complex_pairs(values)
+        if source is None:
+            source = torch.view_as_complex(values.contiguous().unflatten(-1, (-1, 2)))
+        factor = rotation[block, None, :]
+        target = out[:, block]
+        target_pairs = _complex_pairs(target) if target.dtype == compute_dtype else None
+        if target_pairs is not None:
+            torch.mul(source, factor, out=target_pairs)
+        else:
+            target.copy_(torch.view_as_real(source * factor).flatten(-2))
