@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import huggingface_hub.constants
 import pytest
+import torch
+from torch import nn
 
 
 @pytest.fixture
@@ -29,3 +32,21 @@ def offline_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket.socket, "connect_ex", refuse)
     return cache
+
+
+@pytest.fixture
+def record_moves(monkeypatch: pytest.MonkeyPatch) -> Callable[[nn.Module], list[torch.device]]:
+    """``record_moves(module)``: the list of devices ``module.to`` is called with from then on."""
+
+    def record(module: nn.Module) -> list[torch.device]:
+        moves: list[torch.device] = []
+        original_to = module.to
+
+        def to(device: torch.device | str) -> Any:
+            moves.append(torch.device(device))
+            return original_to(device)
+
+        monkeypatch.setattr(module, "to", to)
+        return moves
+
+    return record

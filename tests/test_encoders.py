@@ -7,6 +7,7 @@ import io
 import json
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 import sentencepiece
 import torch
 import transformers
+from torch import nn
 
 from memrope.encoders import (
     UMT5_TEXT_DIM,
@@ -149,23 +151,11 @@ def test_umt5_defaults_to_bfloat16_on_cuda_and_float32_on_the_cpu(tiny_umt5: Pat
     assert default.model.dtype == (torch.bfloat16 if torch.cuda.is_available() else torch.float32)
 
 
-def record_moves(encoder: UMT5TextEncoder, monkeypatch: pytest.MonkeyPatch) -> list[torch.device]:
-    """The devices that ``encoder.model.to`` is called with from now on."""
-    moves: list[torch.device] = []
-    original_to = encoder.model.to
-
-    def to(device: torch.device | str) -> Any:
-        moves.append(torch.device(device))
-        return original_to(device)
-
-    monkeypatch.setattr(encoder.model, "to", to)
-    return moves
-
-
-def test_umt5_offload_visits_the_device_only_while_encoding(tiny_umt5: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_umt5_offload_visits_the_device_only_while_encoding(
+    tiny_umt5: Path, record_moves: Callable[[nn.Module], list[torch.device]]
+) -> None:
     encoder = load(tiny_umt5, offload=True)
-    moves = record_moves(encoder, monkeypatch)
+    moves = record_moves(encoder.model)
     moves_before_forward: list[int] = []
     hook = encoder.model.register_forward_pre_hook(lambda module, args: moves_before_forward.append(len(moves)))
     encoder.encode(["a cat"])
@@ -186,9 +176,11 @@ def test_umt5_offload_visits_the_device_only_while_encoding(tiny_umt5: Path,
     assert moves == [encoder.device, cpu]  # back on the CPU after a failure too
 
 
-def test_umt5_without_offload_stays_on_its_device(tiny_umt5: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_umt5_without_offload_stays_on_its_device(
+    tiny_umt5: Path, record_moves: Callable[[nn.Module], list[torch.device]]
+) -> None:
     encoder = load(tiny_umt5)
-    moves = record_moves(encoder, monkeypatch)
+    moves = record_moves(encoder.model)
     encoder.encode(["a cat"])
     assert moves == []
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import huggingface_hub.constants
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -354,19 +353,6 @@ def test_malformed_lora_files_are_errors() -> None:
 # --- resolution ----------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def offline_hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An empty Hub cache in offline mode (env vars plus huggingface_hub's import-time constants)."""
-    cache = tmp_path / "hf_home" / "hub"
-    cache.mkdir(parents=True)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(cache.parent))
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
-    return cache
-
-
 def put_in_cache(cache: Path, repo_id: str, filename: str, save: object) -> Path:
     """Lay a file out as huggingface_hub's cache does: snapshots/<commit>/<path> plus refs/main."""
     repo_dir = cache / f"models--{repo_id.replace('/', '--')}"
@@ -378,33 +364,33 @@ def put_in_cache(cache: Path, repo_id: str, filename: str, save: object) -> Path
     return target
 
 
-def test_registry_names_resolve_from_the_offline_cache(offline_hub_cache: Path) -> None:
+def test_registry_names_resolve_from_the_offline_cache(offline_hub: Path) -> None:
     weights = random_weights(28)
     entry = CHECKPOINTS["self-forcing"].weights
-    cached = put_in_cache(offline_hub_cache, entry.repo_id, entry.filename, {"generator_ema": weights})
+    cached = put_in_cache(offline_hub, entry.repo_id, entry.filename, {"generator_ema": weights})
 
-    assert resolve_checkpoint("self-forcing", cache_dir=offline_hub_cache) == cached
+    assert resolve_checkpoint("self-forcing", cache_dir=offline_hub) == cached
     assert resolve_checkpoint("self-forcing") == cached
     assert resolve_checkpoint(f"hf://{entry.repo_id}/{entry.filename}") == cached
-    assert_model_holds(load_wan_weights(make_model(), "self-forcing", cache_dir=offline_hub_cache), weights)
+    assert_model_holds(load_wan_weights(make_model(), "self-forcing", cache_dir=offline_hub), weights)
 
 
-def test_longlive_registry_entry_merges_its_lora(offline_hub_cache: Path) -> None:
+def test_longlive_registry_entry_merges_its_lora(offline_hub: Path) -> None:
     base, factors = random_weights(29), lora_factors(30)
     entry = CHECKPOINTS["longlive"]
     assert entry.lora is not None
-    put_in_cache(offline_hub_cache, entry.weights.repo_id, entry.weights.filename,
+    put_in_cache(offline_hub, entry.weights.repo_id, entry.weights.filename,
                  {"generator": wrapper_names(base)})
-    put_in_cache(offline_hub_cache, entry.lora.repo_id, entry.lora.filename,
+    put_in_cache(offline_hub, entry.lora.repo_id, entry.lora.filename,
                  {"generator_lora": peft_lora_state_dict(factors)})
 
-    model = load_wan_weights(make_model(), "longlive", cache_dir=offline_hub_cache)
+    model = load_wan_weights(make_model(), "longlive", cache_dir=offline_hub)
     assert_model_holds(model, expected_merge(base, factors, scale=1.0))
 
 
-def test_absent_hub_file_gives_a_helpful_error(offline_hub_cache: Path) -> None:
+def test_absent_hub_file_gives_a_helpful_error(offline_hub: Path) -> None:
     with pytest.raises(FileNotFoundError) as caught:
-        resolve_checkpoint("self-forcing", cache_dir=offline_hub_cache)
+        resolve_checkpoint("self-forcing", cache_dir=offline_hub)
     message = str(caught.value)
     assert "checkpoint 'self-forcing'" in message
     assert "HF_HUB_OFFLINE is set" in message

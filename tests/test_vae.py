@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import diffusers
 import pytest
 import torch
+from torch import nn
 
 from memrope.vae import TinyDecoder, VideoDecoder, WanVAEDecoder, video_frame_count
 
@@ -186,17 +187,11 @@ def test_wan_decoder_decodes_in_the_requested_dtype(
 
 
 def test_wan_decoder_offload_visits_the_device_only_while_decoding(
-    tiny_wan_vae: Any, tiny_wan_folder: Path, offline_hub: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_wan_vae: Any, tiny_wan_folder: Path, offline_hub: Path,
+    record_moves: Callable[[nn.Module], list[torch.device]],
 ) -> None:
     decoder = WanVAEDecoder.from_pretrained(tiny_wan_folder, device="cpu", offload=True)
-    moves: list[torch.device] = []
-    original_to = decoder.vae.to
-
-    def to(device: torch.device | str) -> Any:
-        moves.append(torch.device(device))
-        return original_to(device)
-
-    monkeypatch.setattr(decoder.vae, "to", to)
+    moves = record_moves(decoder.vae)
     moves_before_decoding: list[int] = []
     decoder.vae.decoder.register_forward_pre_hook(lambda module, args: moves_before_decoding.append(len(moves)))
     latents = latent_video(5)
