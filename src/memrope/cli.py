@@ -436,6 +436,7 @@ class Plan:
     videos: list[Video] = field(default_factory=list)
     rank: int = 0
     world_size: int = 1
+    total_videos: int = 1  # over every rank
 
     @property
     def chunks(self) -> int:
@@ -764,6 +765,7 @@ def plan_generate(args: argparse.Namespace, env: DistributedEnv | None = None) -
         videos=videos,
         rank=env.rank,
         world_size=env.world_size,
+        total_videos=len(prompts),
     )
     for video in videos:
         if args.resume:
@@ -1274,7 +1276,7 @@ def _generate_share(args: argparse.Namespace, env: DistributedEnv) -> int:
     stop = _StopRequest()
     with stop.installed():
         for video in todo:
-            complete = _generate_video(plan, video, model, decoder, stop, len(plan.videos))
+            complete = _generate_video(plan, video, model, decoder, stop, plan.total_videos)
             if not complete:
                 if plan.save_every is not None:
                     _note(f"resume with the same command plus --resume (checkpoint: {video.state})")
