@@ -591,9 +591,7 @@ def _cache_config(args: argparse.Namespace, preset: Preset) -> MemRoPEConfig:
         raise CLIError(f"invalid cache settings: {message}") from None
 
 
-def _device(text: str | None) -> torch.device:
-    if text is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def _device(text: str) -> torch.device:
     try:
         device = torch.device(text)
     except (RuntimeError, ValueError):
@@ -675,17 +673,11 @@ def _placement(args: argparse.Namespace, preset: Preset, dtype: torch.dtype | No
         raise CLIError(f"--placement {args.placement} takes --devices, not --device")
     if args.placement == "auto" and args.split_at is not None:
         raise CLIError("--split-at needs --placement split")
+    devices: list[torch.device] | None = None
     if args.placement == "single":
-        if args.device is not None:
-            devices: list[torch.device] | None = [_device(args.device)]
-        elif env.is_distributed and torch.cuda.is_available():
-            devices = [_device(f"cuda:{env.local_rank}")]
-        else:
-            devices = [_device(None)]
+        devices = [_single_device(args, env)]
     elif args.devices is not None:
         devices = [_device(text.strip()) for text in args.devices.split(",") if text.strip()]
-    else:
-        devices = None
     layers = preset.model_config.num_layers
     memory = preset.memory_estimate(dtype) if args.placement == "auto" else None
     try:
@@ -1237,7 +1229,7 @@ def _run_generate(args: argparse.Namespace) -> int:
         raise CLIError(f"bad torchrun environment: {error}") from None
     if not env.is_distributed:
         return _generate_share(args, env)
-    with DistributedContext(env, device=_rank_device(args, env)) as context:
+    with DistributedContext(env, device=_single_device(args, env)) as context:
         try:
             code = _generate_share(args, env)
         except CLIError as error:  # every rank reaches the gather, so no rank waits forever
@@ -1251,7 +1243,8 @@ def _run_generate(args: argparse.Namespace) -> int:
     return code
 
 
-def _rank_device(args: argparse.Namespace, env: DistributedEnv) -> torch.device:
+def _single_device(args: argparse.Namespace, env: DistributedEnv) -> torch.device:
+    """``--device``; else ``cuda:LOCAL_RANK`` (``cuda:0`` outside torchrun) with CUDA, else the CPU."""
     if args.device is not None:
         return _device(args.device)
     return torch.device(f"cuda:{env.local_rank}") if torch.cuda.is_available() else torch.device("cpu")

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from memrope.config import MemRoPEConfig
-from memrope.devices import DevicePlan, place_model
+from memrope.devices import DevicePlan, default_device, place_model
 from memrope.encoders import HashTextEncoder, TextEncoder, UMT5TextEncoder
 from memrope.loading import CheckpointKind, load_wan_weights
 from memrope.models.wan import CausalWanModel
@@ -44,11 +44,6 @@ from memrope.vae import TinyDecoder, VideoDecoder, WanVAEDecoder
 __all__ = ["default_device", "load_decoder", "load_model", "load_text_encoder", "make_pipeline"]
 
 PathLike = str | os.PathLike[str]
-
-
-def default_device() -> torch.device:
-    """``cuda`` when a GPU is visible, else ``cpu``."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _device(device: torch.device | str | None) -> torch.device:

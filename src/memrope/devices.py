@@ -41,6 +41,7 @@ __all__ = [
     "MemoryProbe",
     "NotEnoughMemoryError",
     "StaticMemoryProbe",
+    "default_device",
     "offloaded",
     "place_model",
     "plan_devices",
@@ -55,6 +56,11 @@ GIB = 1024**3
 
 DeviceLike = torch.device | str | int
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
+
+
+def default_device() -> torch.device:
+    """``cuda`` when a GPU is visible, else ``cpu``."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 class NotEnoughMemoryError(RuntimeError):

@@ -21,7 +21,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-from memrope.devices import offloaded
+from memrope.devices import default_device, offloaded
 
 __all__ = [
     "UMT5_TEXT_DIM",
@@ -93,10 +93,6 @@ def _import_transformers() -> Any:
     return transformers
 
 
-def _default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 class UMT5TextEncoder:
     """Wan2.1's umT5-XXL text encoder: prompts -> ``[B, text_len, 4096]`` in the model's dtype.
 
@@ -119,7 +115,7 @@ class UMT5TextEncoder:
             raise ValueError(f"text_len must be a positive number of tokens, got {text_len}")
         self.model: Any = model.eval().requires_grad_(False)
         self.tokenizer = tokenizer
-        self.device = torch.device(device) if device is not None else _default_device()
+        self.device = torch.device(device) if device is not None else default_device()
         self.offload = offload
         self.text_len = text_len
         self.model.to("cpu" if offload else self.device)
@@ -140,7 +136,7 @@ class UMT5TextEncoder:
         CPU straight into ``dtype`` and only then moved, so the device never holds a float32 copy.
         """
         transformers = _import_transformers()
-        target = torch.device(device) if device is not None else _default_device()
+        target = torch.device(device) if device is not None else default_device()
         if dtype is None:
             dtype = torch.bfloat16 if target.type == "cuda" else torch.float32
         tokenizer = transformers.AutoTokenizer.from_pretrained(**component_location(source, "tokenizer"))

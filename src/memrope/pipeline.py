@@ -627,10 +627,7 @@ class CausalInferencePipeline:
                 fresh = fresh.to(self.device).unflatten(0, (batch, frames))
                 t_next = self.timesteps[step + 1].expand(batch, frames)
                 x = self.scheduler.add_noise(x0, fresh, t_next)
-        t_context = torch.full(
-            (batch, frames), float(self.context_noise), dtype=torch.float32, device=self.device
-        )
-        self.model(x0, t_context, run.context, cache=run.cache, start_frame=start_frame)
+        self.model(x0, self._context_timesteps(batch, frames), run.context, cache=run.cache, start_frame=start_frame)
         return x0
 
 
@@ -649,11 +646,13 @@ class CausalInferencePipeline:
                 f"the recache window starts at frame {first_frame} but the kept latents start at {history_start}"
             )
         window = run.history[:, offset : offset + frames]
-        t_context = torch.full(
-            window.shape[:2], float(self.context_noise), dtype=torch.float32, device=self.device
-        )
+        t_context = self._context_timesteps(*window.shape[:2])
         with run.cache.recaching() as (start_frame, _):
             self.model(window, t_context, run.context, cache=run.cache, start_frame=start_frame)
+
+    def _context_timesteps(self, batch: int, frames: int) -> torch.Tensor:
+        """float32 ``[B, F]`` timesteps of the calls that write clean latents into the cache."""
+        return torch.full((batch, frames), float(self.context_noise), dtype=torch.float32, device=self.device)
 
     def _remember(self, run: _Run, latents: torch.Tensor, start_frame: int) -> None:
         """Keep the clean latents a later prompt switch re-encodes (nothing once no switch lies ahead)."""

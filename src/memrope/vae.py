@@ -24,7 +24,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
-from memrope.devices import offloaded
+from memrope.devices import default_device, offloaded
 from memrope.encoders import WAN21_DIFFUSERS_REPO, component_location
 
 __all__ = ["TinyDecoder", "VideoDecoder", "WanVAEDecoder", "video_frame_count"]
@@ -108,7 +108,7 @@ class WanVAEDecoder:
         """
         autoencoder, _ = _import_autoencoder()
         vae = autoencoder.from_pretrained(**component_location(source, "vae"), torch_dtype=dtype)
-        target = device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+        target = device if device is not None else default_device()
         return cls(vae, device=target, offload=offload)
 
     def reset(self) -> None:
