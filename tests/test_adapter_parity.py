@@ -1,6 +1,6 @@
 """Parity through the drop-in adapter: every parity set, replayed on upstream-shaped stand-ins.
 
-Each set in ``$MEMROPE_PARITY_DIR`` (default ``../shared/parity``) is loaded into the stand-in model
+Each parity set (bundled in ``tests/data/parity``, plus those of ``$MEMROPE_PARITY_DIR``) is loaded into the stand-in model
 of every upstream variant (Self-Forcing, LongLive with PEFT-wrapped LoRA layers whose deltas are
 zero, official MemRoPE with ``kv_cache=True``), the pipeline is attached, and
 
@@ -11,25 +11,18 @@ zero, official MemRoPE with ``kv_cache=True``), the pipeline is attached, and
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 import torch
+from parity_sets import PARITY_SETS
 
 from memrope.adapters import attach
-from memrope.parity import PARITY_DIR_ENV, ParitySet, find_parity_sets, load_parity_set
+from memrope.parity import ParitySet, load_parity_set
 from memrope.testing.upstream import VARIANTS, LoraLinearStandin, build_pipeline
 
 TOLERANCE = 1e-4
-DEFAULT_PARITY_DIR = Path(__file__).resolve().parents[2] / "shared" / "parity"
-PARITY_DIR = Path(os.environ.get(PARITY_DIR_ENV, DEFAULT_PARITY_DIR))
-PARITY_SETS = find_parity_sets(PARITY_DIR) if PARITY_DIR.is_dir() else []
 CASES = [pytest.param(path, variant, id=f"{path.stem}-{variant}") for path in PARITY_SETS for variant in VARIANTS]
-
-
-def test_parity_sets_are_present() -> None:
-    assert PARITY_SETS, f"no parity sets found in {PARITY_DIR} (set {PARITY_DIR_ENV})"
 
 
 def _standin_pipeline(parity: ParitySet, variant: str):  # type: ignore[no-untyped-def]

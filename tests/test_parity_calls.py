@@ -1,28 +1,26 @@
 """Parity level 1 (call replay): every official model call and cache dump of every parity set.
 
-Sets are read from ``$MEMROPE_PARITY_DIR`` (default ``../shared/parity``); any set dropped there is
-replayed without code changes.
+The bundled sets (``tests/data/parity``) always run; a set dropped into ``$MEMROPE_PARITY_DIR`` is
+replayed too, without code changes (see ``parity_sets.py``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 
 import pytest
 import torch
+from parity_sets import BUNDLED_PARITY_DIR, PARITY_IDS, PARITY_SETS
 
-from memrope.parity import PARITY_DIR_ENV, ParitySet, find_parity_sets, load_parity_set
+from memrope.parity import ParitySet, load_parity_set
 
 TOLERANCE = 1e-4
-DEFAULT_PARITY_DIR = Path(__file__).resolve().parents[2] / "shared" / "parity"
-PARITY_DIR = Path(os.environ.get(PARITY_DIR_ENV, DEFAULT_PARITY_DIR))
-PARITY_SETS = find_parity_sets(PARITY_DIR) if PARITY_DIR.is_dir() else []
 
 
-def test_parity_sets_are_present() -> None:
-    assert PARITY_SETS, f"no parity sets found in {PARITY_DIR} (set {PARITY_DIR_ENV})"
+def test_bundled_parity_sets_are_present() -> None:
+    names = {path.stem for path in PARITY_SETS}
+    assert {"ema", "eviction"} <= names, f"bundled parity sets missing from {BUNDLED_PARITY_DIR}"
 
 
 def _replay(parity: ParitySet) -> tuple[list[float], list[tuple[int, float, float]]]:
@@ -53,7 +51,7 @@ def _replay(parity: ParitySet) -> tuple[list[float], list[tuple[int, float, floa
     return flow_errors, cache_errors
 
 
-@pytest.mark.parametrize("path", PARITY_SETS, ids=[p.stem for p in PARITY_SETS])
+@pytest.mark.parametrize("path", PARITY_SETS, ids=PARITY_IDS)
 def test_call_replay_matches_official(path: Path) -> None:
     parity = load_parity_set(path)
     flow_errors, cache_errors = _replay(parity)
@@ -64,7 +62,7 @@ def test_call_replay_matches_official(path: Path) -> None:
         assert key_error < TOLERANCE and value_error < TOLERANCE, f"chunk {chunk}: cache error k={key_error:.3g} v={value_error:.3g}"
 
 
-@pytest.mark.parametrize("path", PARITY_SETS, ids=[p.stem for p in PARITY_SETS])
+@pytest.mark.parametrize("path", PARITY_SETS, ids=PARITY_IDS)
 def test_policies_differ_once_the_cache_is_full(path: Path) -> None:
     """The vectors discriminate: the other policy misses them by far more than the tolerance."""
     parity = load_parity_set(path)

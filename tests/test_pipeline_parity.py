@@ -1,6 +1,6 @@
 """Pipeline-level parity with the official implementation (parity README, level 2).
 
-Every set in ``$MEMROPE_PARITY_DIR`` (default ``<repo>/../shared/parity``) is run twice:
+Every parity set (bundled in ``tests/data/parity``, plus those of ``$MEMROPE_PARITY_DIR``) is run twice:
 * with a replay model returning the recorded flows, which checks the scheduler, the noise order
   and the call protocol (inputs, timesteps and start frames of every call);
 * with the real :class:`CausalWanModel` and the set's weights, compared with ``output``.
@@ -8,31 +8,20 @@ Every set in ``$MEMROPE_PARITY_DIR`` (default ``<repo>/../shared/parity``) is ru
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from parity_sets import PARITY_IDS, PARITY_SETS
 
-from memrope.parity import ParitySet, find_parity_sets, load_parity_set
+from memrope.parity import ParitySet, load_parity_set
 from memrope.pipeline import CausalInferencePipeline
 
-PARITY_DIR = Path(
-    os.environ.get("MEMROPE_PARITY_DIR", Path(__file__).resolve().parents[2] / "shared" / "parity")
-)
-SETS = find_parity_sets(PARITY_DIR)
 TOLERANCE = 1e-4
 
 
-def _ids(paths: list[Path]) -> list[str]:
-    return [path.stem for path in paths]
-
-
-@pytest.fixture(scope="module", params=SETS or [None], ids=_ids(SETS) or ["no-sets"])
+@pytest.fixture(scope="module", params=PARITY_SETS, ids=PARITY_IDS)
 def parity_set(request: pytest.FixtureRequest) -> ParitySet:
-    if request.param is None:
-        pytest.skip(f"no parity sets in {PARITY_DIR}")
     return load_parity_set(request.param)
 
 

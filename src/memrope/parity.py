@@ -124,13 +124,33 @@ def cache_config_from_official(cache: dict[str, Any], chunk_frames: int) -> MemR
 
 
 def find_parity_sets(directory: str | os.PathLike[str]) -> list[Path]:
-    """``NAME.json`` paths in ``directory`` whose two safetensors files exist, sorted by name."""
+    """``NAME.json`` paths in ``directory`` whose two safetensors files exist, sorted by name.
+
+    A directory that does not exist holds no set.
+    """
     folder = Path(directory)
+    if not folder.is_dir():
+        return []
     return sorted(
         path
         for path in folder.glob("*.json")
         if _sibling(path, "weights").is_file() and _sibling(path, "calls").is_file()
     )
+
+
+def collect_parity_sets(*directories: str | os.PathLike[str] | None) -> list[Path]:
+    """The sets of every directory, one per name: a later directory's copy wins; sorted by name.
+
+    ``None`` entries are skipped, so ``collect_parity_sets(bundled, os.environ.get(PARITY_DIR_ENV))``
+    runs the bundled sets plus those of ``$MEMROPE_PARITY_DIR`` (its copy of a name replacing ours).
+    """
+    by_name: dict[str, Path] = {}
+    for directory in directories:
+        if directory is None or os.fspath(directory) == "":
+            continue
+        for path in find_parity_sets(directory):
+            by_name[path.stem] = path
+    return [by_name[name] for name in sorted(by_name)]
 
 
 def load_parity_set(path_or_name: str | os.PathLike[str]) -> ParitySet:
