@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import warnings
 
 import pytest
 import torch
@@ -183,12 +184,33 @@ def test_adaptive_rate_requires_per_position_pooling() -> None:
     assert config.adaptive_short_rate
 
 
-def test_adaptive_rate_must_stay_a_valid_rate() -> None:
-    MemRoPEConfig(adaptive_short_rate=True, pooling="per_position", alpha_short=0.2)
-    with pytest.raises(
-        ValueError, match=r"alpha_short must be <= 0.2 with adaptive_short_rate=True .* got 0.25"
-    ):
-        MemRoPEConfig(adaptive_short_rate=True, pooling="per_position", alpha_short=0.25)
+def test_adaptive_rate_above_one_is_accepted_with_a_warning() -> None:
+    """The official code accepts alpha_short 0.3 with ema_adaptive (peak rate 1.5): so do we, loudly."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        MemRoPEConfig(adaptive_short_rate=True, pooling="per_position", alpha_short=0.2)
+    with pytest.warns(UserWarning, match=r"alpha_short=0.3 with adaptive_short_rate=True lets .* reach 1.5 > 1"):
+        config = MemRoPEConfig(adaptive_short_rate=True, pooling="per_position", alpha_short=0.3)
+    assert config.alpha_short == 0.3
+    with pytest.raises(ValueError, match=r"alpha_short must be a float in \[0, 1\], got 1.5"):
+        MemRoPEConfig(adaptive_short_rate=True, pooling="per_position", alpha_short=1.5)
+
+
+@pytest.mark.parametrize("name", ["alpha_long", "alpha_short"])
+def test_zero_rate_freezes_the_memory_and_says_so(name: str) -> None:
+    with pytest.warns(UserWarning, match=rf"{name}=0 freezes that EMA memory"):
+        MemRoPEConfig(**{name: 0.0})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        MemRoPEConfig(policy="sink", **{name: 0.0})  # no memory, nothing to warn about
+
+
+def test_sink_protection_switch() -> None:
+    assert MemRoPEConfig().protect_sink_on_rewrite is True
+    config = MemRoPEConfig(protect_sink_on_rewrite=False)
+    assert MemRoPEConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(TypeError, match="protect_sink_on_rewrite must be a bool, got 'no'"):
+        MemRoPEConfig(protect_sink_on_rewrite="no")  # type: ignore[arg-type]
 
 
 def test_adaptive_flag_must_be_a_bool() -> None:

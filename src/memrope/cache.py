@@ -22,16 +22,19 @@ query and context, e.g. to measure how much attention each :data:`SLOT_ROLES` ro
 
 from __future__ import annotations
 
+import itertools
+import json
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 from torch.utils.hooks import RemovableHandle
 
 from memrope.config import ADAPTIVE_RATE_MAX_FACTOR, ADAPTIVE_RATE_MIN_FACTOR, MemRoPEConfig
+from memrope.errors import NonFiniteError
 from memrope.rope import RotaryEmbedding, frame_grid_positions, wan_axis_pairs
 
 KeyWorkspace = Literal["per_layer", "shared"]
@@ -42,6 +45,7 @@ LONG_MEMORY_SLOT = -2
 SHORT_MEMORY_SLOT = -3
 MOTION_EPS = 1e-8
 FULL_POLICY_INITIAL_CHUNKS = 4
+LAYOUT_KEY = "meta.layout"
 
 SlotRole = Literal["sink", "long", "short", "recent", "current"]
 SINK_ROLE: SlotRole = "sink"
@@ -297,10 +301,12 @@ class MemRoPECache:
         tokens = self.frame_seqlen
         chunk_begin = first_slot * tokens
         chunk_end = chunk_begin + key.shape[1]
-        state.keys[:, chunk_begin:chunk_end] = key
-        state.values[:, chunk_begin:chunk_end] = value
+        write_slot = self._first_written_slot(kind, first_slot, start_frame)
+        write_begin = min(write_slot * tokens, chunk_end)
+        state.keys[:, write_begin:chunk_end] = key[:, write_begin - chunk_begin :]
+        state.values[:, write_begin:chunk_end] = value[:, write_begin - chunk_begin :]
         slot_cos, slot_sin = self._tables[key.device]
-        keys_roped = self._roped_keys(layer, state, first_slot, slot_cos, slot_sin)
+        keys_roped = self._roped_keys(layer, state, write_begin // tokens, slot_cos, slot_sin)
         filled_tokens = state.filled_frames * tokens
         return CacheContext(
             keys=keys_roped[:, :filled_tokens],
@@ -308,6 +314,16 @@ class MemRoPECache:
             query_cos=slot_cos[chunk_begin:chunk_end],
             query_sin=slot_sin[chunk_begin:chunk_end],
         )
+
+    def _first_written_slot(self, kind: CallKind, first_slot: int, start_frame: int) -> int:
+        """The first slot a call writes: the chunk's first slot, or past the sink on a protected rewrite.
+
+        Official behaviour (``docs/design.md`` §3): a rewrite call of a chunk that starts after frame 0
+        leaves the sink slots as the chunk's first call wrote them.
+        """
+        if kind == "rewrite" and start_frame > 0 and self.config.protect_sink_on_rewrite:
+            return max(first_slot, self.config.sink_frames)
+        return first_slot
 
     def _roped_keys(
         self, layer: int, state: LayerState, written_slot: int, slot_cos: torch.Tensor, slot_sin: torch.Tensor
@@ -556,6 +572,25 @@ class MemRoPECache:
             return SINK_ROLE
         return RECENT_ROLE
 
+    def check_finite(self) -> None:
+        """Raise :class:`~memrope.errors.NonFiniteError` if an EMA memory holds NaN or infinity.
+
+        One non-finite key or value folded into a memory stays there for the rest of the video, so
+        a pipeline calls this once per chunk (one host sync for all layers), not per attention call.
+        """
+        named = [(index, name, tensor) for index, state in enumerate(self.layers) for name, tensor in state.memory.items()]
+        if not named:
+            return
+        finite = torch.stack([torch.isfinite(tensor).all().to(self.device) for _, _, tensor in named])
+        if bool(finite.all()):
+            return
+        index, name, _ = named[int((~finite).nonzero()[0, 0])]
+        raise NonFiniteError(
+            f"the {name.replace('_', ' ')} memory of cache layer {index} holds NaN or infinity (a non-finite key or "
+            f"value was evicted into it, at frame {self.layers[index].chunk_start} or earlier); the rest of the video "
+            "would be corrupted: check the model weights and inputs, then regenerate"
+        )
+
     def resident_bytes(self) -> int:
         """Bytes held by the cache buffers, memory accumulators and RoPE tables."""
         tensors: list[torch.Tensor] = [table for pair in self._tables.values() for table in pair]
@@ -628,8 +663,10 @@ class MemRoPECache:
         Per layer ``i``: ``layers.i.keys`` / ``layers.i.values`` (filled slots, un-roped),
         ``layers.i.counters`` (filled frames, end frame, chunk start, chunk slot),
         ``layers.i.slot_frames`` and, once memory exists, ``layers.i.{long,short}_{keys,values}``.
+        ``meta.layout`` (JSON as uint8) records the configuration and geometry the state belongs to,
+        so :meth:`load_state_dict` refuses a state from another cache.
         """
-        result: dict[str, torch.Tensor] = {}
+        result: dict[str, torch.Tensor] = {LAYOUT_KEY: _encode_json(self._layout())}
         for index, state in enumerate(self.layers):
             keys, values = self.layer_contents(index)
             prefix = f"layers.{index}."
@@ -642,54 +679,210 @@ class MemRoPECache:
                 result[prefix + name] = tensor.clone()
         return result
 
+    def _layout(self) -> dict[str, Any]:
+        """What a state must agree on to be loaded here: the policy settings and the tensor geometry."""
+        config = self.config.to_dict()
+        config.pop("memory_dtype")
+        return {
+            "config": config,
+            "num_layers": self.num_layers,
+            "batch_size": self.batch_size,
+            "num_heads": self.num_heads,
+            "head_dim": self.head_dim,
+            "frame_shape": list(self.frame_shape),
+        }
+
     def load_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
-        """Restore a :meth:`state_dict`; everything is validated before the cache is touched."""
-        expected_names = set()
-        plans = []
-        for index in range(self.num_layers):
-            prefix = f"layers.{index}."
-            for name in ("keys", "values", "counters", "slot_frames"):
-                if prefix + name not in state_dict:
-                    raise ValueError(f"state_dict is missing {prefix + name!r}")
-            counters = [int(n) for n in state_dict[prefix + "counters"].tolist()]
-            if len(counters) != 4:
-                raise ValueError(f"{prefix}counters must hold 4 ints, got {counters}")
-            filled, end_frame, chunk_start, chunk_slot = counters
-            capacity = self.capacity_frames if self.config.bounded else self.rope.max_positions
-            if not 0 <= filled <= capacity or not 0 <= chunk_slot <= max(filled - self.config.chunk_frames, 0):
-                raise ValueError(f"{prefix}counters {counters} do not fit a cache of {capacity} frames")
-            shape = (self.batch_size, filled * self.frame_seqlen, self.num_heads, self.head_dim)
-            for name in ("keys", "values"):
-                if tuple(state_dict[prefix + name].shape) != shape:
-                    raise ValueError(
-                        f"{prefix + name} must have shape {list(shape)}, got {list(state_dict[prefix + name].shape)}"
-                    )
-            slot_frames = [int(n) for n in state_dict[prefix + "slot_frames"].tolist()]
-            if len(slot_frames) != filled:
-                raise ValueError(f"{prefix}slot_frames must list {filled} slots, got {len(slot_frames)}")
-            memory = {}
-            for name in ("long_keys", "long_values", "short_keys", "short_values"):
-                if prefix + name in state_dict:
-                    memory[name] = state_dict[prefix + name]
-            if memory and len(memory) != 4:
-                raise ValueError(f"state_dict has only part of layer {index}'s memory: {sorted(memory)}")
-            expected_names |= {prefix + n for n in ("keys", "values", "counters", "slot_frames", *memory)}
-            plans.append((filled, end_frame, chunk_start, chunk_slot, slot_frames, memory))
+        """Restore a :meth:`state_dict`; everything is validated before the cache is touched.
+
+        Raises:
+            ValueError: the state belongs to another configuration or geometry (``meta.layout``;
+                states written before it existed are checked structurally only), an entry is missing,
+                unexpected or of the wrong shape, or the counters, slot layout and memories disagree.
+        """
+        if not isinstance(state_dict, dict):
+            raise TypeError(f"state_dict must be a dict of tensors, got {type(state_dict).__name__}")
+        if LAYOUT_KEY in state_dict:
+            self._check_layout(state_dict[LAYOUT_KEY])
+        plans = [self._plan_restore(index, state_dict) for index in range(self.num_layers)]
+        expected_names = {LAYOUT_KEY} | {name for plan in plans for name in plan.names}
         unexpected = sorted(set(state_dict) - expected_names)
         if unexpected:
             raise ValueError(f"state_dict has unexpected entries: {unexpected[:5]} ({len(unexpected)} in all)")
-        for index, (filled, end_frame, chunk_start, chunk_slot, slot_frames, memory) in enumerate(plans):
+        for index, plan in enumerate(plans):
             state = self.layers[index]
-            if not self.config.bounded and filled > state.keys.shape[1] // self.frame_seqlen:
-                self._grow(state, filled)
-            prefix = f"layers.{index}."
-            used = filled * self.frame_seqlen
+            if not self.config.bounded and plan.filled > state.keys.shape[1] // self.frame_seqlen:
+                self._grow(state, plan.filled)
+            used = plan.filled * self.frame_seqlen
             device = state.keys.device
-            state.keys[:, :used] = state_dict[prefix + "keys"].to(device, self.dtype)
-            state.values[:, :used] = state_dict[prefix + "values"].to(device, self.dtype)
-            state.filled_frames, state.end_frame, state.chunk_start, state.chunk_slot = filled, end_frame, chunk_start, chunk_slot
-            state.slot_frames = slot_frames
-            state.memory = {name: tensor.to(device, self.memory_dtype).clone() for name, tensor in memory.items()}
+            state.keys[:, :used] = plan.keys.to(device, self.dtype)
+            state.values[:, :used] = plan.values.to(device, self.dtype)
+            state.filled_frames, state.end_frame = plan.filled, plan.end_frame
+            state.chunk_start, state.chunk_slot = plan.chunk_start, plan.chunk_slot
+            state.slot_frames = plan.slot_frames
+            state.memory = {name: tensor.to(device, self.memory_dtype).clone() for name, tensor in plan.memory.items()}
             state.roped_frames = 0
             state.last_call = None
         self._shared_owner = {}
+
+    def _check_layout(self, encoded: torch.Tensor) -> None:
+        try:
+            saved = _decode_json(encoded)
+        except ValueError as error:
+            raise ValueError(f"state_dict {LAYOUT_KEY!r} is not a layout written by MemRoPECache.state_dict(): {error}") from None
+        mine = self._layout()
+        saved_config = saved.get("config", {}) if isinstance(saved, dict) else {}
+        differences = [
+            f"{name}={saved_config.get(name)!r} (this cache: {value!r})"
+            for name, value in mine["config"].items()
+            if saved_config.get(name, value) != value
+        ]
+        differences += [
+            f"{name}={saved.get(name)!r} (this cache: {value!r})"
+            for name, value in mine.items()
+            if name != "config" and saved.get(name) != value
+        ]
+        if differences:
+            raise ValueError(
+                "state_dict was saved by a cache with another configuration or geometry: " + ", ".join(differences)
+            )
+
+    def _plan_restore(self, index: int, state_dict: dict[str, torch.Tensor]) -> _RestorePlan:
+        """Validate layer ``index``'s entries of ``state_dict`` and say what to restore."""
+        prefix = f"layers.{index}."
+        for name in ("keys", "values", "counters", "slot_frames"):
+            if prefix + name not in state_dict:
+                raise ValueError(f"state_dict is missing {prefix + name!r}")
+            if not isinstance(state_dict[prefix + name], torch.Tensor):
+                raise TypeError(f"state_dict[{prefix + name!r}] must be a tensor")
+        counters = [int(n) for n in state_dict[prefix + "counters"].flatten().tolist()]
+        if len(counters) != 4:
+            raise ValueError(f"{prefix}counters must hold 4 ints, got {counters}")
+        filled, end_frame, chunk_start, chunk_slot = counters
+        self._check_counters(prefix, filled, end_frame, chunk_start, chunk_slot)
+        shape = (self.batch_size, filled * self.frame_seqlen, self.num_heads, self.head_dim)
+        for name in ("keys", "values"):
+            if tuple(state_dict[prefix + name].shape) != shape:
+                raise ValueError(
+                    f"{prefix + name} must have shape {list(shape)}, got {list(state_dict[prefix + name].shape)}"
+                )
+        slot_frames = [int(n) for n in state_dict[prefix + "slot_frames"].flatten().tolist()]
+        if len(slot_frames) != filled:
+            raise ValueError(f"{prefix}slot_frames must list {filled} slots, got {len(slot_frames)}")
+        memory = {
+            name: state_dict[prefix + name]
+            for name in ("long_keys", "long_values", "short_keys", "short_values")
+            if prefix + name in state_dict
+        }
+        self._check_memory(prefix, memory, has_memory_slots=LONG_MEMORY_SLOT in slot_frames)
+        self._check_slot_frames(prefix, slot_frames, filled, end_frame, chunk_start, chunk_slot)
+        names = {prefix + name for name in ("keys", "values", "counters", "slot_frames", *memory)}
+        return _RestorePlan(
+            names, filled, end_frame, chunk_start, chunk_slot, slot_frames, memory,
+            state_dict[prefix + "keys"], state_dict[prefix + "values"],
+        )
+
+    def _check_counters(self, prefix: str, filled: int, end_frame: int, chunk_start: int, chunk_slot: int) -> None:
+        chunk = self.config.chunk_frames
+        capacity = self.capacity_frames if self.config.bounded else self.rope.max_positions
+        counters = [filled, end_frame, chunk_start, chunk_slot]
+        if filled == 0:
+            if counters != [0, 0, 0, 0]:
+                raise ValueError(f"{prefix}counters {counters} of an empty layer must all be 0")
+            return
+        consistent = (
+            chunk <= filled <= capacity
+            and chunk_slot == filled - chunk
+            and chunk_start >= 0
+            and end_frame == chunk_start + chunk
+            and chunk_start >= chunk_slot
+        )
+        if not consistent:
+            raise ValueError(
+                f"{prefix}counters [filled, end_frame, chunk_start, chunk_slot] = {counters} are inconsistent for "
+                f"chunks of {chunk} frames in a cache of {capacity} frames (the last chunk fills the last "
+                "filled slots and ends at end_frame)"
+            )
+
+    def _check_slot_frames(
+        self, prefix: str, slot_frames: list[int], filled: int, end_frame: int, chunk_start: int, chunk_slot: int
+    ) -> None:
+        if filled == 0:
+            return
+        sink = self.config.sink_frames
+        memory_labels = [LONG_MEMORY_SLOT, SHORT_MEMORY_SLOT][: self.config.memory_frames]
+        has_memory = len(slot_frames) > sink and slot_frames[sink] == LONG_MEMORY_SLOT
+        real = [frame for frame in slot_frames if frame >= 0]
+        expected_chunk = list(range(chunk_start, end_frame))
+        problems = []
+        if slot_frames[:sink] != list(range(min(sink, filled))):
+            problems.append(f"the sink slots must hold frames 0..{sink - 1}")
+        if has_memory and slot_frames[sink : sink + len(memory_labels)] != memory_labels:
+            problems.append(f"memory slots must follow the sink as {memory_labels}")
+        if any(frame < 0 for frame in slot_frames) and not has_memory:
+            problems.append(f"memory labels are only allowed in slots {sink}..{sink + len(memory_labels) - 1}")
+        if len(real) + (len(memory_labels) if has_memory else 0) != filled:
+            problems.append("slot labels must be frames >= 0 or the memory labels")
+        if any(later <= earlier for earlier, later in itertools.pairwise(real)):
+            problems.append("real frames must increase from slot to slot")
+        if slot_frames[chunk_slot:] != expected_chunk:
+            problems.append(f"the last {self.config.chunk_frames} slots must hold the chunk's frames {expected_chunk}")
+        if not self.config.bounded and slot_frames != list(range(filled)):
+            problems.append("the unbounded 'full' policy keeps every frame at its global position")
+        if problems:
+            raise ValueError(f"{prefix}slot_frames {slot_frames} are inconsistent: " + "; ".join(problems))
+
+    def _check_memory(self, prefix: str, memory: dict[str, torch.Tensor], *, has_memory_slots: bool) -> None:
+        if self.config.memory_frames == 0:
+            if memory:
+                raise ValueError(
+                    f"state_dict holds EMA memory ({prefix}{min(memory)}) but policy "
+                    f"{self.config.policy!r} has none: it was saved by a 'memrope' cache"
+                )
+            return
+        if memory and len(memory) != 4:
+            raise ValueError(f"state_dict has only part of layer {prefix.split('.')[1]}'s memory: {sorted(memory)}")
+        if bool(memory) != has_memory_slots:
+            raise ValueError(
+                f"{prefix}slot_frames {'lack' if memory else 'have'} memory slots but the state "
+                f"{'has' if memory else 'lacks'} the memory tensors"
+            )
+        positions = 1 if self.config.pooling == "mean" else self.frame_seqlen
+        shape = (self.batch_size, positions, self.num_heads, self.head_dim)
+        for name, tensor in memory.items():
+            if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
+                raise TypeError(f"{prefix + name} must be a floating tensor")
+            if tuple(tensor.shape) != shape:
+                raise ValueError(
+                    f"{prefix + name} must have shape {list(shape)} for pooling={self.config.pooling!r}, "
+                    f"got {list(tensor.shape)}"
+                )
+
+
+@dataclass(frozen=True)
+class _RestorePlan:
+    """One layer's validated entries, ready to be copied into the cache."""
+
+    names: set[str]
+    filled: int
+    end_frame: int
+    chunk_start: int
+    chunk_slot: int
+    slot_frames: list[int]
+    memory: dict[str, torch.Tensor]
+    keys: torch.Tensor
+    values: torch.Tensor
+
+
+def _encode_json(value: Any) -> torch.Tensor:
+    """``value`` as JSON in a uint8 tensor (state dicts hold tensors only)."""
+    return torch.tensor(list(json.dumps(value, sort_keys=True).encode()), dtype=torch.uint8)
+
+
+def _decode_json(tensor: torch.Tensor) -> Any:
+    if not isinstance(tensor, torch.Tensor) or tensor.dtype != torch.uint8 or tensor.ndim != 1:
+        raise ValueError("expected a 1-d uint8 tensor")
+    try:
+        return json.loads(bytes(tensor.tolist()).decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(str(error)) from None

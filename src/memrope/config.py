@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -53,9 +54,19 @@ class MemRoPEConfig:
       ``"per_position"`` pools over the evicted frames only, one vector per spatial position.
     * ``adaptive_short_rate``: the official hidden ``ema_adaptive`` rate for the short memory,
       ``a_short * (0.1 + 4.9 * motion)``; requires ``pooling="per_position"``.
+      The official code does not clamp that rate: with ``alpha_short > 0.2`` it exceeds 1 at the
+      highest-motion positions (over-relaxation). Such values are accepted, with a warning.
     * ``memory_dtype``: dtype of the EMA accumulators (float32 by default, so alpha 0.01 does not
       stall in bf16); ``None`` keeps them in the cache dtype like the official code.
     * ``max_positions``: length of the RoPE tables (temporal positions 0..max_positions-1).
+    * ``protect_sink_on_rewrite``: the official behaviour (default ``True``): a rewrite call of a chunk
+      that starts after frame 0 never writes sink slots, so when ``chunk_frames < sink_frames`` the
+      sink frames of such a chunk keep the keys and values of the chunk's *first* (noisiest) call.
+      ``False`` writes every call into every slot of the chunk (cleaner sink frames, no parity with
+      the official code for chunk sizes below the sink). See ``docs/design.md`` §3.
+
+    An alpha of 0 freezes that memory at the first evicted frames and an alpha of 1 makes it a copy
+    of the latest evicted frames; both are accepted, with a warning for 0.
     """
 
     policy: Policy = "memrope"
@@ -68,6 +79,7 @@ class MemRoPEConfig:
     adaptive_short_rate: bool = False
     memory_dtype: torch.dtype | None = field(default=torch.float32)
     max_positions: int = DEFAULT_MAX_POSITIONS
+    protect_sink_on_rewrite: bool = True
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -79,18 +91,15 @@ class MemRoPEConfig:
         _check_int("max_positions", self.max_positions, 1)
         _check_alpha("alpha_long", self.alpha_long)
         _check_alpha("alpha_short", self.alpha_short)
-        if not isinstance(self.adaptive_short_rate, bool):
-            raise TypeError(f"adaptive_short_rate must be a bool, got {self.adaptive_short_rate!r}")
+        for name in ("adaptive_short_rate", "protect_sink_on_rewrite"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if self.adaptive_short_rate and self.pooling != "per_position":
             raise ValueError(
                 "adaptive_short_rate=True requires pooling='per_position' (the official ema_adaptive "
                 f"knob pools per position), got pooling={self.pooling!r}"
             )
-        if self.adaptive_short_rate and self.alpha_short * ADAPTIVE_RATE_MAX_FACTOR > 1.0:
-            raise ValueError(
-                f"alpha_short must be <= {1 / ADAPTIVE_RATE_MAX_FACTOR} with adaptive_short_rate=True "
-                f"(the adaptive rate reaches {ADAPTIVE_RATE_MAX_FACTOR} * alpha_short), got {self.alpha_short}"
-            )
+        self._warn_about_unusual_rates()
         if self.memory_dtype is not None and (
             not isinstance(self.memory_dtype, torch.dtype) or not self.memory_dtype.is_floating_point
         ):
@@ -111,6 +120,29 @@ class MemRoPEConfig:
             raise ValueError(
                 f"cache_frames must be <= max_positions={self.max_positions}, got {self.cache_frames}"
             )
+
+    def _warn_about_unusual_rates(self) -> None:
+        """Warn (never refuse) about rates the official code accepts but that are rarely meant."""
+        if self.policy != "memrope":
+            return
+        peak_short_rate = self.alpha_short * (ADAPTIVE_RATE_MAX_FACTOR if self.adaptive_short_rate else 1.0)
+        if peak_short_rate > 1.0:
+            warnings.warn(
+                f"alpha_short={self.alpha_short} with adaptive_short_rate=True lets the per-position short-memory "
+                f"rate reach {peak_short_rate:g} > 1 at the highest-motion positions (over-relaxation, as in the "
+                f"official code; above 2 the short memory diverges); use alpha_short <= {1 / ADAPTIVE_RATE_MAX_FACTOR:g} "
+                "to keep it within [0, 1]",
+                UserWarning,
+                stacklevel=4,
+            )
+        for name in ("alpha_long", "alpha_short"):
+            if getattr(self, name) == 0.0:
+                warnings.warn(
+                    f"{name}=0 freezes that EMA memory at the pooled value of the first evicted frames; "
+                    "use a small positive rate (the paper: alpha_long=0.01, alpha_short=0.1) for an evolving memory",
+                    UserWarning,
+                    stacklevel=4,
+                )
 
     @property
     def bounded(self) -> bool:
