@@ -1,8 +1,8 @@
-"""MemRoPECache: layouts (SPEC §4-§6), EMA memories, bounded size, call protocol, state and errors.
+"""MemRoPECache: layouts (docs/design.md §4-§6), EMA memories, bounded size, call protocol, state and errors.
 
 Keys and values are tagged: every global frame has its own deterministic random block whose
 channel 0 holds the frame id, so a slot's contents say which frame sits there. A small reference
-model of the slot layout and the memories (float64, written from the SPEC) checks every policy.
+model of the slot layout and the memories (float64, written from docs/design.md) checks every policy.
 """
 
 from __future__ import annotations
@@ -234,7 +234,7 @@ def bounded_configs(draw: st.DrawFn, policies: tuple[str, ...] = ("memrope", "si
     )
 
 
-# ---------------------------------------------------------------- SPEC layouts
+# ---------------------------------------------------------------- layouts of docs/design.md
 def test_filling_phase_appends_chunks() -> None:
     cache = make_cache()
     for chunk in range(4):
@@ -714,7 +714,7 @@ def test_ema_is_geometric_weighting_inside_the_convex_hull(
 
 
 def test_float32_memory_does_not_stall_in_bf16() -> None:
-    """SPEC §11: memory initialised to 1.0, then input 0.5 with alpha 0.01; exact limit 0.5."""
+    """docs/design.md §11: memory initialised to 1.0, then input 0.5 with alpha 0.01; exact limit 0.5."""
 
     def run(memory_dtype: torch.dtype | None) -> list[float]:
         config = MemRoPEConfig(
@@ -735,7 +735,7 @@ def test_float32_memory_does_not_stall_in_bf16() -> None:
     bf16 = run(None)
     assert max(abs(a - b) for a, b in zip(float32, exact)) < 1e-5
     assert float32[-1] == pytest.approx(0.5, abs=1e-4)
-    assert bf16[-1] > 0.57  # the official bf16 accumulator stalls (0.58 in SPEC §11)
+    assert bf16[-1] > 0.57  # the official bf16 accumulator stalls (0.58 in docs/design.md §11)
     assert bf16[-1] == bf16[-300]
 
 

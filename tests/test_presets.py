@@ -1,4 +1,4 @@
-"""Presets: the tiny model is deterministic and small; the official presets match SPEC §10."""
+"""Presets: the tiny model is deterministic and small; the official presets match docs/design.md §10."""
 
 from __future__ import annotations
 

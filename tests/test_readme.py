@@ -1,5 +1,6 @@
 """The README stays true: its Python snippets run (in order, one namespace) on the tiny model, its
-`memrope` command lines parse, and its set-up commands are the ones CI runs."""
+`memrope` command lines parse, its set-up commands are the ones CI runs, its presets table is what
+`memrope presets` prints, and it and the design page it links need nothing outside the repository."""
 
 from __future__ import annotations
 
@@ -9,10 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from memrope.cli import build_parser
+from memrope.cli import build_parser, main
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
+DESIGN = (ROOT / "docs" / "design.md").read_text(encoding="utf-8")
+DESIGN_SECTIONS = (  # docstrings and issues cite these as "docs/design.md §N": numbers must not move
+    "The problem", "Cache layout", "Call protocol", "Filling phase", "Policy `memrope`", "Policy `sink`",
+    "RoPE", "Attention", "The Wan2.1 causal DiT", "Pipeline", "Known limits of the official code",
+    "Upstream code", "Parity vectors",
+)
 FENCE = re.compile(r"```(\w+)\n(.*?)```", re.DOTALL)
 NEEDS = "# needs:"  # first line of a snippet that needs hardware or objects a test machine lacks
 
@@ -61,3 +68,62 @@ def test_the_setup_commands_are_what_ci_runs() -> None:
         assert step in ci
     assert "memrope generate --model tiny" in blocks("bash")[0]
     assert len(memrope_commands()) >= 10
+
+
+def _printed_table(text: str) -> list[list[str]]:
+    """Rows (header first) of the plain-text table ``memrope presets`` prints, cut at its column starts."""
+    lines = text.splitlines()
+    starts = [match.start() for match in re.finditer(r"-+", lines[1])]
+    ends = [*starts[1:], None]
+    rows = []
+    for line in [lines[0], *lines[2:]]:
+        if not line.strip():
+            break
+        rows.append([line[start:end].strip() for start, end in zip(starts, ends)])
+    return rows
+
+
+def _readme_table(heading: str) -> list[list[str]]:
+    """Rows (header first) of the first Markdown table after ``heading``, cells without backticks."""
+    rows: list[list[str]] = []
+    for line in README.split(heading, 1)[1].splitlines():
+        if not line.startswith("|"):
+            if rows:
+                break
+            continue
+        if set(line) <= set("|-: "):
+            continue
+        rows.append([cell.strip().strip("`") for cell in line.strip("|").split("|")])
+    return rows
+
+
+def test_presets_table_is_what_memrope_presets_prints(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["presets"]) == 0
+    printed = _printed_table(capsys.readouterr().out)
+    assert len(printed) > 10
+    assert _readme_table("## Presets and memory") == printed
+
+
+def test_readme_and_design_page_need_nothing_outside_the_repository() -> None:
+    for name, text in (("README.md", README), ("docs/design.md", DESIGN)):
+        for outside in ("../shared", "shared/parity", "SPEC.md", "SPEC §"):
+            assert outside not in text, f"{name} refers to {outside!r}, which users do not have"
+    links = re.findall(r"\]\((?!https?://|#)([^)#\s]+)(?:#([^)\s]+))?\)", README)
+    assert "docs/design.md" in {path for path, _ in links}
+    design_anchors = {_github_anchor(title) for title in re.findall(r"^#+ (.+)$", DESIGN, flags=re.MULTILINE)}
+    for path, anchor in links:
+        assert (ROOT / path).exists(), f"README links to {path}, which is not in the repository"
+        if path == "docs/design.md" and anchor:
+            assert anchor in design_anchors, f"README links to {path}#{anchor}, which is no heading there"
+
+
+def _github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a Markdown heading: lower case, punctuation dropped, spaces -> hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_design_page_keeps_its_section_numbers() -> None:
+    headings = re.findall(r"^## (\d+)\. (.+)$", DESIGN, flags=re.MULTILINE)
+    assert [int(number) for number, _ in headings] == list(range(1, len(DESIGN_SECTIONS) + 1))
+    for (_, title), expected in zip(headings, DESIGN_SECTIONS):
+        assert title.startswith(expected), f"design §: {title!r} should start with {expected!r}"

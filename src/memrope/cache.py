@@ -5,7 +5,7 @@ Layout of a bounded cache once full (defaults, one slot = one latent frame of ``
     slot:   0 1 2 | 3        | 4         | 5 6 7 8 | 9 10 11
             sink  | long EMA | short EMA | recent  | current chunk
 
-Call protocol per layer (SPEC §3): the first call of a chunk (``start_frame`` equal to the end of
+Call protocol per layer (docs/design.md §3): the first call of a chunk (``start_frame`` equal to the end of
 what the layer has seen) *advances* the cache — evicts and compresses, then writes the chunk into
 the last slots; every later call with the same ``start_frame`` *rewrites* the chunk's slots in
 place. Keys are stored without RoPE; RoPE is applied with slot-relative temporal positions, so no
@@ -346,7 +346,7 @@ class MemRoPECache:
         return workspace
 
     def _advance(self, state: LayerState, start_frame: int) -> None:
-        """Make room for a new chunk starting at global frame ``start_frame`` (SPEC §4-§6)."""
+        """Make room for a new chunk starting at global frame ``start_frame`` (docs/design.md §4-§6)."""
         chunk = self.config.chunk_frames
         if not self.config.bounded and state.filled_frames + chunk > state.keys.shape[1] // self.frame_seqlen:
             self._grow(state, state.filled_frames + chunk)
@@ -393,7 +393,7 @@ class MemRoPECache:
         """Fold the evicted frames into the long and short EMA memories and write the memory slots.
 
         The evicted block is slots ``[sink + 2, sink + 2 + evicted)``; on the first eviction this
-        drops the frames in the memory slots (the official behaviour, SPEC §5).
+        drops the frames in the memory slots (the official behaviour, docs/design.md §5).
         """
         tokens = self.frame_seqlen
         span = slice(evict_from * tokens, (evict_from + evicted) * tokens)

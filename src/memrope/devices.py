@@ -2,7 +2,7 @@
 
 * :func:`plan_devices` makes a :class:`DevicePlan`: ``"single"`` puts everything on one device
   (optionally keeping the text encoder and the VAE on the CPU between uses); ``"split"`` is the
-  official 2-GPU layout (SPEC §10): the embeddings and blocks ``0 .. n/2-1`` on the first device,
+  official 2-GPU layout (docs/design.md §10): the embeddings and blocks ``0 .. n/2-1`` on the first device,
   blocks ``n/2 .. n-1``, the head and the VAE on the second, the text encoder swapped in from the
   CPU; ``"auto"`` picks the first of these that fits in the free GPU memory.
 * :func:`place_model` moves a :class:`~memrope.models.wan.CausalWanModel` (or any model with the
@@ -558,7 +558,7 @@ def plan_devices(
         mode: ``"single"``: everything on one device (default: the first CUDA device, else the
             CPU). ``"split"``: blocks in contiguous groups over 2 or more devices (default: every
             visible GPU); embeddings on the first device, head and VAE on the last, the text
-            encoder swapped in from the CPU onto the first (SPEC §10). ``"auto"``: with no GPU,
+            encoder swapped in from the CPU onto the first (docs/design.md §10). ``"auto"``: with no GPU,
             the CPU; otherwise the first layout that fits in the free memory of ``devices`` (default:
             every visible GPU), in this order: one GPU (the one with the most free memory), the same
             with the text encoder and VAE offloaded, a split over the 2 GPUs with the most free

@@ -1,4 +1,4 @@
-"""Reading the parity vectors of the official implementation (``shared/parity``, see its README).
+"""Reading the parity vectors of the official implementation (format: ``docs/design.md`` §13).
 
 A set ``NAME`` is three files in one folder: ``NAME.json`` (model, cache and pipeline settings and
 the list of model calls), ``NAME.weights.safetensors`` (official state dict) and

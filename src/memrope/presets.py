@@ -71,7 +71,7 @@ TINY_MODEL_CONFIG = WanConfig(
 TINY_LATENT_HW = (16, 24)  # 128x192 video with the tiny decoder's x8
 TINY_LATENT_FRAMES = 24  # 8 chunks, 93 frames, 5.8 s
 
-# Official lengths: name suffix -> latent frames (SPEC §10).
+# Official lengths: name suffix -> latent frames (docs/design.md §10).
 OFFICIAL_LENGTHS: Mapping[str, int] = MappingProxyType(
     {"30s": 120, "60s": 240, "120s": 480, "240s": 960, "480s": 1920, "1h": 14400}
 )
@@ -195,7 +195,7 @@ class Preset:
         latent_frames: default video length in latent frames.
         latent_hw: latent height and width (video: 8x that).
         cache: the cache policy (``cache.chunk_frames`` is the chunk size).
-        denoising_steps, warp_denoising_step, shift, context_noise: the sampler (SPEC §10).
+        denoising_steps, warp_denoising_step, shift, context_noise: the sampler (docs/design.md §10).
         text_encoder: ``"hash"`` or a Hub id / folder of the Diffusers layout (umT5 in ``text_encoder``).
         vae: ``"tiny"`` or a Hub id / folder of the Diffusers layout (Wan VAE in ``vae``).
         default_dtype: dtype of the DiT and latents on an accelerator (float32 on the CPU unless
@@ -267,7 +267,7 @@ class Preset:
 
         The peak is ``max(text phase, generation phase)``. The official code needs ~40 GB on one GPU
         mostly because it loads the text encoder in float32 on the GPU (22.7 GB) and keeps it there,
-        clones the cache at every call and keeps an unused query cache (SPEC §10-11).
+        clones the cache at every call and keeps an unused query cache (docs/design.md §10-11).
         """
         dtype = self.default_dtype if dtype is None else dtype
         frames = self.latent_frames if not self.cache.bounded else 0

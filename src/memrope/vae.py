@@ -1,4 +1,4 @@
-"""Streaming latent -> video decoders (SPEC §10).
+"""Streaming latent -> video decoders (docs/design.md §10).
 
 A :class:`VideoDecoder` decodes a latent video chunk by chunk: every :meth:`~VideoDecoder.decode_chunk`
 call continues the video of the previous calls (temporal context is kept inside the decoder), so

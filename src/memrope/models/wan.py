@@ -1,4 +1,4 @@
-"""Causal Wan2.1 DiT driven by a :class:`~memrope.cache.MemRoPECache` (SPEC §9).
+"""Causal Wan2.1 DiT driven by a :class:`~memrope.cache.MemRoPECache` (docs/design.md §9).
 
 State-dict names are exactly the official ones, so Self-Forcing / LongLive / Wan2.1 checkpoints load
 as they are. Self-attention goes through :func:`memrope.rope_on_the_fly`; cross-attention keys and
@@ -161,7 +161,7 @@ class CrossAttentionContext:
 
 
 class WanAttentionBlock(nn.Module):
-    """One DiT block: modulated self-attention, cross-attention, modulated FFN (SPEC §9)."""
+    """One DiT block: modulated self-attention, cross-attention, modulated FFN (docs/design.md §9)."""
 
     def __init__(self, config: WanConfig) -> None:
         super().__init__()
