@@ -939,7 +939,7 @@ def test_constructor_errors(kwargs: dict[str, Any], error: type, match: str) -> 
         ),
         (
             lambda s: s.update({"layers.0.long_keys": s["layers.0.long_keys"].expand(1, 6, 2, 8).clone()}),
-            r"layers.0.long_keys must have shape \[1, 1, 2, 8\] for pooling='mean', got \[1, 6, 2, 8\]",
+            r"layers.0.long_keys must have shape \[1, 1, 2, 8\] for policy 'memrope' \(pooling='mean'\), got \[1, 6, 2, 8\]",
         ),
         (
             lambda s: s.update({"meta.layout": torch.tensor([1, 2, 3], dtype=torch.uint8)}),
@@ -1010,10 +1010,10 @@ def test_state_without_a_layout_is_still_checked_structurally() -> None:
     same = make_cache()
     same.load_state_dict(legacy)
     assert same.slot_layout() == source.slot_layout()
-    with pytest.raises(ValueError, match=r"holds EMA memory .* but policy 'sink' has none"):
+    with pytest.raises(ValueError, match=r"holds layers.0.long_keys, which policy 'sink' does not keep"):
         make_cache(policy="sink").load_state_dict(legacy)
     per_position = make_cache(pooling="per_position")
-    with pytest.raises(ValueError, match=r"must have shape \[1, 6, 2, 8\] for pooling='per_position'"):
+    with pytest.raises(ValueError, match=r"must have shape \[1, 6, 2, 8\] for policy 'memrope' \(pooling='per_position'\)"):
         per_position.load_state_dict(legacy)
     assert per_position.slot_layout() == []
 

@@ -22,8 +22,6 @@ query and context, e.g. to measure how much attention each :data:`SLOT_ROLES` ro
 
 from __future__ import annotations
 
-import itertools
-import json
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,21 +31,21 @@ from typing import Any, Literal, Protocol
 import torch
 from torch.utils.hooks import RemovableHandle
 
-from memrope.config import ADAPTIVE_RATE_MAX_FACTOR, ADAPTIVE_RATE_MIN_FACTOR, MemRoPEConfig
+from memrope.cache_state import FIRST_MEMORY_SLOT, LAYER_STATE_NAMES, LAYOUT_KEY, StateChecker, encode_json
+from memrope.config import MemRoPEConfig
 from memrope.errors import NonFiniteError
+from memrope.policies import CacheGeometry, CachePolicy, get_policy
 from memrope.rope import RotaryEmbedding, frame_grid_positions, wan_axis_pairs
 
 KeyWorkspace = Literal["per_layer", "shared"]
 CallKind = Literal["advance", "rewrite", "recache"]
 KEY_WORKSPACES: tuple[str, ...] = ("per_layer", "shared")
 EMPTY_SLOT = -1
-LONG_MEMORY_SLOT = -2
-SHORT_MEMORY_SLOT = -3
-MOTION_EPS = 1e-8
+LONG_MEMORY_SLOT = FIRST_MEMORY_SLOT  # labels of the memrope policy's two memory slots
+SHORT_MEMORY_SLOT = FIRST_MEMORY_SLOT - 1
 FULL_POLICY_INITIAL_CHUNKS = 4
-LAYOUT_KEY = "meta.layout"
 
-SlotRole = Literal["sink", "long", "short", "recent", "current"]
+SlotRole = Literal["sink", "long", "short", "recent", "current"]  # a third-party policy adds its memory slot names
 SINK_ROLE: SlotRole = "sink"
 LONG_ROLE: SlotRole = "long"
 SHORT_ROLE: SlotRole = "short"
@@ -106,10 +104,6 @@ class LayerState:
     @property
     def memory_ready(self) -> bool:
         return bool(self.memory)
-
-
-def _slot_label(frame: int) -> str:
-    return {LONG_MEMORY_SLOT: "long", SHORT_MEMORY_SLOT: "short"}.get(frame, f"f{frame}")
 
 
 class MemRoPECache:
@@ -185,6 +179,15 @@ class MemRoPECache:
         self.rope = rope
         self.key_workspace: KeyWorkspace = key_workspace
         self.memory_dtype = config.memory_dtype or dtype
+        geometry = CacheGeometry(batch_size, num_heads, head_dim, self.frame_seqlen, dtype, self.memory_dtype)
+        self.policy: CachePolicy = get_policy(config.policy)(config, geometry)
+        self._memory_labels = [FIRST_MEMORY_SLOT - index for index in range(len(self.policy.memory_slots))]
+        clashes = sorted(set(self.policy.memory_shapes()) & set(LAYER_STATE_NAMES))
+        if clashes:
+            raise ValueError(
+                f"policy {config.policy!r} names memory tensors {clashes}, which the cache saves itself "
+                f"(reserved per layer: {LAYER_STATE_NAMES})"
+            )
         if config.bounded:
             self.capacity_frames = config.cache_frames
         else:
@@ -360,13 +363,11 @@ class MemRoPECache:
         else:
             evicted = state.filled_frames + chunk - capacity
             sink = self.config.sink_frames
-            evict_from = sink + self.config.memory_frames
-            if self.config.policy == "memrope":
-                self._compress(state, evict_from, evicted)
+            evict_from = sink + len(self._memory_labels)
+            self._evict(state, evict_from, evicted)
             self._shift_left(state, evict_from, evicted)
             kept = state.slot_frames[evict_from + evicted :]
-            memory_labels = [LONG_MEMORY_SLOT, SHORT_MEMORY_SLOT][: self.config.memory_frames]
-            state.slot_frames = state.slot_frames[:sink] + memory_labels + kept
+            state.slot_frames = state.slot_frames[:sink] + self._memory_labels + kept
             state.slot_frames.extend([start_frame + offset for offset in range(chunk)])
             state.chunk_slot = capacity - chunk
             state.filled_frames = capacity
@@ -389,50 +390,26 @@ class MemRoPECache:
             state.values[:, target] = state.values[:, source]
             frame += width
 
-    def _compress(self, state: LayerState, evict_from: int, evicted: int) -> None:
-        """Fold the evicted frames into the long and short EMA memories and write the memory slots.
+    def _evict(self, state: LayerState, evict_from: int, evicted: int) -> None:
+        """Hand slots ``[evict_from, evict_from + evicted)`` to the policy and write its memory slots.
 
-        The evicted block is slots ``[sink + 2, sink + 2 + evicted)``; on the first eviction this
-        drops the frames in the memory slots (the official behaviour, docs/design.md §5).
+        The memory slots are the ``len(policy.memory_slots)`` slots after the sink; on the first
+        eviction they still hold frames, which the policy's memory replaces (for ``memrope`` the
+        official behaviour, ``docs/design.md`` §5).
         """
         tokens = self.frame_seqlen
         span = slice(evict_from * tokens, (evict_from + evicted) * tokens)
-        pooled = {name: self._pool(buffer[:, span], evicted) for name, buffer in (("keys", state.keys), ("values", state.values))}
-        if not state.memory_ready:
-            for name in ("keys", "values"):
-                state.memory[f"long_{name}"] = pooled[name].clone()
-                state.memory[f"short_{name}"] = pooled[name]
-        else:
-            alpha_long = self.config.alpha_long
-            short_rate: torch.Tensor | float = self.config.alpha_short
-            if self.config.adaptive_short_rate:
-                short_rate = self._adaptive_rate(pooled["keys"], state.memory["short_keys"])
-            for name in ("keys", "values"):
-                long_memory = state.memory[f"long_{name}"]
-                short_memory = state.memory[f"short_{name}"]
-                long_memory.copy_(alpha_long * pooled[name] + (1 - alpha_long) * long_memory)
-                short_memory.copy_(short_rate * pooled[name] + (1 - short_rate) * short_memory)
-        sink = self.config.sink_frames
+        memory_slots = self.policy.evict(state.memory, state.keys[:, span], state.values[:, span])
+        if len(memory_slots) != len(self._memory_labels):
+            raise RuntimeError(
+                f"policy {self.config.policy!r} returned {len(memory_slots)} memory slots, "
+                f"its memory_slots names {len(self._memory_labels)}"
+            )
         shape = (self.batch_size, tokens, self.num_heads, self.head_dim)
-        for slot, which in ((sink, "long"), (sink + 1, "short")):
+        for slot, (keys, values) in enumerate(memory_slots, start=self.config.sink_frames):
             target = slice(slot * tokens, (slot + 1) * tokens)
-            state.keys[:, target] = state.memory[f"{which}_keys"].expand(shape)
-            state.values[:, target] = state.memory[f"{which}_values"].expand(shape)
-
-    def _pool(self, frames: torch.Tensor, frame_count: int) -> torch.Tensor:
-        """Pool ``[B, frame_count * P, H, D]`` to ``[B, 1, H, D]`` (mean) or ``[B, P, H, D]`` (per position)."""
-        frames = frames.to(self.memory_dtype)
-        if self.config.pooling == "mean":
-            return frames.mean(dim=1, keepdim=True)
-        return frames.unflatten(1, (frame_count, self.frame_seqlen)).mean(dim=1)
-
-    def _adaptive_rate(self, pooled_keys: torch.Tensor, short_keys: torch.Tensor) -> torch.Tensor:
-        """Per-position short-memory rate ``a_short * (0.1 + 4.9 * motion)``, shape ``[B, P, 1, 1]``."""
-        motion = (pooled_keys - short_keys).norm(dim=-1).mean(dim=-1)
-        motion = motion / (motion.amax(dim=1, keepdim=True) + MOTION_EPS)
-        span = ADAPTIVE_RATE_MAX_FACTOR - ADAPTIVE_RATE_MIN_FACTOR
-        rate = self.config.alpha_short * (ADAPTIVE_RATE_MIN_FACTOR + span * motion)
-        return rate[:, :, None, None]
+            state.keys[:, target] = keys.expand(shape)
+            state.values[:, target] = values.expand(shape)
 
     # ------------------------------------------------------------------ prompt switches
     def recache_window(self) -> tuple[int, int]:
@@ -520,16 +497,33 @@ class MemRoPECache:
         return state.keys[:, :filled_tokens], state.values[:, :filled_tokens]
 
     def slot_layout(self, layer: int = 0) -> list[str]:
-        """What each filled slot of ``layer`` holds: ``"f<global frame>"``, ``"long"`` or ``"short"``."""
-        return [_slot_label(frame) for frame in self.layers[layer].slot_frames]
+        """What each filled slot of ``layer`` holds: ``"f<global frame>"`` or a memory slot's name.
+
+        The memory slots are named by the policy (``"memrope"``: ``"long"`` and ``"short"``).
+        """
+        return [self._slot_label(frame) for frame in self.layers[layer].slot_frames]
+
+    def _slot_label(self, frame: int) -> str:
+        if frame <= FIRST_MEMORY_SLOT:
+            return self.policy.memory_slots[FIRST_MEMORY_SLOT - frame]
+        return f"f{frame}"
+
+    @property
+    def role_names(self) -> tuple[str, ...]:
+        """Every role :meth:`slot_roles` can return, in display order: sink, the memory slots, recent, current.
+
+        :data:`SLOT_ROLES` for the ``memrope`` policy; a third-party policy's memory slot names
+        take the place of ``"long"`` and ``"short"``.
+        """
+        return (SINK_ROLE, *self.policy.memory_slots, RECENT_ROLE, CURRENT_ROLE)
 
     def slot_roles(self, layer: int = 0) -> list[SlotRole]:
-        """The role (one of :data:`SLOT_ROLES`) of each filled slot of ``layer``, in slot order.
+        """The role (one of :attr:`role_names`) of each filled slot of ``layer``, in slot order.
 
         * ``"current"``: the slots of the chunk last written (``chunk_slot .. chunk_slot +
           chunk_frames - 1``), or of the recache window inside :meth:`recaching`. This wins over
           ``"sink"`` while the first chunks fill the sink slots.
-        * ``"long"`` / ``"short"``: the EMA memory slots.
+        * the policy's memory slot names (``"long"`` / ``"short"`` for ``memrope``): its memory slots.
         * ``"sink"``: other slots below ``config.sink_frames``.
         * ``"recent"``: every other real frame.
         """
@@ -564,10 +558,8 @@ class MemRoPECache:
     def _slot_role(self, slot: int, frame: int, current: range) -> SlotRole:
         if slot in current:
             return CURRENT_ROLE
-        if frame == LONG_MEMORY_SLOT:
-            return LONG_ROLE
-        if frame == SHORT_MEMORY_SLOT:
-            return SHORT_ROLE
+        if frame <= FIRST_MEMORY_SLOT:
+            return self.policy.memory_slots[FIRST_MEMORY_SLOT - frame]  # type: ignore[return-value]
         if slot < self.config.sink_frames:
             return SINK_ROLE
         return RECENT_ROLE
@@ -666,7 +658,7 @@ class MemRoPECache:
         ``meta.layout`` (JSON as uint8) records the configuration and geometry the state belongs to,
         so :meth:`load_state_dict` refuses a state from another cache.
         """
-        result: dict[str, torch.Tensor] = {LAYOUT_KEY: _encode_json(self._layout())}
+        result: dict[str, torch.Tensor] = {LAYOUT_KEY: encode_json(self._layout())}
         for index, state in enumerate(self.layers):
             keys, values = self.layer_contents(index)
             prefix = f"layers.{index}."
@@ -700,15 +692,18 @@ class MemRoPECache:
                 states written before it existed are checked structurally only), an entry is missing,
                 unexpected or of the wrong shape, or the counters, slot layout and memories disagree.
         """
-        if not isinstance(state_dict, dict):
-            raise TypeError(f"state_dict must be a dict of tensors, got {type(state_dict).__name__}")
-        if LAYOUT_KEY in state_dict:
-            self._check_layout(state_dict[LAYOUT_KEY])
-        plans = [self._plan_restore(index, state_dict) for index in range(self.num_layers)]
-        expected_names = {LAYOUT_KEY} | {name for plan in plans for name in plan.names}
-        unexpected = sorted(set(state_dict) - expected_names)
-        if unexpected:
-            raise ValueError(f"state_dict has unexpected entries: {unexpected[:5]} ({len(unexpected)} in all)")
+        checker = StateChecker(
+            self.config,
+            self.policy,
+            layout=self._layout(),
+            num_layers=self.num_layers,
+            batch_size=self.batch_size,
+            num_heads=self.num_heads,
+            head_dim=self.head_dim,
+            frame_seqlen=self.frame_seqlen,
+            capacity_frames=self.capacity_frames if self.config.bounded else self.rope.max_positions,
+        )
+        plans = checker.check(state_dict)
         for index, plan in enumerate(plans):
             state = self.layers[index]
             if not self.config.bounded and plan.filled > state.keys.shape[1] // self.frame_seqlen:
@@ -724,165 +719,3 @@ class MemRoPECache:
             state.roped_frames = 0
             state.last_call = None
         self._shared_owner = {}
-
-    def _check_layout(self, encoded: torch.Tensor) -> None:
-        try:
-            saved = _decode_json(encoded)
-        except ValueError as error:
-            raise ValueError(f"state_dict {LAYOUT_KEY!r} is not a layout written by MemRoPECache.state_dict(): {error}") from None
-        mine = self._layout()
-        saved_config = saved.get("config", {}) if isinstance(saved, dict) else {}
-        differences = [
-            f"{name}={saved_config.get(name)!r} (this cache: {value!r})"
-            for name, value in mine["config"].items()
-            if saved_config.get(name, value) != value
-        ]
-        differences += [
-            f"{name}={saved.get(name)!r} (this cache: {value!r})"
-            for name, value in mine.items()
-            if name != "config" and saved.get(name) != value
-        ]
-        if differences:
-            raise ValueError(
-                "state_dict was saved by a cache with another configuration or geometry: " + ", ".join(differences)
-            )
-
-    def _plan_restore(self, index: int, state_dict: dict[str, torch.Tensor]) -> _RestorePlan:
-        """Validate layer ``index``'s entries of ``state_dict`` and say what to restore."""
-        prefix = f"layers.{index}."
-        for name in ("keys", "values", "counters", "slot_frames"):
-            if prefix + name not in state_dict:
-                raise ValueError(f"state_dict is missing {prefix + name!r}")
-            if not isinstance(state_dict[prefix + name], torch.Tensor):
-                raise TypeError(f"state_dict[{prefix + name!r}] must be a tensor")
-        counters = [int(n) for n in state_dict[prefix + "counters"].flatten().tolist()]
-        if len(counters) != 4:
-            raise ValueError(f"{prefix}counters must hold 4 ints, got {counters}")
-        filled, end_frame, chunk_start, chunk_slot = counters
-        self._check_counters(prefix, filled, end_frame, chunk_start, chunk_slot)
-        shape = (self.batch_size, filled * self.frame_seqlen, self.num_heads, self.head_dim)
-        for name in ("keys", "values"):
-            if tuple(state_dict[prefix + name].shape) != shape:
-                raise ValueError(
-                    f"{prefix + name} must have shape {list(shape)}, got {list(state_dict[prefix + name].shape)}"
-                )
-        slot_frames = [int(n) for n in state_dict[prefix + "slot_frames"].flatten().tolist()]
-        if len(slot_frames) != filled:
-            raise ValueError(f"{prefix}slot_frames must list {filled} slots, got {len(slot_frames)}")
-        memory = {
-            name: state_dict[prefix + name]
-            for name in ("long_keys", "long_values", "short_keys", "short_values")
-            if prefix + name in state_dict
-        }
-        self._check_memory(prefix, memory, has_memory_slots=LONG_MEMORY_SLOT in slot_frames)
-        self._check_slot_frames(prefix, slot_frames, filled, end_frame, chunk_start, chunk_slot)
-        names = {prefix + name for name in ("keys", "values", "counters", "slot_frames", *memory)}
-        return _RestorePlan(
-            names, filled, end_frame, chunk_start, chunk_slot, slot_frames, memory,
-            state_dict[prefix + "keys"], state_dict[prefix + "values"],
-        )
-
-    def _check_counters(self, prefix: str, filled: int, end_frame: int, chunk_start: int, chunk_slot: int) -> None:
-        chunk = self.config.chunk_frames
-        capacity = self.capacity_frames if self.config.bounded else self.rope.max_positions
-        counters = [filled, end_frame, chunk_start, chunk_slot]
-        if filled == 0:
-            if counters != [0, 0, 0, 0]:
-                raise ValueError(f"{prefix}counters {counters} of an empty layer must all be 0")
-            return
-        consistent = (
-            chunk <= filled <= capacity
-            and chunk_slot == filled - chunk
-            and chunk_start >= 0
-            and end_frame == chunk_start + chunk
-            and chunk_start >= chunk_slot
-        )
-        if not consistent:
-            raise ValueError(
-                f"{prefix}counters [filled, end_frame, chunk_start, chunk_slot] = {counters} are inconsistent for "
-                f"chunks of {chunk} frames in a cache of {capacity} frames (the last chunk fills the last "
-                "filled slots and ends at end_frame)"
-            )
-
-    def _check_slot_frames(
-        self, prefix: str, slot_frames: list[int], filled: int, end_frame: int, chunk_start: int, chunk_slot: int
-    ) -> None:
-        if filled == 0:
-            return
-        sink = self.config.sink_frames
-        memory_labels = [LONG_MEMORY_SLOT, SHORT_MEMORY_SLOT][: self.config.memory_frames]
-        has_memory = len(slot_frames) > sink and slot_frames[sink] == LONG_MEMORY_SLOT
-        real = [frame for frame in slot_frames if frame >= 0]
-        expected_chunk = list(range(chunk_start, end_frame))
-        problems = []
-        if slot_frames[:sink] != list(range(min(sink, filled))):
-            problems.append(f"the sink slots must hold frames 0..{sink - 1}")
-        if has_memory and slot_frames[sink : sink + len(memory_labels)] != memory_labels:
-            problems.append(f"memory slots must follow the sink as {memory_labels}")
-        if any(frame < 0 for frame in slot_frames) and not has_memory:
-            problems.append(f"memory labels are only allowed in slots {sink}..{sink + len(memory_labels) - 1}")
-        if len(real) + (len(memory_labels) if has_memory else 0) != filled:
-            problems.append("slot labels must be frames >= 0 or the memory labels")
-        if any(later <= earlier for earlier, later in itertools.pairwise(real)):
-            problems.append("real frames must increase from slot to slot")
-        if slot_frames[chunk_slot:] != expected_chunk:
-            problems.append(f"the last {self.config.chunk_frames} slots must hold the chunk's frames {expected_chunk}")
-        if not self.config.bounded and slot_frames != list(range(filled)):
-            problems.append("the unbounded 'full' policy keeps every frame at its global position")
-        if problems:
-            raise ValueError(f"{prefix}slot_frames {slot_frames} are inconsistent: " + "; ".join(problems))
-
-    def _check_memory(self, prefix: str, memory: dict[str, torch.Tensor], *, has_memory_slots: bool) -> None:
-        if self.config.memory_frames == 0:
-            if memory:
-                raise ValueError(
-                    f"state_dict holds EMA memory ({prefix}{min(memory)}) but policy "
-                    f"{self.config.policy!r} has none: it was saved by a 'memrope' cache"
-                )
-            return
-        if memory and len(memory) != 4:
-            raise ValueError(f"state_dict has only part of layer {prefix.split('.')[1]}'s memory: {sorted(memory)}")
-        if bool(memory) != has_memory_slots:
-            raise ValueError(
-                f"{prefix}slot_frames {'lack' if memory else 'have'} memory slots but the state "
-                f"{'has' if memory else 'lacks'} the memory tensors"
-            )
-        positions = 1 if self.config.pooling == "mean" else self.frame_seqlen
-        shape = (self.batch_size, positions, self.num_heads, self.head_dim)
-        for name, tensor in memory.items():
-            if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
-                raise TypeError(f"{prefix + name} must be a floating tensor")
-            if tuple(tensor.shape) != shape:
-                raise ValueError(
-                    f"{prefix + name} must have shape {list(shape)} for pooling={self.config.pooling!r}, "
-                    f"got {list(tensor.shape)}"
-                )
-
-
-@dataclass(frozen=True)
-class _RestorePlan:
-    """One layer's validated entries, ready to be copied into the cache."""
-
-    names: set[str]
-    filled: int
-    end_frame: int
-    chunk_start: int
-    chunk_slot: int
-    slot_frames: list[int]
-    memory: dict[str, torch.Tensor]
-    keys: torch.Tensor
-    values: torch.Tensor
-
-
-def _encode_json(value: Any) -> torch.Tensor:
-    """``value`` as JSON in a uint8 tensor (state dicts hold tensors only)."""
-    return torch.tensor(list(json.dumps(value, sort_keys=True).encode()), dtype=torch.uint8)
-
-
-def _decode_json(tensor: torch.Tensor) -> Any:
-    if not isinstance(tensor, torch.Tensor) or tensor.dtype != torch.uint8 or tensor.ndim != 1:
-        raise ValueError("expected a 1-d uint8 tensor")
-    try:
-        return json.loads(bytes(tensor.tolist()).decode())
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(str(error)) from None

@@ -3,21 +3,31 @@
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import torch
 
+from memrope.policies import available_policies, get_policy
+from memrope.policies.memrope import ADAPTIVE_RATE_MAX_FACTOR, ADAPTIVE_RATE_MIN_FACTOR
+
+__all__ = [
+    "ADAPTIVE_RATE_MAX_FACTOR",
+    "ADAPTIVE_RATE_MIN_FACTOR",
+    "DEFAULT_MAX_POSITIONS",
+    "POLICIES",
+    "POOLINGS",
+    "MemRoPEConfig",
+    "Policy",
+    "Pooling",
+]
+
 Policy = Literal["memrope", "sink", "full"]
 Pooling = Literal["mean", "per_position"]
 
-POLICIES: tuple[str, ...] = ("memrope", "sink", "full")
+POLICIES: tuple[str, ...] = ("memrope", "sink", "full")  # the built-in ones; see available_policies()
 POOLINGS: tuple[str, ...] = ("mean", "per_position")
-MEMORY_FRAMES_MEMROPE = 2
 DEFAULT_MAX_POSITIONS = 1024
-ADAPTIVE_RATE_MIN_FACTOR = 0.1
-ADAPTIVE_RATE_MAX_FACTOR = 5.0
 
 
 def _check_int(name: str, value: object, minimum: int) -> int:
@@ -69,7 +79,7 @@ class MemRoPEConfig:
     of the latest evicted frames; both are accepted, with a warning for 0.
     """
 
-    policy: Policy = "memrope"
+    policy: Policy | str = "memrope"
     cache_frames: int = 12
     sink_frames: int = 3
     chunk_frames: int = 3
@@ -82,8 +92,8 @@ class MemRoPEConfig:
     protect_sink_on_rewrite: bool = True
 
     def __post_init__(self) -> None:
-        if self.policy not in POLICIES:
-            raise ValueError(f"policy must be one of {POLICIES}, got {self.policy!r}")
+        if not isinstance(self.policy, str) or self.policy not in available_policies():
+            raise ValueError(f"policy must be one of {available_policies()}, got {self.policy!r}")
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
         _check_int("chunk_frames", self.chunk_frames, 1)
@@ -99,60 +109,24 @@ class MemRoPEConfig:
                 "adaptive_short_rate=True requires pooling='per_position' (the official ema_adaptive "
                 f"knob pools per position), got pooling={self.pooling!r}"
             )
-        self._warn_about_unusual_rates()
         if self.memory_dtype is not None and (
             not isinstance(self.memory_dtype, torch.dtype) or not self.memory_dtype.is_floating_point
         ):
             raise TypeError(f"memory_dtype must be a floating torch.dtype or None, got {self.memory_dtype!r}")
-        if self.policy == "full":
-            return
-        _check_int("cache_frames", self.cache_frames, 1)
-        minimum = self.sink_frames + self.memory_frames + self.chunk_frames
-        if self.cache_frames < minimum:
-            parts = "sink_frames + 2 memory frames + chunk_frames"
-            if self.policy == "sink":
-                parts = "sink_frames + chunk_frames"
-            raise ValueError(
-                f"cache_frames must be >= {parts} = {minimum} for policy {self.policy!r}, "
-                f"got cache_frames={self.cache_frames}"
-            )
-        if self.cache_frames > self.max_positions:
-            raise ValueError(
-                f"cache_frames must be <= max_positions={self.max_positions}, got {self.cache_frames}"
-            )
-
-    def _warn_about_unusual_rates(self) -> None:
-        """Warn (never refuse) about rates the official code accepts but that are rarely meant."""
-        if self.policy != "memrope":
-            return
-        peak_short_rate = self.alpha_short * (ADAPTIVE_RATE_MAX_FACTOR if self.adaptive_short_rate else 1.0)
-        if peak_short_rate > 1.0:
-            warnings.warn(
-                f"alpha_short={self.alpha_short} with adaptive_short_rate=True lets the per-position short-memory "
-                f"rate reach {peak_short_rate:g} > 1 at the highest-motion positions (over-relaxation, as in the "
-                f"official code; above 2 the short memory diverges); use alpha_short <= {1 / ADAPTIVE_RATE_MAX_FACTOR:g} "
-                "to keep it within [0, 1]",
-                UserWarning,
-                stacklevel=4,
-            )
-        for name in ("alpha_long", "alpha_short"):
-            if getattr(self, name) == 0.0:
-                warnings.warn(
-                    f"{name}=0 freezes that EMA memory at the pooled value of the first evicted frames; "
-                    "use a small positive rate (the paper: alpha_long=0.01, alpha_short=0.1) for an evolving memory",
-                    UserWarning,
-                    stacklevel=4,
-                )
+        policy = get_policy(self.policy)
+        if policy.bounded:
+            _check_int("cache_frames", self.cache_frames, 1)
+        policy.check_config(self)
 
     @property
     def bounded(self) -> bool:
-        """Whether the cache has a fixed size (every policy but ``"full"``)."""
-        return self.policy != "full"
+        """Whether the cache has a fixed size (every built-in policy but ``"full"``)."""
+        return get_policy(self.policy).bounded
 
     @property
     def memory_frames(self) -> int:
-        """Frames holding EMA memory tokens: 2 for ``"memrope"``, else 0."""
-        return MEMORY_FRAMES_MEMROPE if self.policy == "memrope" else 0
+        """Frames holding the policy's memory after the sink: 2 for ``"memrope"``, 0 for ``"sink"``."""
+        return len(get_policy(self.policy).memory_slots)
 
     @property
     def recent_frames(self) -> int:
