@@ -1,0 +1,141 @@
+"""Configurations the bundled official vectors do not cover, checked against a literal official model.
+
+``official_reference.OfficialReferenceCache`` models the official cache logic call by call. It is
+first held to the bundled official vectors; then it writes parity sets for chunk sizes 1 and 2 with
+a 3-frame sink (where rewrite calls leave sink slots alone), small caches, a cache that is not a
+multiple of the chunk, the adaptive rate above 1, a 2-step schedule and the unbounded policy, and
+every parity test module replays them through ``$MEMROPE_PARITY_DIR``, exactly as unseen official
+sets are replayed: call replay, the pipeline and the adapter, at 1e-4.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from official_reference import OfficialReferenceCache, write_reference_set
+from parity_sets import BUNDLED_PARITY_DIR
+
+from memrope.parity import PARITY_DIR_ENV, load_parity_set
+
+TOLERANCE = 1e-4
+TESTS = Path(__file__).resolve().parent
+BASE_SET = BUNDLED_PARITY_DIR / "ema.json"
+PARITY_MODULES = ("test_parity_calls.py", "test_pipeline_parity.py", "test_adapter_parity.py")
+
+
+def _official(mode: str, size: int, sink: int = 3, *, adaptive: bool = False, alpha_short: float = 0.1) -> dict:
+    return {
+        "mode": mode,
+        "local_attn_size": size,
+        "sink_size": sink,
+        "recent_size": 0,
+        "ema_alpha_long": 0.01,
+        "ema_alpha_short": alpha_short,
+        "per_position_pooling_and_adaptive_alpha": adaptive,
+    }
+
+
+REFERENCE_SETS: dict[str, tuple[dict, dict]] = {
+    "reference_chunk1_sink3_ema": (_official("ema", 12), {"frames_per_block": 1, "num_frames": 18}),
+    "reference_chunk1_sink3_eviction": (_official("eviction", 8), {"frames_per_block": 1, "num_frames": 14}),
+    "reference_chunk2_sink3_ema": (_official("ema", 12), {"frames_per_block": 2, "num_frames": 20}),
+    "reference_chunk2_sink3_eviction_small": (_official("eviction", 5), {"frames_per_block": 2, "num_frames": 14}),
+    "reference_chunk2_cache7_ema": (_official("ema", 7), {"frames_per_block": 2, "num_frames": 16}),
+    "reference_chunk3_cache10_ema": (_official("ema", 10), {"num_frames": 21}),
+    "reference_adaptive_alpha03": (
+        _official("ema", 12, adaptive=True, alpha_short=0.3),
+        {"frames_per_block": 2, "num_frames": 22},
+    ),
+    "reference_two_steps_chunk1": (
+        _official("ema", 9),
+        {"frames_per_block": 1, "num_frames": 14, "denoising_step_list": [1000, 500]},
+    ),
+    "reference_unwarped_two_steps_shift3": (
+        _official("eviction", 9),
+        {"frames_per_block": 2, "num_frames": 16, "denoising_step_list": [1000, 400], "warp_denoising_step": False,
+         "timestep_shift": 3.0},
+    ),
+    "reference_batch2_chunk1": (_official("ema", 8), {"frames_per_block": 1, "num_frames": 12, "batch": 2}),
+    "reference_unbounded_chunk1": (_official("ema", -1), {"frames_per_block": 1, "num_frames": 10}),
+    "reference_unbounded_chunk3_no_sink": (_official("eviction", -1, sink=0), {"num_frames": 12}),
+}
+
+
+@pytest.mark.parametrize("name", ["ema", "eviction"])
+def test_the_reference_reproduces_the_official_vectors(name: str) -> None:
+    parity = load_parity_set(BUNDLED_PARITY_DIR / f"{name}.json")
+    model = parity.build_model()
+    settings, tensors = parity.pipeline, parity.tensors
+    cache = OfficialReferenceCache(
+        parity.raw["cache_config"],
+        chunk_frames=settings.chunk_frames,
+        num_frames=settings.num_frames,
+        num_layers=parity.model_config.num_layers,
+        batch_size=settings.batch,
+        num_heads=parity.model_config.num_heads,
+        head_dim=parity.model_config.head_dim,
+        frame_shape=model.token_grid(settings.latent_hw),
+    )
+    context = model.encode_context(tensors["context"])
+    chunk = 0
+    with torch.no_grad():
+        for position, call in enumerate(parity.calls):
+            flow = model(tensors[f"call{call.index}.x"], tensors[f"call{call.index}.t"], context,
+                         cache=cache, start_frame=call.start_frame)
+            torch.testing.assert_close(flow, tensors[f"call{call.index}.flow"], rtol=0, atol=TOLERANCE)
+            if position + 1 == len(parity.calls) or parity.calls[position + 1].start_frame != call.start_frame:
+                keys, values = cache.dump(0)
+                torch.testing.assert_close(keys, tensors[f"cache{chunk}.k0"], rtol=0, atol=TOLERANCE)
+                torch.testing.assert_close(values, tensors[f"cache{chunk}.v0"], rtol=0, atol=TOLERANCE)
+                chunk += 1
+
+
+@pytest.fixture(scope="module")
+def reference_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("reference_parity")
+    for name, (cache_config, pipeline) in REFERENCE_SETS.items():
+        write_reference_set(BASE_SET, directory, name, cache_config, pipeline)
+    return directory
+
+
+@pytest.mark.parametrize("name", ["reference_chunk1_sink3_ema", "reference_chunk2_sink3_ema"])
+def test_sink_protection_is_what_the_reference_sets_need(reference_dir: Path, name: str) -> None:
+    """Frames 1 and 2 keep the first call's keys: a cache that writes every call misses the vectors."""
+    parity = load_parity_set(reference_dir / f"{name}.json")
+    tokens, tensors = parity.frame_seqlen, parity.tensors
+    last = parity.pipeline.num_frames // parity.pipeline.chunk_frames - 1
+    assert torch.equal(tensors[f"cache{last}.k0"][:, : 3 * tokens], tensors["cache2.k0"][:, : 3 * tokens])
+    errors = {}
+    for protect in (True, False):
+        config = dataclasses.replace(parity.cache_config, protect_sink_on_rewrite=protect)
+        model = parity.build_model()
+        cache = model.new_cache(config, parity.pipeline.batch, parity.pipeline.latent_hw)
+        context = model.encode_context(tensors["context"])
+        with torch.no_grad():
+            errors[protect] = max(
+                (model(tensors[f"call{c.index}.x"], tensors[f"call{c.index}.t"], context, cache=cache,
+                       start_frame=c.start_frame) - tensors[f"call{c.index}.flow"]).abs().max().item()
+                for c in parity.calls
+            )
+    assert errors[True] < TOLERANCE < 100 * TOLERANCE < errors[False], errors
+
+
+def test_every_parity_level_replays_the_reference_sets(reference_dir: Path) -> None:
+    """What happens to unseen official sets: the parity modules run with ``$MEMROPE_PARITY_DIR`` set."""
+    environment = {**os.environ, PARITY_DIR_ENV: str(reference_dir)}
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rA", "-k", "reference_",
+               *[str(TESTS / module) for module in PARITY_MODULES]]
+    result = subprocess.run(command, cwd=TESTS.parent, env=environment, capture_output=True, text=True, timeout=900)
+    report = result.stdout + result.stderr
+    assert result.returncode == 0, report[-6000:]
+    passed = re.findall(r"^PASSED (\S+)", result.stdout, flags=re.MULTILINE)
+    for name in REFERENCE_SETS:
+        for module in PARITY_MODULES:
+            assert any(test.startswith(f"tests/{module}") and name in test for test in passed), (name, module, report[-3000:])
