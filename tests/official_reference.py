@@ -180,10 +180,10 @@ class OfficialReferenceCache(MemRoPECache):
                 state.memory_ready = True
             else:
                 short_rate = self._short_rate(pooled["keys"], state.memory["short_keys"])
-                for name in pooled:
+                for name, block in pooled.items():
                     long_old, short_old = state.memory[f"long_{name}"], state.memory[f"short_{name}"]
-                    state.memory[f"long_{name}"] = self.alpha_long * pooled[name] + (1 - self.alpha_long) * long_old
-                    state.memory[f"short_{name}"] = short_rate * pooled[name] + (1 - short_rate) * short_old
+                    state.memory[f"long_{name}"] = self.alpha_long * block + (1 - self.alpha_long) * long_old
+                    state.memory[f"short_{name}"] = short_rate * block + (1 - short_rate) * short_old
             for slot, which in ((sink, "long"), (sink + tokens, "short")):
                 keys[:, slot : slot + tokens] = state.memory[f"{which}_keys"]
                 values[:, slot : slot + tokens] = state.memory[f"{which}_values"]

@@ -132,7 +132,8 @@ def test_every_parity_level_replays_the_reference_sets(reference_dir: Path) -> N
     environment = {**os.environ, PARITY_DIR_ENV: str(reference_dir)}
     command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rA", "-k", "reference_",
                *[str(TESTS / module) for module in PARITY_MODULES]]
-    result = subprocess.run(command, cwd=TESTS.parent, env=environment, capture_output=True, text=True, timeout=900)
+    result = subprocess.run(command, cwd=TESTS.parent, env=environment, capture_output=True, text=True, timeout=900,
+                            check=False)
     report = result.stdout + result.stderr
     assert result.returncode == 0, report[-6000:]
     passed = re.findall(r"^PASSED (\S+)", result.stdout, flags=re.MULTILINE)
