@@ -4,9 +4,11 @@ brute-force reference and known answers, through the tiny model, its JSON file, 
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import json
 import sys
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -477,6 +479,54 @@ def test_recorder_through_the_tiny_model() -> None:
     assert all(sum(shares.values()) == pytest.approx(1.0, abs=1e-5) for shares in per_chunk.values())
 
 
+def record_chunks(recorder: AttentionMassRecorder, cache: MemRoPECache, chunks: range, calls: int = 2) -> None:
+    """``calls`` attention calls per layer for each chunk of ``chunks``, keeping no output."""
+    gen = torch.Generator().manual_seed(chunks.start)
+    with recorder.attached(cache):
+        for chunk in chunks:
+            for _ in range(calls):
+                call_all_layers(cache, chunk * cache.config.chunk_frames, cache.config.chunk_frames, gen)
+
+
+def test_recorder_memory_stays_bounded_over_many_chunks() -> None:
+    cache = make_cache(MEMROPE, frame_shape=(1, 2), head_dim=4)
+    bounded = AttentionMassRecorder(max_records=3)
+    record_chunks(bounded, cache, range(10), calls=1)
+    bounded.records  # noqa: B018 (flushes the pending chunk)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        record_chunks(bounded, cache, range(10, 90), calls=1)
+        bounded.records  # noqa: B018
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    # 80 chunks x 48 bytes of sums plus the arrays' growth slack (~10 KB); every record kept: ~85 KB
+    assert grown < 25_000, grown
+    records = bounded.records
+    assert len(records) == 3 and bounded.records_total == 90
+    assert [record["chunk"] for record in records] == [87, 88, 89]
+    (means,) = bounded.means()
+    assert means["first_chunk"] == 0 and means["calls"] == [1] * 90
+
+
+def test_bounded_recorder_keeps_the_statistics_of_every_call(tmp_path: Path) -> None:
+    every, summed = AttentionMassRecorder(max_records=None), AttentionMassRecorder(max_records=0)
+    for recorder in (every, summed):
+        record_chunks(recorder, make_cache(MEMROPE, layers=2), range(7))
+    assert len(every.records) == 7 * 2 * 2 and summed.records == [] and summed.records_total == 7 * 2 * 2
+    expected = mean_shares_per_chunk(every.records)
+    assert list(summed.per_chunk()) == list(range(7))
+    for chunk, shares in summed.per_chunk().items():
+        assert shares == pytest.approx(expected[chunk], abs=1e-12)
+    loaded = load_attention_mass(summed.save(tmp_path / "sums.json"))
+    assert loaded["records"] == [] and loaded["means"] == summed.means()
+    with pytest.raises(ValueError, match="max_records must be an int >= 0 or None"):
+        AttentionMassRecorder(max_records=-1)
+
+
 # ---------------------------------------------------------------- files, plot, CLI
 @pytest.fixture(scope="module")
 def stats_data() -> dict[str, Any]:
@@ -496,7 +546,10 @@ def test_json_round_trip(tmp_path: Path) -> None:
     loaded = load_attention_mass(path)
     assert loaded == recorder.to_dict()
     assert loaded["format"] == ATTENTION_MASS_FORMAT and loaded["layers"] == [0] and loaded["calls"] == [0]
-    assert mean_shares_per_chunk(loaded["records"]) == recorder.per_chunk()
+    from_records = mean_shares_per_chunk(loaded["records"])
+    assert list(recorder.per_chunk()) == list(from_records)
+    for chunk, shares in recorder.per_chunk().items():
+        assert shares == pytest.approx(from_records[chunk], abs=1e-12)
 
 
 @pytest.mark.parametrize(
@@ -508,6 +561,14 @@ def test_json_round_trip(tmp_path: Path) -> None:
         ('{"format": "memrope.attention_mass", "version": 99, "records": []}', "version 99"),
         ('{"format": "memrope.attention_mass", "version": 1, "records": {}}', "'records' must be a list"),
         ('{"format": "memrope.attention_mass", "version": 1, "records": [{"chunk": 0}]}', "record 0: lacks"),
+        ('{"format": "memrope.attention_mass", "version": 2, "records": []}', "'means' must be a list"),
+        (
+            (
+                '{"format": "memrope.attention_mass", "version": 2, "records": [], "means": [{"cache": 0, "layer": 0,'
+                ' "first_chunk": 0, "calls": [1], "shares": {"sink": [1]}}]}'
+            ),
+            "means entry 0: 'shares' must map every role",
+        ),
     ],
 )
 def test_load_rejects_files_that_are_not_attention_mass_statistics(
@@ -536,7 +597,16 @@ def test_plot_writes_a_png_from_data_or_file(tmp_path: Path, stats_data: dict[st
     assert written == tmp_path / "mass.png"
     assert written.read_bytes().startswith(PNG_MAGIC) and written.stat().st_size > 10_000
     with pytest.raises(ValueError, match="no records"):
-        plot_attention_mass({**stats_data, "records": []}, tmp_path / "empty.png")
+        plot_attention_mass({**stats_data, "records": [], "means": []}, tmp_path / "empty.png")
+
+
+@needs_matplotlib
+def test_plot_reads_version_1_files_from_their_records(tmp_path: Path, stats_data: dict[str, Any]) -> None:
+    version_1 = {name: value for name, value in stats_data.items() if name not in ("means", "records_total",
+                                                                                      "max_records")}
+    path = tmp_path / "v1.json"
+    path.write_text(json.dumps({**version_1, "version": 1}))
+    assert plot_attention_mass(path, tmp_path / "v1.png").read_bytes().startswith(PNG_MAGIC)
 
 
 def hide_matplotlib(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -14,6 +14,10 @@ hook that measures this on every attention call, :func:`plot_attention_mass` dra
 
 A *share* is the softmax probability mass (scale ``1/sqrt(D)``, no mask, float32) the queries put
 on one role's slots, averaged over queries and heads; the shares of a call sum to 1.
+
+The recorder's memory is bounded: it keeps running sums per cache, layer and chunk (48 bytes per
+layer and chunk: about 7 MB for an hour-long video of a 30-layer model) and only the most recent
+``max_records`` detailed records; the figure is drawn from the sums, so it covers the whole video.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ import argparse
 import json
 import math
 import weakref
+from array import array
+from collections import deque
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -51,8 +57,10 @@ __all__ = [
 ]
 
 ATTENTION_MASS_FORMAT = "memrope.attention_mass"
-ATTENTION_MASS_VERSION = 1
+ATTENTION_MASS_VERSION = 2  # 2: running means per (cache, layer, chunk), records bounded by max_records
+READABLE_VERSIONS = (1, 2)
 DEFAULT_QUERY_BLOCK_SIZE = 128
+DEFAULT_MAX_RECORDS = 10_000
 CallSelection = Literal["all", "first"]
 CALL_SELECTIONS: tuple[str, ...] = ("all", "first")
 PLOT_INSTALL_HINT = 'pip install "memrope[plot]"'
@@ -229,12 +237,17 @@ class AttentionMassRecorder:
       (items are independent videos). Every share dict sums to 1 and names every role (0 for roles
       absent from the cache, e.g. memory while filling or with the ``sink`` policy).
 
+    Memory: every recorded call is added to running sums per (cache, layer, chunk) (48 bytes per
+    layer and chunk), from which :meth:`per_chunk`, :meth:`means` and the figure are computed; of the
+    records themselves only the most recent ``max_records`` are kept (:attr:`records`; the older
+    ones are counted in :attr:`records_total`). So memory stays flat over a long video.
+
     Host syncs: none per call. The sums of a chunk stay on the device and move to the host in one
-    ``.tolist()`` when a call of another chunk (or cache) arrives or when the records are read
-    (:attr:`records`, :meth:`per_chunk`, :meth:`to_dict`, :meth:`save`). Each recorded call costs a
-    float32 softmax over the whole context (see :func:`slot_attention_mass` for the transient
-    memory). Under ``torch.compile`` the cache runs hooks eagerly, so compile without
-    ``fullgraph=True`` while recording.
+    ``.tolist()`` when a call of another chunk (or cache) arrives or when the results are read
+    (:attr:`records`, :meth:`per_chunk`, :meth:`means`, :meth:`to_dict`, :meth:`save`). Each
+    recorded call costs a float32 softmax over the whole context (see :func:`slot_attention_mass`
+    for the transient memory). Under ``torch.compile`` the cache runs hooks eagerly, so compile
+    without ``fullgraph=True`` while recording.
 
     Args:
         layers: layer indices to record (default: all).
@@ -242,6 +255,8 @@ class AttentionMassRecorder:
             calls), ``"first"`` (only each chunk's first call: the first, noisiest denoising step)
             or a collection of call indices (e.g. ``range(4)``: the 4 denoising steps).
         query_block_size: queries per block of the softmax (bounds the transient memory).
+        max_records: how many of the most recent records to keep (default 10,000, about 15 MB);
+            ``None`` keeps every record (memory then grows with the video), 0 keeps only the sums.
     """
 
     def __init__(
@@ -250,15 +265,23 @@ class AttentionMassRecorder:
         layers: Collection[int] | None = None,
         calls: CallSelection | Collection[int] = "all",
         query_block_size: int = DEFAULT_QUERY_BLOCK_SIZE,
+        max_records: int | None = DEFAULT_MAX_RECORDS,
     ) -> None:
         self.layers = _check_index_set("layers", layers, "layer indices")
         self.calls = _check_calls(calls)
         self.query_block_size = _check_positive_int("query_block_size", query_block_size)
+        if max_records is not None and (
+            isinstance(max_records, bool) or not isinstance(max_records, int) or max_records < 0
+        ):
+            raise ValueError(f"max_records must be an int >= 0 or None (keep every record), got {max_records!r}")
+        self.max_records = max_records
         self._cache_indices: weakref.WeakKeyDictionary[MemRoPECache, int] = weakref.WeakKeyDictionary()
         self._cache_layouts: list[dict[str, Any]] = []
-        self._calls_seen: dict[tuple[int, int, int], int] = {}
+        self._last_calls: dict[tuple[int, int], tuple[int, int]] = {}  # (cache, layer) -> (chunk, call)
         self._pending: list[tuple[_CallInfo, torch.Tensor]] = []
-        self._records: list[dict[str, Any]] = []
+        self._records: deque[dict[str, Any]] = deque(maxlen=max_records)
+        self._records_total = 0
+        self._sums: dict[tuple[int, int], _ChunkShareSums] = {}
 
     def __call__(self, cache: MemRoPECache, layer: int, query: torch.Tensor, context: CacheContext) -> None:
         """Record one attention call (the :class:`~memrope.cache.AttentionHook` signature)."""
@@ -292,9 +315,9 @@ class AttentionMassRecorder:
         cache_index = self._cache_index(cache)
         state = cache.layers[layer]
         chunk = state.chunk_start // cache.config.chunk_frames
-        counter_key = (cache_index, layer, chunk)
-        call = 0 if kind == "advance" else self._calls_seen.get(counter_key, -1) + 1
-        self._calls_seen[counter_key] = call
+        last_chunk, last_call = self._last_calls.get((cache_index, layer), (chunk, -1))
+        call = 0 if kind == "advance" or last_chunk != chunk else last_call + 1
+        self._last_calls[(cache_index, layer)] = (chunk, call)
         recache_window = cache.active_recache_window
         start_frame = (
             recache_window[0] if kind == "recache" and recache_window is not None else state.chunk_start
@@ -308,29 +331,57 @@ class AttentionMassRecorder:
         return self._cache_indices[cache]
 
     def _flush(self) -> None:
-        """Move the pending shares to the host (one sync) and turn them into records."""
+        """Move the pending shares to the host (one sync), add them to the sums and keep their records."""
         if not self._pending:
             return
         device = self._pending[0][1].device
         item_rows = torch.stack([shares.to(device) for _, shares in self._pending]).tolist()  # [N, B, R]
         for (info, _), rows in zip(self._pending, item_rows):
-            self._records.append(_record(info, rows))
+            record = _record(info, rows)
+            key = (info.cache, info.layer)
+            if key not in self._sums:
+                self._sums[key] = _ChunkShareSums(info.chunk)
+            self._sums[key].add(info.chunk, [record["shares"][role] for role in SLOT_ROLES])
+            if self.max_records != 0:
+                self._records.append(record)
+            self._records_total += 1
         self._pending = []
 
     @property
     def records(self) -> list[dict[str, Any]]:
-        """Every record so far, in call order (syncs pending device sums; do not modify the dicts)."""
+        """The most recent ``max_records`` records, in call order (syncs pending device sums; do not
+        modify the dicts)."""
         self._flush()
         return list(self._records)
 
+    @property
+    def records_total(self) -> int:
+        """How many calls were recorded, including those whose records were dropped (``max_records``)."""
+        self._flush()
+        return self._records_total
+
+    def means(self) -> list[dict[str, Any]]:
+        """Mean shares of every recorded call, per cache, layer and chunk (JSON-able).
+
+        Returns:
+            one entry per recorded (cache, layer): ``{"cache", "layer", "first_chunk", "calls": [n per
+            chunk], "shares": {role: [mean share per chunk]}}``, the lists indexed by ``chunk -
+            first_chunk`` (0 calls and shares for chunks without a recorded call).
+        """
+        self._flush()
+        return [self._sums[key].to_dict(*key) for key in sorted(self._sums)]
+
     def per_chunk(self) -> dict[int, dict[str, float]]:
-        """Mean share of each role per chunk, over layers, calls and caches: ``{chunk: {role: share}}``."""
-        return mean_shares_per_chunk(self.records)
+        """Mean share of each role per chunk, over layers, calls and caches: ``{chunk: {role: share}}``.
+
+        Computed from the running sums, so every recorded call counts (dropped records included).
+        """
+        return _per_chunk_from_means(self.means())
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able statistics: format tag, version, roles, the recorded ``layers`` and ``calls`` (``None``:
-        all), the layout of each cache (policy, cache/sink/memory/chunk frames, frame_seqlen, ...) and
-        the records."""
+        all), the layout of each cache (policy, cache/sink/memory/chunk frames, frame_seqlen, ...), the
+        :meth:`means` of every recorded call, ``records_total``, ``max_records`` and the kept records."""
         return {
             "format": ATTENTION_MASS_FORMAT,
             "version": ATTENTION_MASS_VERSION,
@@ -338,6 +389,9 @@ class AttentionMassRecorder:
             "layers": None if self.layers is None else sorted(self.layers),
             "calls": None if self.calls is None else sorted(self.calls),
             "caches": [dict(layout) for layout in self._cache_layouts],
+            "means": self.means(),
+            "records_total": self.records_total,
+            "max_records": self.max_records,
             "records": self.records,
         }
 
@@ -348,12 +402,14 @@ class AttentionMassRecorder:
         return target
 
     def clear(self) -> None:
-        """Forget every record and call count (hooks stay attached)."""
+        """Forget every record, sum and call count (hooks stay attached)."""
         self._cache_indices = weakref.WeakKeyDictionary()
         self._cache_layouts = []
-        self._calls_seen = {}
+        self._last_calls = {}
         self._pending = []
-        self._records = []
+        self._records = deque(maxlen=self.max_records)
+        self._records_total = 0
+        self._sums = {}
 
     def attach(self, cache: MemRoPECache) -> RemovableHandle:
         """Register this recorder as an attention hook of ``cache``; ``handle.remove()`` detaches it."""
@@ -428,6 +484,77 @@ def _record(info: _CallInfo, item_rows: list[list[float]]) -> dict[str, Any]:
     }
 
 
+class _ChunkShareSums:
+    """Running sums of one (cache, layer)'s shares per chunk: ``len(SLOT_ROLES)`` floats and a call count
+    per chunk from ``first_chunk`` on (48 bytes a chunk)."""
+
+    def __init__(self, first_chunk: int) -> None:
+        self.first_chunk = first_chunk
+        self.sums = array("d")  # [chunks * len(SLOT_ROLES)]
+        self.calls = array("q")  # [chunks]
+
+    def add(self, chunk: int, shares: Sequence[float]) -> None:
+        """Add one call's shares (in :data:`SLOT_ROLES` order) to ``chunk``."""
+        roles = len(SLOT_ROLES)
+        if chunk < self.first_chunk:  # a reset cache starts again from chunk 0
+            missing = self.first_chunk - chunk
+            self.sums = array("d", [0.0]) * (missing * roles) + self.sums
+            self.calls = array("q", [0]) * missing + self.calls
+            self.first_chunk = chunk
+        offset = chunk - self.first_chunk
+        if offset >= len(self.calls):
+            missing = offset + 1 - len(self.calls)
+            self.sums.extend(array("d", [0.0]) * (missing * roles))
+            self.calls.extend(array("q", [0]) * missing)
+        self.calls[offset] += 1
+        for position, share in enumerate(shares):
+            self.sums[offset * roles + position] += share
+
+    def to_dict(self, cache: int, layer: int) -> dict[str, Any]:
+        roles = len(SLOT_ROLES)
+        calls = list(self.calls)
+        shares = {
+            role: [self.sums[chunk * roles + position] / count if count else 0.0 for chunk, count in enumerate(calls)]
+            for position, role in enumerate(SLOT_ROLES)
+        }
+        return {"cache": cache, "layer": layer, "first_chunk": self.first_chunk, "calls": calls, "shares": shares}
+
+
+def _means_from_records(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The :meth:`AttentionMassRecorder.means` of ``records`` (for version-1 files, which hold only records)."""
+    sums: dict[tuple[int, int], _ChunkShareSums] = {}
+    for record in records:
+        key = (int(record.get("cache", 0)), record["layer"])
+        if key not in sums:
+            sums[key] = _ChunkShareSums(record["chunk"])
+        sums[key].add(record["chunk"], [record["shares"].get(role, 0.0) for role in SLOT_ROLES])
+    return [sums[key].to_dict(*key) for key in sorted(sums)]
+
+
+def _cell_totals(means: Iterable[Mapping[str, Any]]) -> Iterator[tuple[int, int, int, dict[str, float]]]:
+    """``(layer, chunk, calls, {role: summed share})`` of every (cache, layer, chunk) with recorded calls."""
+    for entry in means:
+        for offset, calls in enumerate(entry["calls"]):
+            if calls:
+                totals: dict[str, float] = {role: entry["shares"][role][offset] * calls for role in SLOT_ROLES}
+                yield entry["layer"], entry["first_chunk"] + offset, calls, totals
+
+
+def _per_chunk_from_means(means: Iterable[Mapping[str, Any]]) -> dict[int, dict[str, float]]:
+    """Mean share of each role per chunk over every call in ``means``, sorted by chunk."""
+    totals: dict[int, dict[str, float]] = {}
+    counts: dict[int, int] = {}
+    for _, chunk, calls, shares in _cell_totals(means):
+        chunk_totals = totals.setdefault(chunk, dict.fromkeys(SLOT_ROLES, 0.0))
+        for role in SLOT_ROLES:
+            chunk_totals[role] += shares[role]
+        counts[chunk] = counts.get(chunk, 0) + calls
+    return {
+        chunk: {role: total / counts[chunk] for role, total in totals[chunk].items()}
+        for chunk in sorted(totals)
+    }
+
+
 def mean_shares_per_chunk(records: Iterable[Mapping[str, Any]]) -> dict[int, dict[str, float]]:
     """Mean share of each role per chunk over ``records``: ``{chunk: {role: share}}``, sorted by chunk."""
     totals: dict[int, dict[str, float]] = {}
@@ -489,9 +616,10 @@ def _statistics_problem(data: object) -> str | None:
             f"not memrope attention-mass statistics: format must be {ATTENTION_MASS_FORMAT!r}, "
             f"got {data.get('format')!r}"
         )
-    if data.get("version") != ATTENTION_MASS_VERSION:
-        version = data.get("version")
-        return f"attention-mass version {version!r} is not supported (expected {ATTENTION_MASS_VERSION})"
+    version = data.get("version")
+    if isinstance(version, bool) or version not in READABLE_VERSIONS:
+        readable = " or ".join(map(str, READABLE_VERSIONS))
+        return f"attention-mass version {version!r} is not supported (expected {readable})"
     if not isinstance(data.get("caches", []), list):
         return "'caches' must be a list of cache layouts"
     records = data.get("records")
@@ -501,6 +629,45 @@ def _statistics_problem(data: object) -> str | None:
         problem = _record_problem(record)
         if problem is not None:
             return f"record {index}: {problem}"
+    if version == 1:
+        return None
+    means = data.get("means")
+    if not isinstance(means, list):
+        return f"'means' must be a list (version 2), got {type(means).__name__}"
+    for index, entry in enumerate(means):
+        problem = _means_entry_problem(entry)
+        if problem is not None:
+            return f"means entry {index}: {problem}"
+    return None
+
+
+def _is_count(value: object) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int) and value >= 0
+
+
+def _is_share(value: object) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _means_entry_problem(entry: object) -> str | None:
+    """What is wrong with one entry of ``means``, or ``None``."""
+    if not isinstance(entry, dict):
+        return f"must be an object, got {type(entry).__name__}"
+    missing = [name for name in ("cache", "layer", "first_chunk", "calls", "shares") if name not in entry]
+    if missing:
+        return f"lacks {missing}"
+    for name in ("cache", "layer", "first_chunk"):
+        if not _is_count(entry[name]):
+            return f"{name!r} must be an int >= 0, got {entry[name]!r}"
+    calls = entry["calls"]
+    if not isinstance(calls, list) or not all(_is_count(count) for count in calls):
+        return "'calls' must be a list of ints >= 0 (calls per chunk)"
+    shares = entry["shares"]
+    if not isinstance(shares, dict) or set(shares) != set(SLOT_ROLES):
+        return f"'shares' must map every role of {SLOT_ROLES} to a list of shares per chunk"
+    for role, values in shares.items():
+        if not isinstance(values, list) or len(values) != len(calls) or not all(map(_is_share, values)):
+            return f"shares of {role!r} must be {len(calls)} finite numbers (one per chunk of 'calls')"
     return None
 
 
@@ -519,7 +686,7 @@ def _record_problem(record: object) -> str | None:
     if not isinstance(shares, dict) or not set(shares) <= set(SLOT_ROLES):
         return f"'shares' must map roles from {SLOT_ROLES} to numbers, got {shares!r}"
     for role, share in shares.items():
-        if isinstance(share, bool) or not isinstance(share, (int, float)) or not math.isfinite(share):
+        if not _is_share(share):
             return f"share of {role!r} must be a finite number, got {share!r}"
     return None
 
@@ -535,8 +702,9 @@ def plot_attention_mass(
     """Draw attention-mass statistics into a PNG and return its path.
 
     Top panel: mean share per role against the chunk (stacked; mean over layers, calls and caches).
-    Bottom row: one heatmap per role present, layer x chunk, mean share over calls. Drawn with the
-    Agg backend (no display, pyplot's global state untouched).
+    Bottom row: one heatmap per role present, layer x chunk, mean share over calls. Drawn from the
+    statistics' ``means`` (every recorded call; version-1 files: from their records) with the Agg
+    backend (no display, pyplot's global state untouched).
 
     Args:
         data_or_path: :meth:`AttentionMassRecorder.to_dict` output or the path of a saved JSON.
@@ -551,23 +719,31 @@ def plot_attention_mass(
         data = load_attention_mass(data_or_path)
     else:
         data = check_attention_mass(dict(data_or_path))
-    records = data["records"]
-    if not records:
+    means = _statistics_means(data)
+    if not any(calls for entry in means for calls in entry["calls"]):
         raise ValueError("the attention-mass statistics hold no records; nothing to plot")
     figure_class, canvas_class = _agg_figure_classes()
     figure = figure_class(figsize=FIGURE_SIZE, layout="constrained")
     canvas_class(figure)
-    roles = [role for role in SLOT_ROLES if any(record["shares"].get(role, 0.0) > 0 for record in records)]
+    per_chunk = _per_chunk_from_means(means)
+    roles = [role for role in SLOT_ROLES if any(shares[role] > 0 for shares in per_chunk.values())]
     grid = figure.add_gridspec(2, len(roles), height_ratios=(3, 2))
     stacked_axes = figure.add_subplot(grid[0, :])
-    _draw_stacked_shares(stacked_axes, mean_shares_per_chunk(records), roles)
+    _draw_stacked_shares(stacked_axes, per_chunk, roles)
     figure.legend(*stacked_axes.get_legend_handles_labels(), loc="outside lower center", ncols=len(roles))
     for column, role in enumerate(roles):
-        _draw_layer_heatmap(figure, figure.add_subplot(grid[1, column]), records, role, first=column == 0)
-    figure.suptitle(title if title is not None else _default_title(data))
+        _draw_layer_heatmap(figure, figure.add_subplot(grid[1, column]), means, role, first=column == 0)
+    figure.suptitle(title if title is not None else _default_title(data, means))
     output = Path(output_png)
     figure.savefig(output, dpi=FIGURE_DPI)
     return output
+
+
+def _statistics_means(data: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The ``means`` of validated statistics (computed from the records for version 1)."""
+    if "means" in data:
+        return list(data["means"])
+    return _means_from_records(data["records"])
 
 
 def _agg_figure_classes() -> tuple[type[Figure], Any]:
@@ -600,12 +776,12 @@ def _draw_stacked_shares(axes: Axes, per_chunk: dict[int, dict[str, float]], rol
 
 
 def _draw_layer_heatmap(
-    figure: Figure, axes: Axes, records: list[dict[str, Any]], role: str, *, first: bool
+    figure: Figure, axes: Axes, means: list[dict[str, Any]], role: str, *, first: bool
 ) -> None:
     """Heatmap of ``role``'s mean share per (layer, chunk); cells without records stay blank."""
-    means, extent = _layer_chunk_means(records, role)
+    cells, extent = _layer_chunk_means(means, role)
     image = axes.imshow(
-        means, aspect="auto", origin="lower", interpolation="nearest", cmap="viridis", extent=extent
+        cells, aspect="auto", origin="lower", interpolation="nearest", cmap="viridis", extent=extent
     )
     axes.set_title(role, color=ROLE_COLORS[role])
     axes.set_xlabel("chunk")
@@ -616,24 +792,26 @@ def _draw_layer_heatmap(
 
 
 def _layer_chunk_means(
-    records: list[dict[str, Any]], role: str
+    means: list[dict[str, Any]], role: str
 ) -> tuple[list[list[float]], tuple[float, float, float, float]]:
-    """Mean share of ``role`` per layer (rows) and chunk (columns), NaN where nothing was recorded,
-    and the ``imshow`` extent ``(left, right, bottom, top)`` centring each cell on its integer."""
-    chunks = [record["chunk"] for record in records]
-    layers = [record["layer"] for record in records]
+    """Mean share of ``role`` per layer (rows) and chunk (columns) over caches and calls, NaN where
+    nothing was recorded, and the ``imshow`` extent ``(left, right, bottom, top)`` centring each cell
+    on its integer."""
+    cells = list(_cell_totals(means))
+    layers = [layer for layer, _, _, _ in cells]
+    chunks = [chunk for _, chunk, _, _ in cells]
     first_chunk, first_layer = min(chunks), min(layers)
     totals = [[0.0] * (max(chunks) - first_chunk + 1) for _ in range(max(layers) - first_layer + 1)]
     counts = [[0] * len(totals[0]) for _ in totals]
-    for record, chunk, layer in zip(records, chunks, layers):
-        totals[layer - first_layer][chunk - first_chunk] += record["shares"].get(role, 0.0)
-        counts[layer - first_layer][chunk - first_chunk] += 1
-    means = [
+    for layer, chunk, calls, shares in cells:
+        totals[layer - first_layer][chunk - first_chunk] += shares[role]
+        counts[layer - first_layer][chunk - first_chunk] += calls
+    grid = [
         [total / count if count else math.nan for total, count in zip(total_row, count_row)]
         for total_row, count_row in zip(totals, counts)
     ]
     extent = (first_chunk - 0.5, max(chunks) + 0.5, first_layer - 0.5, max(layers) + 0.5)
-    return means, extent
+    return grid, extent
 
 
 def _use_integer_ticks(*axes: Axis) -> None:
@@ -643,10 +821,10 @@ def _use_integer_ticks(*axes: Axis) -> None:
         axis.set_major_locator(MaxNLocator(integer=True))
 
 
-def _default_title(data: Mapping[str, Any]) -> str:
-    records = data["records"]
-    chunks = len({record["chunk"] for record in records})
-    layers = len({record["layer"] for record in records})
+def _default_title(data: Mapping[str, Any], means: list[dict[str, Any]]) -> str:
+    cells = list(_cell_totals(means))
+    chunks = len({chunk for _, chunk, _, _ in cells})
+    layers = len({layer for layer, _, _, _ in cells})
     policies = sorted(
         {str(layout.get("policy")) for layout in data.get("caches", []) if isinstance(layout, dict)}
     )
