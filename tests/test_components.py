@@ -12,7 +12,8 @@ from safetensors.torch import save_file
 from memrope import components
 from memrope.config import MemRoPEConfig
 from memrope.encoders import HashTextEncoder
-from memrope.loading import CheckpointKeyError
+from memrope.errors import NonFiniteError
+from memrope.loading import CheckpointFormatError, CheckpointKeyError
 from memrope.presets import TINY_MODEL_CONFIG, get_preset, tiny_model
 from memrope.vae import TinyDecoder
 
@@ -42,6 +43,20 @@ def test_checkpoint_weights_are_loaded_strictly(tmp_path: Path) -> None:
         components.load_model(TINY, checkpoint=tmp_path / "absent.safetensors", device="cpu")
     with pytest.raises(ValueError, match="lora needs checkpoint"):
         components.load_model(TINY, lora=tmp_path / "lora.pt", device="cpu")
+
+
+def test_damaged_and_nonfinite_checkpoints_are_refused_by_name(tmp_path: Path) -> None:
+    weights = tiny_model(seed=3).state_dict()
+    weights["blocks.0.self_attn.k.weight"][0, 0] = float("nan")
+    poisoned = tmp_path / "nan.safetensors"
+    save_file(weights, poisoned)
+    with pytest.raises(NonFiniteError, match=r"nan\.safetensors: 1 tensor with NaN or infinite values: "
+                                             r"'blocks\.0\.self_attn\.k\.weight' \(1 NaN of \d+ elements\)"):
+        components.load_model(TINY, checkpoint=poisoned, device="cpu")
+    truncated = tmp_path / "cut.safetensors"
+    truncated.write_bytes(poisoned.read_bytes()[:-10])
+    with pytest.raises(CheckpointFormatError, match=r"cut\.safetensors is truncated: expected \d+ bytes"):
+        components.load_model(TINY, checkpoint=truncated, device="cpu")
 
 
 def test_tiny_text_encoder_and_decoder() -> None:

@@ -26,6 +26,7 @@ from memrope.encoders import (
     clean_prompt,
     component_location,
 )
+from memrope.errors import NonFiniteError
 
 TEXT_LEN = 8
 D_MODEL = 16
@@ -123,6 +124,23 @@ def test_umt5_prompts_are_cleaned_and_independent_of_the_batch(tiny_umt5: Path) 
     batched = encoder.encode(["blue night", "a cat runs"])
     torch.testing.assert_close(batched[1:], alone)
     assert not torch.equal(batched[:1], alone)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "hint"),
+    [(torch.float32, "its weights are damaged"), (torch.float16, "umT5 overflows in float16: load it in bfloat16")],
+)
+def test_umt5_nonfinite_embeddings_name_the_prompt(tiny_umt5: Path, dtype: torch.dtype, hint: str) -> None:
+    encoder = load(tiny_umt5, dtype=dtype)
+    dog = token_ids(encoder, "dog", TEXT_LEN)[0]
+    with torch.no_grad():
+        encoder.model.get_input_embeddings().weight[dog] = float("nan")
+    assert torch.isfinite(encoder.encode(["a cat runs"])).all()
+    name = str(dtype).removeprefix("torch.")
+    with pytest.raises(NonFiniteError, match=(
+        rf"the umT5 embeddings of prompt 1 \('the dog runs'\) hold NaN or infinity \(encoder dtype {name}\); {hint}"
+    )):
+        encoder.encode(["a cat runs", "the dog runs"])
 
 
 def test_umt5_loads_straight_into_the_requested_dtype(tiny_umt5: Path) -> None:

@@ -230,6 +230,98 @@ def test_arbitrary_pickled_objects_are_refused(tmp_path: Path) -> None:
         load_wan_weights(make_model(), path)
 
 
+# --- damaged and foreign files -------------------------------------------------------------------
+
+RANDOM_BYTES = bytes((index * 167 + 13) % 256 for index in range(4096))  # starts b"\r\xb4[\x02": no format
+
+
+def safetensors_bytes(tmp_path: Path, weights: dict[str, torch.Tensor]) -> bytes:
+    path = tmp_path / "whole.safetensors"
+    save_file(weights, path)
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_an_empty_file_is_named_and_explained(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"empty{suffix}"
+    path.write_bytes(b"")
+    with pytest.raises(CheckpointFormatError, match=rf"{path} is empty \(0 bytes\): a download or save into it did "
+                                                    r"not finish; fetch it again"):
+        load_wan_weights(make_model(), path)
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".bin", ".safetensors"])
+def test_random_bytes_are_not_a_checkpoint(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"noise{suffix}"
+    path.write_bytes(RANDOM_BYTES)
+    with pytest.raises(CheckpointFormatError, match=(
+        rf"{path} is not a PyTorch checkpoint \(torch\.save\) or a safetensors file \(it starts with "
+        r"b'\\r\\xb4\[\\x02.*'\); check that the path names the weights file"
+    )):
+        load_wan_weights(make_model(), path)
+
+
+def test_a_text_file_is_not_a_checkpoint(tmp_path: Path) -> None:
+    path = tmp_path / "model.pt"
+    path.write_text("<html><body>404 Not Found</body></html>")
+    with pytest.raises(CheckpointFormatError, match=r"is not a PyTorch checkpoint .*starts with b'<html><b'"):
+        read_state_dict(path)
+
+
+def test_a_truncated_safetensors_file_says_how_many_bytes_are_missing(tmp_path: Path) -> None:
+    whole = safetensors_bytes(tmp_path, random_weights(40))
+    path = tmp_path / "cut.safetensors"
+    path.write_bytes(whole[:-100])
+    with pytest.raises(CheckpointFormatError, match=(
+        rf"{path} is truncated: expected {len(whole)} bytes, got {len(whole) - 100} \(100 missing\); fetch it again"
+    )):
+        load_wan_weights(make_model(), path)
+    path.write_bytes(whole[:40])
+    with pytest.raises(CheckpointFormatError, match=r"is truncated: its safetensors header alone needs \d+ bytes, got 40"):
+        read_state_dict(path)
+    path.write_bytes(whole + b"\0" * 3)
+    with pytest.raises(CheckpointFormatError, match=r"is corrupted: expected \d+ bytes, got \d+ \(3 more than its header"):
+        read_state_dict(path)
+
+
+def test_a_truncated_torch_checkpoint_is_named(tmp_path: Path) -> None:
+    whole_path = tmp_path / "whole.pt"
+    torch.save({"generator": random_weights(41)}, whole_path)
+    path = tmp_path / "cut.pt"
+    path.write_bytes(whole_path.read_bytes()[:-1000])
+    with pytest.raises(CheckpointFormatError, match=rf"{path} is truncated: it is a PyTorch \(zip\) checkpoint of "
+                                                    r"\d+ bytes whose end, the zip directory, is missing"):
+        load_wan_weights(make_model(), path)
+    legacy = tmp_path / "legacy.pt"
+    torch.save(random_weights(41), legacy, _use_new_zipfile_serialization=False)
+    legacy.write_bytes(legacy.read_bytes()[:5000])
+    with pytest.raises(CheckpointFormatError, match=rf"{legacy} cannot be read: it is truncated or corrupted"):
+        read_state_dict(legacy)
+
+
+def test_safetensors_data_under_another_suffix_is_read_as_safetensors(tmp_path: Path) -> None:
+    weights = random_weights(42)
+    path = tmp_path / "weights.pt"
+    path.write_bytes(safetensors_bytes(tmp_path, weights))
+    assert_model_holds(load_wan_weights(make_model(), path), weights)
+    with pytest.raises(CheckpointFormatError, match="holds safetensors data, not a torch.save checkpoint: read it "
+                                                    "with kind='safetensors'"):
+        read_state_dict(path, kind="state_dict")
+    wrong = tmp_path / "weights.safetensors"
+    torch.save(weights, wrong)
+    with pytest.raises(CheckpointFormatError, match="holds a torch.save checkpoint, not safetensors: name it"):
+        read_state_dict(wrong)
+
+
+def test_damaged_lora_files_are_named(tmp_path: Path) -> None:
+    base = tmp_path / "base.safetensors"
+    save_file(random_weights(43), base)
+    lora = tmp_path / "lora.pt"
+    lora.write_bytes(b"")
+    with pytest.raises(CheckpointFormatError, match=rf"{lora} is empty"):
+        load_wan_weights(make_model(), base, lora=lora)
+
+
 # --- strictness ----------------------------------------------------------------------------------
 
 

@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from memrope import noise as noise_module
 from memrope.config import MemRoPEConfig
+from memrope.loading import CheckpointFormatError
 from memrope.models.wan import CausalWanModel, WanConfig
 from memrope.pipeline import CausalInferencePipeline, ChunkResult
 
@@ -228,6 +229,21 @@ def test_resume_rejects_other_settings(model: CausalWanModel, tmp_path: Path) ->
         )
     with pytest.raises(ValueError, match="text_embeds"):
         pipe.stream(_prompt(), resume_from=tmp_path / "s.safetensors")
+
+
+def test_damaged_checkpoints_are_named(model: CausalWanModel, tmp_path: Path) -> None:
+    pipe = _pipeline(model)
+    next(pipe.stream(_prompt(), num_frames=4, seed=0, latent_hw=LATENT_HW))
+    whole = tmp_path / "s.safetensors"
+    pipe.save_state(whole)
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(whole.read_bytes()[:-64])
+    with pytest.raises(CheckpointFormatError, match=rf"{cut} is truncated: expected \d+ bytes, got \d+ \(64 missing\)"):
+        _pipeline(model).stream(resume_from=cut)
+    empty = tmp_path / "empty.safetensors"
+    empty.write_bytes(b"")
+    with pytest.raises(CheckpointFormatError, match=rf"{empty} is empty \(0 bytes\)"):
+        _pipeline(model).load_state(empty)
 
 
 def test_state_dict_needs_a_run(model: CausalWanModel) -> None:

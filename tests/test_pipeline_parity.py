@@ -8,6 +8,7 @@ Every parity set (bundled in ``tests/data/parity``, plus those of ``$MEMROPE_PAR
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -46,9 +47,10 @@ class _ReplayModel:
         self.parity = parity
         self.calls: list[tuple[torch.Tensor, torch.Tensor, int]] = []
 
-    def new_cache(self, cache_config: Any, batch_size: int, latent_hw: tuple[int, int], **_: Any) -> None:
+    def new_cache(self, cache_config: Any, batch_size: int, latent_hw: tuple[int, int], **_: Any) -> Any:
         assert cache_config == self.parity.cache_config
         assert latent_hw == self.parity.pipeline.latent_hw
+        return SimpleNamespace(check_finite=lambda: None)  # replayed flows need no cache
 
     def encode_context(self, text_embeds: torch.Tensor) -> torch.Tensor:
         return text_embeds

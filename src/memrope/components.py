@@ -21,7 +21,9 @@ For a model split over devices, pass ``placement=plan_devices("split", ["cuda:0"
         ...                                       # chunk.frames: [1, T, 3, 480, 832] in [-1, 1]
 
 Loading errors keep their types: :class:`FileNotFoundError` for a checkpoint that is not there (and,
-offline, not cached), :class:`~memrope.loading.CheckpointKeyError` for weights that do not fit,
+offline, not cached), :class:`~memrope.loading.CheckpointFormatError` for a file that is empty,
+truncated or in no checkpoint format, :class:`~memrope.loading.CheckpointKeyError` for weights that do
+not fit, :class:`~memrope.errors.NonFiniteError` for weights or LoRA factors holding NaN or infinity,
 :class:`ImportError` naming the extra to install for the umT5 encoder or the Wan VAE.
 """
 

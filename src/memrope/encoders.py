@@ -1,4 +1,4 @@
-"""Text encoders: prompts -> zero-padded embeddings ``[B, text_len, text_dim]`` (SPEC §10).
+"""Text encoders: prompts -> zero-padded embeddings ``[B, text_len, text_dim]`` (docs/design.md §10).
 
 * :class:`UMT5TextEncoder` is Wan2.1's umT5-XXL encoder (512 tokens, 4096 channels) through
   ``transformers``, read from the Diffusers layout of ``Wan-AI/Wan2.1-T2V-1.3B-Diffusers``
@@ -6,7 +6,9 @@
 * :class:`HashTextEncoder` needs no download: every token gets a fixed pseudo-random vector derived
   from a hash of the token, which is all the built-in tiny model needs.
 
-Both set the rows after the last token to exactly zero, as the Wan DiT expects.
+Both set the rows after the last token to exactly zero, as the Wan DiT expects. umT5's output is
+checked: an embedding holding NaN or infinity (damaged weights, or float16, in which umT5 overflows)
+raises :class:`~memrope.errors.NonFiniteError` naming the prompt, instead of giving a black video.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch
 from torch import Tensor
 
 from memrope.devices import default_device, offloaded
+from memrope.errors import NonFiniteError
 
 __all__ = [
     "UMT5_TEXT_DIM",
@@ -41,6 +44,7 @@ UMT5_TEXT_DIM = 4096
 _WHITESPACE = re.compile(r"\s+")
 _HASH_TOKEN = re.compile(r"\w+|[^\w\s]")
 _END_OF_TEXT = "</s>"
+PROMPT_SHOWN_CHARS = 60
 
 
 @runtime_checkable
@@ -151,7 +155,11 @@ class UMT5TextEncoder:
 
     @torch.no_grad()
     def encode(self, prompts: Sequence[str]) -> Tensor:
-        """``B`` prompts -> ``[B, text_len, text_dim]`` on ``device``, padding rows exactly zero."""
+        """``B`` prompts -> ``[B, text_len, text_dim]`` on ``device``, padding rows exactly zero.
+
+        Raises:
+            NonFiniteError: an embedding holds NaN or infinity (one host sync checks them all).
+        """
         texts = [clean_prompt(prompt) for prompt in _check_prompts(prompts)]
         tokens = self.tokenizer(
             texts,
@@ -166,7 +174,27 @@ class UMT5TextEncoder:
         mask = tokens["attention_mask"].to(self.device)
         with offloaded(self.model, self.device, enabled=self.offload):
             hidden: Tensor = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
-        return hidden.masked_fill(mask[..., None] == 0, 0)
+        embeddings = hidden.masked_fill(mask[..., None] == 0, 0)
+        self._check_finite(embeddings, texts)
+        return embeddings
+
+    def _check_finite(self, embeddings: Tensor, texts: list[str]) -> None:
+        """Raise :class:`NonFiniteError` naming the prompts whose embeddings ``[B, L, D]`` are not finite."""
+        flawed_rows = (~torch.isfinite(embeddings)).flatten(1).any(dim=1)  # [B]
+        if not bool(flawed_rows.any()):
+            return
+        flawed = flawed_rows.nonzero().flatten().tolist()
+        shown = ", ".join(f"{index} ({texts[index][:PROMPT_SHOWN_CHARS]!r})" for index in flawed)
+        dtype = embeddings.dtype
+        hint = (
+            "umT5 overflows in float16: load it in bfloat16 or float32 (from_pretrained(dtype=...))"
+            if dtype == torch.float16
+            else "its weights are damaged: fetch the text encoder again"
+        )
+        raise NonFiniteError(
+            f"the umT5 embeddings of prompt{'s' if len(flawed) > 1 else ''} {shown} hold NaN or infinity (encoder dtype "
+            f"{str(dtype).removeprefix('torch.')}); {hint}"
+        )
 
 
 class HashTextEncoder:

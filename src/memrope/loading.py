@@ -14,8 +14,14 @@ Formats understood (every tensor lands on the CPU):
   ``[out, rank]`` tensors, merged into the base weights as ``W += (alpha / rank) * B @ A``.
 
 ``.pt`` files are always read with ``torch.load(..., weights_only=True)``: a file that needs
-arbitrary unpickling is refused. Names are normalised to the model's own names (SPEC §9), and
+arbitrary unpickling is refused. Names are normalised to the model's own names (docs/design.md §9), and
 loading is strict: any missing, unexpected or mis-shaped tensor raises ``CheckpointKeyError``.
+
+Files are checked before they are parsed: an empty file, one that is neither a ``torch.save``
+checkpoint nor safetensors, and a truncated one (for safetensors: expected N bytes, got M) raise
+``CheckpointFormatError`` naming the file. A ``.pt`` file that holds safetensors data is read as
+safetensors. :func:`load_wan_weights` refuses weights, LoRA factors and merged weights holding NaN or
+infinity (:class:`~memrope.errors.NonFiniteError` naming the tensor): they would give a black video.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import math
 import os
 import pickle
 import warnings
+import zipfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,8 +47,11 @@ from huggingface_hub.utils import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
+from safetensors import SafetensorError
 from safetensors.torch import load_file as load_safetensors_file
 from torch import nn
+
+from memrope.errors import NonFiniteError
 
 __all__ = [
     "CHECKPOINTS",
@@ -50,9 +60,11 @@ __all__ = [
     "CheckpointKind",
     "CheckpointSource",
     "HubFile",
+    "check_safetensors_file",
     "load_state_dict_strict",
     "load_wan_weights",
     "merge_lora",
+    "nonfinite_summary",
     "normalise_key",
     "read_lora_state_dict",
     "read_state_dict",
@@ -71,7 +83,21 @@ WRAPPER_SEGMENTS: tuple[str, ...] = ("_fsdp_wrapped_module.", "_checkpoint_wrapp
 LEADING_PREFIXES: tuple[str, ...] = ("base_model.model.", "model.")
 SAFETENSORS_SUFFIX = ".safetensors"
 SAFETENSORS_INDEX_PATTERN = "*.safetensors.index.json"
+SAFETENSORS_LENGTH_BYTES = 8  # a safetensors file starts with its JSON header's length, u64 little-endian
+SAFETENSORS_MAX_HEADER_BYTES = 100_000_000  # the safetensors library refuses longer headers
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default (zip) format
+PICKLE_PROTOCOL_OPCODE = 0x80  # torch.save's legacy format: a pickle, protocol 2 to 5
+PICKLE_PROTOCOLS = range(2, 6)
+PREFIX_SHOWN_BYTES = 8
 NAMES_SHOWN = 5
+REFETCH_ADVICE = (
+    "fetch it again (download it again; for a Hugging Face Hub file, delete it from the Hub cache and rerun) "
+    "or save it again"
+)
+NONFINITE_WEIGHTS_ADVICE = (
+    "the file is damaged or was saved from a diverged training run; use another checkpoint or fetch this "
+    "one again"
+)
 
 
 class CheckpointFormatError(ValueError):
@@ -316,7 +342,7 @@ def _normalise_keys(state_dict: Mapping[str, torch.Tensor], origin: str) -> dict
 def read_state_dict(
     path: PathLike, *, use_ema: bool = True, kind: CheckpointKind = "auto"
 ) -> dict[str, torch.Tensor]:
-    """Read DiT weights from a local file or directory, with normalised names (SPEC §9).
+    """Read DiT weights from a local file or directory, with normalised names (docs/design.md §9).
 
     Args:
         path: a ``.pt`` checkpoint, a ``.safetensors`` file or a directory of ``*.safetensors``.
@@ -332,11 +358,12 @@ def read_state_dict(
         name -> CPU tensor, names as in the Wan model.
 
     Raises:
-        CheckpointFormatError: unreadable structure, or a ``.pt`` needing arbitrary unpickling.
+        CheckpointFormatError: an empty, truncated or corrupted file, one in no checkpoint format, an
+            unreadable structure, or a ``.pt`` needing arbitrary unpickling (each naming the file).
     """
     _check_kind(kind)
     path = Path(path)
-    if kind == "safetensors" or (kind == "auto" and _looks_like_safetensors(path)):
+    if kind == "safetensors" or (kind == "auto" and (_looks_like_safetensors(path) or _holds_safetensors(path))):
         raw = _read_safetensors(path)
     elif path.is_dir():
         raise CheckpointFormatError(
@@ -355,7 +382,7 @@ def read_lora_state_dict(path: PathLike) -> dict[str, torch.Tensor]:
         The LoRA tensors under their names in the file (``merge_lora`` normalises them).
     """
     path = Path(path)
-    if _looks_like_safetensors(path):
+    if _looks_like_safetensors(path) or _holds_safetensors(path):
         return _read_safetensors(path)
     checkpoint = _torch_load(path)
     if isinstance(checkpoint, Mapping) and GENERATOR_LORA_KEY in checkpoint:
@@ -373,16 +400,158 @@ def _looks_like_safetensors(path: Path) -> bool:
 
 
 def _torch_load(path: Path) -> object:
-    """``torch.load`` restricted to tensors and plain containers (``weights_only=True``)."""
+    """``torch.load`` restricted to tensors and plain containers (``weights_only=True``), after checking
+    that ``path`` is a whole ``torch.save`` file."""
+    _check_torch_file(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        if "weights only load failed" not in str(err).lower():
+            raise _unreadable(path, err) from err
         raise CheckpointFormatError(
             f"refusing to load {path}: it holds objects other than tensors and plain containers, and "
             f"memrope never unpickles arbitrary objects (torch.load(weights_only=True) failed). Re-save "
             f"its state dict with torch.save or safetensors in a trusted environment. "
             f"Cause: {_unpickler_reason(err)}"
         ) from err
+    except (OSError, MemoryError):
+        raise
+    except Exception as err:  # torch's readers fail on damaged files with many types (EOFError, RuntimeError, ...)
+        raise _unreadable(path, err) from err
+
+
+def _unreadable(path: Path, err: BaseException) -> CheckpointFormatError:
+    lines = str(err).strip().splitlines()
+    cause = f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+    return CheckpointFormatError(f"{path} cannot be read: it is truncated or corrupted ({cause}); {REFETCH_ADVICE}")
+
+
+def _check_torch_file(path: Path) -> None:
+    """Refuse an empty file, a truncated zip checkpoint, and files in neither torch.save format."""
+    size = _file_size(path)
+    torch_format = _torch_save_format(path)
+    if torch_format == "zip":
+        if not zipfile.is_zipfile(path):
+            raise CheckpointFormatError(
+                f"{path} is truncated: it is a PyTorch (zip) checkpoint of {size} bytes whose end, the zip "
+                f"directory, is missing; {REFETCH_ADVICE}"
+            )
+        return
+    if torch_format == "pickle":
+        return
+    if _holds_safetensors(path):
+        raise CheckpointFormatError(
+            f"{path} holds safetensors data, not a torch.save checkpoint: read it with kind='safetensors' "
+            f"(or name it *{SAFETENSORS_SUFFIX})"
+        )
+    raise CheckpointFormatError(_not_a_checkpoint_message(path))
+
+
+def _torch_save_format(path: Path) -> Literal["zip", "pickle"] | None:
+    """How the file starts: like torch.save's zip format, its legacy pickle format, or neither."""
+    with path.open("rb") as handle:
+        prefix = handle.read(len(ZIP_MAGIC))
+    if prefix == ZIP_MAGIC:
+        return "zip"
+    if len(prefix) >= 2 and prefix[0] == PICKLE_PROTOCOL_OPCODE and prefix[1] in PICKLE_PROTOCOLS:
+        return "pickle"
+    return None
+
+
+def _not_a_checkpoint_message(path: Path) -> str:
+    with path.open("rb") as handle:
+        prefix = handle.read(PREFIX_SHOWN_BYTES)
+    return (
+        f"{path} is not a PyTorch checkpoint (torch.save) or a safetensors file (it starts with {prefix!r}); "
+        f"check that the path names the weights file (not, e.g., a text or HTML page saved in its place), "
+        f"or {REFETCH_ADVICE}"
+    )
+
+
+def _file_size(path: Path) -> int:
+    """The size of the file ``path`` in bytes; an empty file is refused (nothing to read)."""
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointFormatError(
+            f"{path} is empty (0 bytes): a download or save into it did not finish; {REFETCH_ADVICE}"
+        )
+    return size
+
+
+def _safetensors_header_length(path: Path) -> int | None:
+    """The header length a safetensors file at ``path`` declares, or None if it does not start like one."""
+    if not path.is_file():
+        return None
+    with path.open("rb") as handle:
+        prefix = handle.read(SAFETENSORS_LENGTH_BYTES + 1)
+    if len(prefix) <= SAFETENSORS_LENGTH_BYTES or prefix[-1:] != b"{":
+        return None
+    header_length = int.from_bytes(prefix[:SAFETENSORS_LENGTH_BYTES], "little")
+    return header_length if 2 <= header_length <= SAFETENSORS_MAX_HEADER_BYTES else None
+
+
+def _holds_safetensors(path: Path) -> bool:
+    return _safetensors_header_length(path) is not None
+
+
+def check_safetensors_file(path: PathLike) -> None:
+    """Check that ``path`` is a whole safetensors file, before reading it.
+
+    Reads the 8-byte header length and the JSON header only, and compares the size the header
+    implies (header plus the end of the last tensor's data) with the file's.
+
+    Raises:
+        CheckpointFormatError: naming the file: it is empty, not a safetensors file, has a damaged
+            header, or is truncated (``expected N bytes, got M``) or longer than its header says.
+        FileNotFoundError: there is no such file.
+    """
+    path = Path(path)
+    size = _file_size(path)
+    header_length = _safetensors_header_length(path)
+    if header_length is None:
+        if _torch_save_format(path) is not None:
+            raise CheckpointFormatError(
+                f"{path} holds a torch.save checkpoint, not safetensors: name it *.pt (kind='auto' then reads "
+                f"it as one)"
+            )
+        raise CheckpointFormatError(_not_a_checkpoint_message(path))
+    header_end = SAFETENSORS_LENGTH_BYTES + header_length
+    if size < header_end:
+        raise CheckpointFormatError(
+            f"{path} is truncated: its safetensors header alone needs {header_end} bytes, got {size}; "
+            f"{REFETCH_ADVICE}"
+        )
+    with path.open("rb") as handle:
+        handle.seek(SAFETENSORS_LENGTH_BYTES)
+        header_bytes = handle.read(header_length)
+    data_bytes = _safetensors_data_bytes(header_bytes)
+    if data_bytes is None:
+        raise CheckpointFormatError(
+            f"{path} is corrupted: its safetensors header is not a valid JSON table of tensors; {REFETCH_ADVICE}"
+        )
+    expected = header_end + data_bytes
+    if size < expected:
+        raise CheckpointFormatError(
+            f"{path} is truncated: expected {expected} bytes, got {size} ({expected - size} missing); "
+            f"{REFETCH_ADVICE}"
+        )
+    if size > expected:
+        raise CheckpointFormatError(
+            f"{path} is corrupted: expected {expected} bytes, got {size} ({size - expected} more than its "
+            f"header describes); {REFETCH_ADVICE}"
+        )
+
+
+def _safetensors_data_bytes(header_bytes: bytes) -> int | None:
+    """Bytes of tensor data a safetensors header describes (the largest end offset), None if malformed."""
+    try:
+        header = json.loads(header_bytes)
+        ends = [
+            int(entry["data_offsets"][1]) for name, entry in header.items() if name != "__metadata__"
+        ]
+    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError, KeyError, TypeError, IndexError, ValueError):
+        return None
+    return max(ends, default=0)
 
 
 def _unpickler_reason(err: pickle.UnpicklingError) -> str:
@@ -449,7 +618,13 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     shard_paths, indexed_names = _safetensors_shards(path)
     merged: dict[str, torch.Tensor] = {}
     for shard_path in shard_paths:
-        shard = load_safetensors_file(shard_path, device="cpu")
+        check_safetensors_file(shard_path)
+        try:
+            shard = load_safetensors_file(shard_path, device="cpu")
+        except SafetensorError as err:
+            raise CheckpointFormatError(
+                f"{shard_path} cannot be read as safetensors ({err}); {REFETCH_ADVICE}"
+            ) from err
         duplicated = sorted(merged.keys() & shard.keys())
         if duplicated:
             raise CheckpointFormatError(
@@ -487,6 +662,42 @@ def _safetensors_shards(path: Path) -> tuple[list[Path], set[str] | None]:
     if not shard_paths:
         raise CheckpointFormatError(f"directory {path} holds no *{SAFETENSORS_SUFFIX} files")
     return shard_paths, None
+
+
+# --------------------------------------------------------------------------------------------------
+# Non-finite values
+# --------------------------------------------------------------------------------------------------
+
+
+def nonfinite_summary(tensor: torch.Tensor) -> str | None:
+    """``None`` when every element of ``tensor`` is finite, else how many are NaN or infinite.
+
+    E.g. ``"3 NaN and 1 inf of 4096 elements"``. One host sync (more only when something is not
+    finite); integer and boolean tensors are always finite.
+    """
+    if not (tensor.is_floating_point() or tensor.is_complex()):
+        return None
+    if tensor.element_size() == 1:  # float8: isfinite is not implemented for it
+        tensor = tensor.to(torch.float16)
+    if bool(torch.isfinite(tensor).all()):
+        return None
+    nan_count = int(torch.isnan(tensor).sum())
+    inf_count = int(torch.isinf(tensor).sum())
+    counts = [f"{count} {kind}" for count, kind in ((nan_count, "NaN"), (inf_count, "inf")) if count]
+    return f"{' and '.join(counts)} of {tensor.numel()} elements"
+
+
+def _check_finite_tensors(tensors: Mapping[str, torch.Tensor], *, origin: str, advice: str) -> None:
+    """Raise :class:`NonFiniteError` naming every tensor of ``tensors`` that holds NaN or infinity."""
+    flawed = [
+        f"{name!r} ({summary})"
+        for name, tensor in tensors.items()
+        if (summary := nonfinite_summary(tensor)) is not None
+    ]
+    if flawed:
+        raise NonFiniteError(
+            f"{origin}: {_count(flawed, 'tensor')} with NaN or infinite values: {_first_names(flawed)}; {advice}"
+        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -569,6 +780,8 @@ def merge_lora(
     Raises:
         CheckpointFormatError: a LoRA tensor name is not a plain A/B factor, or lacks its partner.
         CheckpointKeyError: a LoRA adapts a weight absent from ``state_dict``, or shapes disagree.
+        NonFiniteError: a merged weight holds NaN or infinity; the message names it and the cause (a
+            non-finite base weight or factor, or a merged value that overflows the weight's dtype).
     """
     if alpha is not None and not (math.isfinite(alpha) and alpha > 0):
         raise ValueError(f"alpha must be a positive finite number or None (alpha = rank), got {alpha!r}")
@@ -595,8 +808,27 @@ def merge_lora(
         rank = pair.down.shape[0]
         scale = (float(alpha) if alpha is not None else float(rank)) / rank
         delta = pair.up.to(weight.device, torch.float32) @ pair.down.to(weight.device, torch.float32)
-        merged[f"{module}.weight"] = (weight.to(torch.float32) + scale * delta).to(weight.dtype)
+        merged_weight = (weight.to(torch.float32) + scale * delta).to(weight.dtype)
+        summary = nonfinite_summary(merged_weight)
+        if summary is not None:
+            raise NonFiniteError(
+                f"merging the LoRA into {module}.weight gives {summary}: {_merge_failure_cause(pair, weight, scale)}"
+            )
+        merged[f"{module}.weight"] = merged_weight
     return merged
+
+
+def _merge_failure_cause(pair: _LoraPair, weight: torch.Tensor, scale: float) -> str:
+    """Why a merged weight is not finite: a non-finite input, or an overflow of the weight's dtype."""
+    for what, tensor in (("the base weight", weight), (f"LoRA factor {pair.down_name!r}", pair.down),
+                         (f"LoRA factor {pair.up_name!r}", pair.up)):
+        summary = nonfinite_summary(tensor)
+        if summary is not None:
+            return f"{what} holds {summary}; {NONFINITE_WEIGHTS_ADVICE}"
+    return (
+        f"the weight and the factors are finite, but W + {scale:g} * B @ A overflows {weight.dtype}; load the "
+        f"weights in float32 or bfloat16, or check lora_alpha"
+    )
 
 
 def _lora_shape_mismatch(
@@ -670,7 +902,7 @@ def load_wan_weights(
     """Resolve, read, normalise, LoRA-merge, validate and load DiT weights into ``model`` in place.
 
     Args:
-        model: the Wan causal DiT (``memrope.models.wan.CausalWanModel``), names as in SPEC §9.
+        model: the Wan causal DiT (``memrope.models.wan.CausalWanModel``), names as in docs/design.md §9.
         source: local file/directory, ``hf://owner/name/path``, or a :data:`CHECKPOINTS` name.
         kind: file format (see :func:`read_state_dict`); ``"auto"`` takes a registry name's own kind.
             ``"longlive"`` needs a LoRA: ``lora=`` or the registry's.
@@ -683,15 +915,22 @@ def load_wan_weights(
 
     Returns:
         ``model``.
+
+    Raises:
+        NonFiniteError: a weight or LoRA factor of the files, or a merged weight, holds NaN or
+            infinity (the message names the file and the tensors); ``model`` is left untouched.
     """
     _check_kind(kind)
     registry_entry = _registry_entry(source)
     effective_kind: CheckpointKind = registry_entry.kind if kind == "auto" and registry_entry else kind
     weights_path = resolve_checkpoint(source, cache_dir=cache_dir)
     state_dict = read_state_dict(weights_path, use_ema=use_ema, kind=effective_kind)
+    _check_finite_tensors(state_dict, origin=f"checkpoint {weights_path}", advice=NONFINITE_WEIGHTS_ADVICE)
     lora_path = _resolve_lora(lora, registry_entry, cache_dir=cache_dir)
     if lora_path is not None:
-        state_dict = merge_lora(state_dict, read_lora_state_dict(lora_path), alpha=lora_alpha)
+        lora_state_dict = read_lora_state_dict(lora_path)
+        _check_finite_tensors(lora_state_dict, origin=f"LoRA {lora_path}", advice=NONFINITE_WEIGHTS_ADVICE)
+        state_dict = merge_lora(state_dict, lora_state_dict, alpha=lora_alpha)
     elif effective_kind == "longlive":
         longlive_lora = CHECKPOINTS["longlive"].lora
         raise ValueError(

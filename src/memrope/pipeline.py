@@ -1,7 +1,7 @@
 """Causal (chunk-by-chunk) inference for autoregressive video DiTs with a bounded KV cache.
 
 :class:`CausalInferencePipeline` reproduces the official Self-Forcing / LongLive / MemRoPE inference
-loop (SPEC §10): chunks of ``cache_config.chunk_frames`` latent frames are denoised with a few
+loop (docs/design.md §10): chunks of ``cache_config.chunk_frames`` latent frames are denoised with a few
 flow-matching steps each, then written back into the cache as clean context.
 
 * :meth:`CausalInferencePipeline.stream` yields one :class:`ChunkResult` per chunk as soon as it is
@@ -30,6 +30,14 @@ initial noise on the CPU for the whole run and keep its unused frames in checkpo
 elements): a user-supplied ``noise`` tensor, and latents whose ``C*H*W`` is not a multiple of 16,
 where the frame-by-frame draw would not be bit-identical (see :mod:`memrope.noise`; a warning is
 issued when that tensor is large). The default 16x60x104 latents are drawn lazily.
+
+Non-finite values never reach a chunk's consumer: text embeddings and a given ``noise`` are checked
+when a run starts (and the restored tensors and cache when it resumes); once per chunk, after its
+clean context call and before it is checkpointed or yielded, so are its clean latents, the output of
+that context call (NaN once any key or value in the cache is) and the cache's EMA memory, then the
+decoded frames (three host syncs per chunk, four with a decoder; none per model call). A NaN or
+infinity raises :class:`~memrope.errors.NonFiniteError` naming the tensor and the chunk; the
+checkpoint on disk is then the last good one.
 """
 
 from __future__ import annotations
@@ -43,11 +51,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from memrope.cache import MemRoPECache
 from memrope.config import MemRoPEConfig
+from memrope.errors import NonFiniteError
+from memrope.loading import check_safetensors_file, nonfinite_summary
 from memrope.noise import InitialNoise
 from memrope.scheduler import FlowMatchScheduler
 from memrope.vae import VideoDecoder
@@ -61,6 +71,10 @@ _CACHE_PREFIX = "cache."
 _NOISE_PREFIX = "noise."
 _SWITCH_PREFIX = "switch_embeds."
 _HISTORY_KEY = "history"
+_NONFINITE_CHUNK_CAUSES = (
+    "non-finite model weights or LoRA, activations that overflow the dtype (float16: use bfloat16 or "
+    "float32), or a non-finite key or value written into the cache by an earlier call"
+)
 PathLike = str | os.PathLike[str]
 
 
@@ -358,12 +372,22 @@ class CausalInferencePipeline:
         """Read a checkpoint written by :meth:`save_state`, in :meth:`state_dict` form (CPU tensors).
 
         Raises:
-            ValueError: when the file is not a pipeline checkpoint or was written by a pipeline with
-                other settings (cache policy, steps, dtype, ...), which would not resume exactly.
+            ValueError: when the file is empty, truncated or not a pipeline checkpoint
+                (:class:`~memrope.loading.CheckpointFormatError` for the first two), or was written by
+                a pipeline with other settings (cache policy, steps, dtype, ...), which would not
+                resume exactly.
+            NonFiniteError: a tensor of the checkpoint holds NaN or infinity.
         """
-        with safe_open(os.fspath(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 (safe_open is not iterable)
+        check_safetensors_file(path)
+        try:
+            with safe_open(os.fspath(path), framework="pt") as handle:
+                metadata = handle.metadata() or {}
+                tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 (safe_open is not iterable)
+        except SafetensorError as err:
+            raise ValueError(
+                f"{os.fspath(path)!r} cannot be read as a safetensors checkpoint ({err}); resume from another "
+                "checkpoint or start over"
+            ) from err
         if _META_KEY not in metadata:
             raise ValueError(
                 f"{os.fspath(path)!r} is not a memrope pipeline checkpoint (no {_META_KEY!r} metadata)"
@@ -461,7 +485,7 @@ class CausalInferencePipeline:
         meta = state["meta"]
         generator = torch.Generator("cpu")
         generator.set_state(state["generator_state"].clone())  # clone: no storage offset
-        text_embeds = self._check_text_embeds(state["text_embeds"])
+        text_embeds = self._check_text_embeds(state["text_embeds"], "resume_from text_embeds")
         noise = InitialNoise.from_state_dict(state["noise"])
         got = (noise.batch, noise.num_frames, noise.frames_used, noise.frame_shape[0])
         expected = (text_embeds.shape[0], meta["num_frames"], meta["start_frame"], self.model.config.in_dim)
@@ -474,10 +498,16 @@ class CausalInferencePipeline:
             raise ValueError(f"resume_from initial noise is drawn in {noise.dtype}, not {self.dtype}")
         switches = self._check_switches(state.get("switches"), text_embeds.shape[0], meta["num_frames"])
         history = state.get("history")
+        if history is not None:
+            _check_finite(history, "resume_from history (the clean latents kept for prompt switches)")
+        for name, value in state["noise"].items():
+            if isinstance(value, torch.Tensor):
+                _check_finite(value, f"resume_from initial noise {name!r}")
         run = self._new_run(
             text_embeds, noise, generator, meta["num_frames"], meta["next_chunk"], switches, history
         )
         run.cache.load_state_dict(state["cache"])
+        run.cache.check_finite()
         return run
 
     @torch.no_grad()
@@ -521,6 +551,12 @@ class CausalInferencePipeline:
                 f"{name} must have shape [B >= 1, 1 <= L <= {config.text_len}, {config.text_dim}], "
                 f"got {list(shape)}"
             )
+        _check_finite(
+            text_embeds,
+            name,
+            "check the text encoder (its weights, and its dtype: umT5 overflows in float16, use bfloat16 or "
+            "float32)",
+        )
         return text_embeds
 
     def _check_num_frames(self, num_frames: int | None) -> int:
@@ -586,6 +622,7 @@ class CausalInferencePipeline:
             raise ValueError(f"noise must have shape {expected} (batch from text_embeds), got {list(shape)}")
         if latent_hw is not None and shape[3:] != tuple(latent_hw):
             raise ValueError(f"noise must have shape {expected} to match latent_hw, got {list(shape)}")
+        _check_finite(noise, "noise", "pass finite Gaussian noise, or none (it is then drawn from the generator)")
         return noise
 
     # ------------------------------------------------------------------ generation
@@ -601,19 +638,56 @@ class CausalInferencePipeline:
                 if switch.frame == start:
                     self._switch_prompt(run, switch.text_embeds)
             x = run.noise.take(chunk).to(device=self.device, dtype=self.dtype)
-            latents = self._denoise_chunk(run, x, start)
+            latents, context_output = self._denoise_chunk(run, x, start)
+            self._check_chunk(run, index, start, latents, context_output)
             self._remember(run, latents, start)
             run.next_chunk = index + 1
             if save_every is not None and checkpoint_path is not None and run.next_chunk % save_every == 0:
                 self._save(self._state_of(run), Path(checkpoint_path))
             frames = self.decoder.decode_chunk(latents) if self.decoder is not None else None
+            if frames is not None:
+                _check_finite(
+                    frames,
+                    f"the decoded frames of chunk {index} (latent frames {start}-{start + chunk - 1})",
+                    "the latents are finite, so check the decoder (its weights and dtype)",
+                )
             yield ChunkResult(index=index, start_frame=start, latents=latents, frames=frames)
 
-    def _denoise_chunk(self, run: _Run, x: torch.Tensor, start_frame: int) -> torch.Tensor:
+    def _check_chunk(
+        self, run: _Run, index: int, start_frame: int, latents: torch.Tensor, context_output: torch.Tensor
+    ) -> None:
+        """Refuse a chunk whose clean latents, cache writes or cache memory are not finite.
+
+        Called once per chunk after its clean context call, before anything of the chunk is kept:
+        one host sync each for the latents ``[B, f, C, H, W]``, the context call's output (same
+        shape; NaN when a key or value in the cache is) and
+        :meth:`~memrope.cache.MemRoPECache.check_finite`.
+        """
+        chunk = f"chunk {index} (latent frames {start_frame}-{start_frame + latents.shape[1] - 1})"
+        kept = "nothing of this chunk was yielded or checkpointed"
+        _check_finite(
+            latents,
+            f"the clean latents (x0) of {chunk}",
+            f"{kept}. Likely causes: {_NONFINITE_CHUNK_CAUSES}",
+        )
+        _check_finite(
+            context_output,
+            f"the output of the clean context call of {chunk} (the call that writes the chunk into the cache)",
+            f"the chunk's latents are finite, but the cache now holds non-finite keys or values, which would "
+            f"corrupt every later chunk; {kept}. Likely causes: {_NONFINITE_CHUNK_CAUSES}",
+        )
+        try:
+            run.cache.check_finite()
+        except NonFiniteError as error:
+            raise NonFiniteError(f"after {chunk}: {error}; {kept}") from error
+
+    def _denoise_chunk(self, run: _Run, x: torch.Tensor, start_frame: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Denoise one chunk ``x [B, f, C, H, W]`` (pure noise) and commit it to the cache.
 
         Returns:
-            the clean latents ``[B, f, C, H, W]``.
+            the clean latents ``[B, f, C, H, W]`` and the output of the clean context call that wrote
+            them into the cache (same shape; NaN where a key or value it attended to, in the cache
+            or the chunk, is NaN).
         """
         batch, frames = x.shape[:2]
         steps = self.timesteps.numel()
@@ -627,9 +701,9 @@ class CausalInferencePipeline:
                 fresh = fresh.to(self.device).unflatten(0, (batch, frames))
                 t_next = self.timesteps[step + 1].expand(batch, frames)
                 x = self.scheduler.add_noise(x0, fresh, t_next)
-        self.model(x0, self._context_timesteps(batch, frames), run.context, cache=run.cache, start_frame=start_frame)
-        return x0
-
+        t_context = self._context_timesteps(batch, frames)
+        context_output = self.model(x0, t_context, run.context, cache=run.cache, start_frame=start_frame)
+        return x0, context_output
 
     def _switch_prompt(self, run: _Run, text_embeds: torch.Tensor) -> None:
         """Follow ``text_embeds`` from now on: new cross-attention context, window re-encoded (KV re-cache)."""
@@ -681,6 +755,18 @@ def _upgrade_state(state: dict[str, Any]) -> dict[str, Any]:
         "remaining": noise,
     }
     return {**state, "noise": initial, "meta": {**meta, "version": STATE_VERSION}}
+
+
+def _check_finite(tensor: torch.Tensor, name: str, advice: str = "") -> None:
+    """Raise :class:`NonFiniteError` naming ``name`` when ``tensor`` holds NaN or infinity (one host sync)."""
+    summary = nonfinite_summary(tensor)
+    if summary is None:
+        return
+    where = ""
+    if tensor.ndim >= 2 and tensor.shape[0] > 1:
+        flawed = (~torch.isfinite(tensor)).flatten(1).any(dim=1).nonzero().flatten().tolist()
+        where = f" (batch items {flawed})"
+    raise NonFiniteError(f"{name} holds {summary}{where}" + (f"; {advice}" if advice else ""))
 
 
 def _model_device(model: CausalVideoModel) -> torch.device:
