@@ -12,6 +12,10 @@ import pytest
 import torch
 from torch import nn
 
+# The suite runs tiny models whose ops are overhead-bound: one thread is fastest and does not
+# oversubscribe a small, shared machine (2 threads on a loaded 2-core box ran 10-50x slower).
+torch.set_num_threads(1)
+
 
 @pytest.fixture
 def offline_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:

@@ -22,8 +22,9 @@ query and context, e.g. to measure how much attention each :data:`SLOT_ROLES` ro
 
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -484,10 +485,8 @@ class MemRoPECache:
         if self._attention_hooks:
             self._run_attention_hooks(layer, query, context)
 
-    @torch.compiler.disable
     def _run_attention_hooks(self, layer: int, query: torch.Tensor, context: CacheContext) -> None:
-        for hook in tuple(self._attention_hooks.values()):
-            hook(self, layer, query, context)
+        _eager_hook_runner()(self, tuple(self._attention_hooks.values()), layer, query, context)
 
     # ------------------------------------------------------------------ inspection
     def layer_contents(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -719,3 +718,21 @@ class MemRoPECache:
             state.roped_frames = 0
             state.last_call = None
         self._shared_owner = {}
+
+
+def _run_hooks(
+    cache: MemRoPECache, hooks: tuple[AttentionHook, ...], layer: int, query: torch.Tensor, context: CacheContext
+) -> None:
+    for hook in hooks:
+        hook(cache, layer, query, context)
+
+
+@functools.cache
+def _eager_hook_runner() -> Callable[..., None]:
+    """:func:`_run_hooks` excluded from ``torch.compile`` graphs, built on first use.
+
+    ``torch.compiler.disable`` imports ``torch._dynamo`` (about a second), so it is not applied at
+    import time: a cache without hooks never pays for it.
+    """
+    return torch.compiler.disable(_run_hooks)  # type: ignore[no-any-return]
+
