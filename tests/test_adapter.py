@@ -351,3 +351,156 @@ def test_errors() -> None:
             wan(x, current_start=0, sink_recache_after_switch=True, **call)
         wan(x, current_start=0, sink_recache_after_switch=False, **call)  # falsy extras are ignored
     attach(pipe, CONFIG).remove()  # attachable again once removed
+
+
+# ------------------------------------------------------------------------------ one attachment per model
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_attaching_twice_is_refused_through_any_of_the_objects(variant: str) -> None:
+    """PEFT's wrappers forward attributes to the Wan model: the guard must key on the model itself."""
+    pipe = build_pipeline(variant, MODEL)
+    wan = _wan(pipe)
+    targets = {"pipeline": pipe, "wrapper": pipe.generator, "generator.model": pipe.generator.model, "wan": wan}
+    for first_name, first in targets.items():
+        with attach(first, CONFIG) as attachment:
+            assert attachment.model is wan, first_name
+            assert "forward" in wan.__dict__
+            if pipe.generator.model is not wan:  # PEFT: the model inside is patched, not the wrapper
+                assert "forward" not in pipe.generator.model.__dict__
+            for second_name, second in targets.items():
+                with pytest.raises(RuntimeError, match="already attached"):
+                    attach(second, CONFIG)
+                assert attachment.active, (first_name, second_name)
+        assert "forward" not in wan.__dict__
+
+
+# ------------------------------------------------------------------------------ unsupported upstream features
+def test_cfg_pipeline_with_two_caches_is_refused_at_attach() -> None:
+    pipe = build_pipeline("self_forcing", MODEL, pipeline_class="CausalDiffusionInferencePipeline")
+    with pytest.raises(NotImplementedError, match=r"classifier-free guidance.*kv_cache_pos / kv_cache_neg.*not supported yet"):
+        attach(pipe)
+    assert "forward" not in _wan(pipe).__dict__  # nothing patched
+
+
+@pytest.mark.parametrize("target", ["wrapper", "model"])
+def test_cfg_caches_used_in_turn_are_refused_at_the_first_call_that_would_mix_them(target: str) -> None:
+    """Through the wrapper the two lists reach the adapter; the first one coming back is refused before it runs."""
+    pipe = build_pipeline("self_forcing", MODEL, pipeline_class="CausalDiffusionInferencePipeline")
+    noise, context = _inputs(1)
+    calls: list[int] = []
+    _wan(pipe).patch_embedding.register_forward_hook(lambda *args: calls.append(1))
+    with attach(pipe.generator if target == "wrapper" else _wan(pipe), CONFIG) as attachment, torch.no_grad():
+        with pytest.raises(NotImplementedError, match=r"two KV cache lists used in turn.*classifier-free guidance"):
+            pipe.inference(noise, context, torch.zeros_like(context))
+        assert len(calls) == 2  # the conditional and the unconditional call of the first step, nothing more
+        assert attachment.cache.layers[0].end_frame == 3
+
+
+def test_independent_first_frame_is_refused_at_attach_and_at_the_call() -> None:
+    pipe = build_pipeline("self_forcing", MODEL, independent_first_frame=True)
+    with pytest.raises(NotImplementedError, match=r"independent_first_frame=True.*not supported yet"):
+        attach(pipe)
+    noise, context = _inputs(1)
+    with attach(pipe.generator, CONFIG) as attachment, torch.no_grad():  # the wrapper does not show it
+        with pytest.raises(NotImplementedError, match=r"1-frame first block \(Self-Forcing's independent_first_frame"):
+            pipe.inference(noise[:, :10], context)
+        assert attachment.cache is None  # refused before a cache was made
+    frame_wise = build_pipeline("self_forcing", MODEL, chunk_frames=1, independent_first_frame=True)
+    with attach(frame_wise, policy="sink", cache_frames=6):  # 1-frame blocks everywhere: nothing special
+        _run(frame_wise, noise[:, :4], context)
+
+
+@pytest.mark.parametrize("variant", ["longlive", "official"])
+def test_longlive_recache_after_a_prompt_switch_is_refused_at_its_call(variant: str) -> None:
+    pipe = build_pipeline(variant, MODEL, pipeline_class="InteractiveCausalInferencePipeline")
+    noise, context = _inputs(1)
+    expected = _reference_video(pipe, noise, context)
+    with attach(pipe, CONFIG) as attachment, torch.no_grad():
+        single = pipe.inference(noise, [context], [], generator=torch.Generator().manual_seed(7))  # no switch: fine
+        with pytest.raises(NotImplementedError, match=r"call of 9 latent frames.*LongLive's KV re-cache.*not supported yet"):
+            pipe.inference(noise, [context, context.flip(1)], [9], generator=torch.Generator().manual_seed(7))
+        assert attachment.cache.layers[0].end_frame == 9  # the refused call changed nothing
+    torch.testing.assert_close(single, expected, **_tolerance(variant))
+
+
+def test_sink_recache_flag_names_the_longlive_feature() -> None:
+    pipe = build_pipeline("self_forcing", MODEL)
+    wan = _wan(pipe)
+    with attach(wan, CONFIG), torch.no_grad():
+        pipe._initialize_kv_cache(batch_size=1, dtype=torch.float32, device="cpu")
+        with pytest.raises(NotImplementedError, match=r"sink_recache_after_switch=True \(LongLive's KV re-cache"):
+            wan(torch.randn(1, 4, 3, *LATENT_HW), t=torch.zeros(1, 3), context=torch.randn(1, 5, 24), seq_len=1000,
+                kv_cache=pipe.kv_cache1, current_start=0, sink_recache_after_switch=True)
+
+
+# ------------------------------------------------------------------------------ the official pipeline's own settings
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        ({}, MemRoPEConfig()),
+        ({"compression_method": "eviction"}, MemRoPEConfig(policy="sink")),
+        ({"local_attn_size": -1}, MemRoPEConfig(policy="full")),
+        ({"ema_adaptive": True, "ema_alpha_short": 0.15}, MemRoPEConfig(pooling="per_position", adaptive_short_rate=True, alpha_short=0.15)),
+        ({"sink_size": 1, "local_attn_size": 8, "ema_alpha_long": 0.05}, MemRoPEConfig(sink_frames=1, cache_frames=8, alpha_long=0.05)),
+        ({"chunk_frames": 1, "sink_size": 3}, MemRoPEConfig(chunk_frames=1)),
+    ],
+    ids=["paper", "eviction", "unbounded", "adaptive", "sizes-alpha", "chunk1"],
+)
+def test_official_pipeline_settings_are_read_by_default(settings: dict[str, object], expected: MemRoPEConfig) -> None:
+    pipe = build_pipeline("official", MODEL, **settings)  # type: ignore[arg-type]
+    for target in (pipe, pipe.generator, _wan(pipe)):
+        with attach(target) as attachment:
+            assert attachment.cache_config == expected
+            assert attachment.config_source == "official MemRoPE settings of blocks[*].self_attn"
+
+
+def test_official_settings_drive_the_generation() -> None:
+    pipe = build_pipeline("official", MODEL, compression_method="eviction", sink_size=2)
+    noise, context = _inputs(1)
+    expected = _reference_video(pipe, noise, context, MemRoPEConfig(policy="sink", sink_frames=2))
+    with attach(pipe):
+        result = _run(pipe, noise, context)
+    torch.testing.assert_close(result, expected, atol=0, rtol=0)
+
+
+def test_official_settings_fall_back_to_the_pipeline_args() -> None:
+    pipe = build_pipeline("official", MODEL, compression_method="eviction", local_attn_size=9)
+    for block in _wan(pipe).blocks:
+        for name in ("compression_method", "ema_alpha_long", "ema_alpha_short", "ema_adaptive"):
+            delattr(block.self_attn, name)
+    with attach(pipe) as attachment:
+        assert attachment.cache_config == MemRoPEConfig(policy="sink", cache_frames=9)
+        assert attachment.config_source == "official MemRoPE settings of pipeline.args.model_kwargs"
+    with attach(pipe.generator) as attachment:  # no pipeline, nothing on the modules: the paper's settings
+        assert attachment.cache_config == MemRoPEConfig(chunk_frames=3)
+        assert attachment.config_source == "MemRoPEConfig defaults"
+
+
+def test_explicit_options_and_config_override_the_official_settings() -> None:
+    pipe = build_pipeline("official", MODEL, compression_method="eviction", sink_size=2, ema_alpha_short=0.2)
+    with attach(pipe, policy="memrope") as attachment:
+        assert attachment.cache_config == MemRoPEConfig(policy="memrope", sink_frames=2, alpha_short=0.2)
+        assert attachment.config_source == "official MemRoPE settings of blocks[*].self_attn, overridden by ['policy']"
+    with attach(pipe, MemRoPEConfig(alpha_long=0.5)) as attachment:
+        assert attachment.cache_config == MemRoPEConfig(alpha_long=0.5)
+        assert attachment.config_source == "cache_config argument"
+
+
+def test_self_forcing_and_longlive_keep_the_paper_settings() -> None:
+    for variant in ("self_forcing", "longlive"):
+        pipe = build_pipeline(variant, MODEL, local_attn_size=-1, sink_size=0)  # upstream's own: a growing cache
+        with attach(pipe) as attachment:
+            assert attachment.cache_config == MemRoPEConfig()
+            assert attachment.config_source == "MemRoPEConfig defaults"
+
+
+def test_official_settings_that_cannot_be_used_are_named() -> None:
+    pipe = build_pipeline("official", MODEL)
+    _wan(pipe).blocks[1].self_attn.ema_alpha_long = 0.2
+    with pytest.raises(ValueError, match=r"attention modules disagree on ema_alpha_long: \[0.01, 0.2\]"):
+        attach(pipe)
+    with pytest.raises(ValueError, match=r"compression_method='output_preserve'.*mode must be one of"):
+        attach(build_pipeline("official", MODEL, compression_method="output_preserve"))
+    with pytest.raises(ValueError, match=r"local_attn_size=7.*cache_frames must be >= .* = 8.*pass cache_config="):
+        attach(build_pipeline("official", MODEL, local_attn_size=7))
+    with attach(build_pipeline("official", MODEL, local_attn_size=7), MemRoPEConfig(policy="sink", cache_frames=7)) as attachment:
+        assert attachment.cache_config.cache_frames == 7  # an explicit config needs none of them

@@ -27,12 +27,22 @@ belong to the current video. Cross-attention keys and values are computed once p
 reused while the same context tensor comes back and the ``is_init`` flag of the text cache (which
 this adapter sets) has not been reset.
 
-Limits: one chunk size for every call (``cache_config.chunk_frames``: Self-Forcing's
-``independent_first_frame`` 1-frame first block is not supported), text-to-video only (no
-``clip_fea`` / ``y``), no ``cache_start`` other than ``current_start`` (LongLive's KV re-cache after a
-prompt switch: use :meth:`MemRoPECache.recaching` through :attr:`Attachment.cache` instead), and the
-modules must be on real devices (accelerate's meta-device offloading hooks are bypassed; a model
-dispatched over several GPUs works, each layer's cache lives beside its block).
+The cache policy is the official MemRoPE pipeline's own when the upstream objects carry its
+settings (``compression_method``, ``ema_alpha_long`` / ``ema_alpha_short``, ``ema_adaptive``,
+``local_attn_size``, ``sink_size`` on the attention modules or in ``pipeline.args.model_kwargs``),
+else the paper's; ``attach(..., cache_config=...)`` or ``MemRoPEConfig`` options override it.
+
+Not supported yet, and refused with a message naming the feature (at :func:`attach` when the objects
+show it, else at the first such call, before it computes anything): classifier-free guidance with two
+caches (Self-Forcing's ``CausalDiffusionInferencePipeline``, ``kv_cache_pos`` / ``kv_cache_neg``; through
+the wrapper or the model: when the first list comes back after the second), a
+1-frame first block (``independent_first_frame=True``), LongLive's KV re-cache after a prompt switch
+(a call of up to ``local_attn_size`` frames; use :meth:`MemRoPECache.recaching` through
+:attr:`Attachment.cache`, or memrope's own pipeline, instead) and any other call that is not one
+chunk of ``cache_config.chunk_frames`` frames, ``cache_start`` other than ``current_start``, and
+image-to-video inputs (``clip_fea`` / ``y``). The modules must be on real devices (accelerate's
+meta-device offloading hooks are bypassed; a model dispatched over several GPUs works, each layer's
+cache lives beside its block).
 """
 
 from __future__ import annotations
@@ -40,7 +50,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal
@@ -52,6 +62,7 @@ from torch import nn
 from memrope.cache import MemRoPECache
 from memrope.config import MemRoPEConfig
 from memrope.models.wan import CrossAttentionContext, run_block, run_head, sinusoidal_embedding
+from memrope.parity import cache_config_from_official
 from memrope.rope import RotaryEmbedding
 
 Kind = Literal["pipeline", "wrapper", "model"]
@@ -63,24 +74,46 @@ _CALL_ARGUMENTS = (
 _WAN_MODULES = ("patch_embedding", "text_embedding", "time_embedding", "time_projection", "blocks", "head")
 _ATTACHED: weakref.WeakKeyDictionary[nn.Module, Attachment] = weakref.WeakKeyDictionary()
 _MISSING = object()
+_NOT_YET = "is not supported yet by memrope.attach"
+_CFG_CACHE_ATTRIBUTES = ("kv_cache_pos", "kv_cache_neg")
+# the official CausalWanModel's defaults for the cache settings its attention modules hold
+_OFFICIAL_DEFAULTS: dict[str, object] = {
+    "compression_method": "eviction",
+    "local_attn_size": -1,
+    "sink_size": 0,
+    "ema_alpha_long": 0.01,
+    "ema_alpha_short": 0.1,
+    "ema_adaptive": False,
+}
 
 
 # ---------------------------------------------------------------------------------------- discovery
 def _is_wan(module: object) -> bool:
-    return isinstance(module, nn.Module) and all(hasattr(module, name) for name in _WAN_MODULES)
+    """Whether ``module`` itself holds the causal Wan submodules (registered children, not forwarded).
+
+    PEFT's ``PeftModel`` and ``LoraModel`` forward unknown attributes to the model they wrap, so
+    ``hasattr`` alone would take a wrapper for the Wan model; the submodules must be its own.
+    """
+    if not isinstance(module, nn.Module):
+        return False
+    children = module.__dict__.get("_modules", {})
+    return all(name in children for name in _WAN_MODULES)
 
 
 def _resolve_wan(module: object) -> nn.Module | None:
-    """The causal Wan model inside ``module``: itself, or PEFT's ``base_model.model``."""
+    """The causal Wan model inside ``module``: itself, or PEFT's ``base_model.model`` (or ``base_model``)."""
     if _is_wan(module):
         return module  # type: ignore[return-value]
-    base = getattr(module, "base_model", None)
-    if base is not None and base is not module:
-        inner = getattr(base, "model", None)
-        if _is_wan(inner):
-            return inner  # type: ignore[return-value]
-        if _is_wan(base):
-            return base  # type: ignore[no-any-return]
+    if not isinstance(module, nn.Module):
+        return None
+    base = module.__dict__.get("_modules", {}).get("base_model")
+    if base is None:
+        return None
+    inner = base.__dict__.get("_modules", {}).get("model")
+    if _is_wan(inner):
+        return inner  # type: ignore[no-any-return]
+    if _is_wan(base):
+        return base  # type: ignore[no-any-return]
     return None
 
 
@@ -281,7 +314,9 @@ class Attachment:
 
     Use it as a context manager or call :meth:`remove`. Attributes: ``kind`` (``"pipeline"``,
     ``"wrapper"`` or ``"model"``), ``model`` (the causal Wan model that was patched), ``wrapper``,
-    ``pipeline`` (``None`` when not given), ``cache_config``.
+    ``pipeline`` (``None`` when not given), ``cache_config`` and ``config_source`` (where it came
+    from: the ``cache_config`` argument, the official MemRoPE settings of the upstream objects, or the
+    :class:`MemRoPEConfig` defaults, with any overriding options named).
     """
 
     def __init__(
@@ -292,6 +327,7 @@ class Attachment:
         wrapper: object | None,
         pipeline: object | None,
         cache_config: MemRoPEConfig,
+        config_source: str,
         key_workspace: str,
     ) -> None:
         self.kind = kind
@@ -299,11 +335,13 @@ class Attachment:
         self.wrapper = wrapper
         self.pipeline = pipeline
         self.cache_config = cache_config
+        self.config_source = config_source
         self.key_workspace = key_workspace
         self.geometry = _Geometry.of(wan)
         self._cache: MemRoPECache | None = None
         self._cache_key: tuple[object, ...] | None = None
         self._kv: tuple[object, int | None] | None = None
+        self._previous_kv: tuple[object, int | None] | None = None
         self._text: _TextState | None = None
         self._patches: list[tuple[object, str, object]] = []
         self._merged: list[tuple[Any, list[str]]] = []
@@ -322,6 +360,7 @@ class Attachment:
         if self._cache is not None:
             self._cache.reset()
         self._kv = None
+        self._previous_kv = None
         self._text = None
 
     def remove(self) -> None:
@@ -354,6 +393,7 @@ class Attachment:
         self._cache = None
         self._cache_key = None
         self._kv = None
+        self._previous_kv = None
         self._text = None
         self.active = False
         if _ATTACHED.get(self.model) is self:
@@ -473,10 +513,41 @@ class Attachment:
         for name in ("clip_fea", "y"):
             if call.get(name) is not None:
                 raise NotImplementedError(f"the MemRoPE adapter supports text-to-video only ({name} was given)")
+        self._check_call_frames(call)
+        if call.get("sink_recache_after_switch"):
+            raise NotImplementedError(
+                f"sink_recache_after_switch=True (LongLive's KV re-cache after a prompt switch) {_NOT_YET}; "
+                "for prompt switches use memrope's own CausalInferencePipeline (prompt_switches=...)"
+            )
         for name, value in call.items():
             if name not in _CALL_ARGUMENTS and value is not None and value is not False:
                 raise NotImplementedError(f"the MemRoPE adapter does not support {name}={value!r}")
         return self._cached_forward(call, kv_cache, crossattn_cache)
+
+    def _check_call_frames(self, call: dict[str, Any]) -> None:
+        """Refuse a cached call that is not one chunk: a 1-frame first block, or LongLive's KV re-cache."""
+        x = call.get("x")
+        if isinstance(x, (list, tuple)) and x and isinstance(x[0], torch.Tensor):
+            frames = int(x[0].shape[1])  # upstream passes a list of [C, F, H, W]
+        elif isinstance(x, torch.Tensor) and x.ndim == 5:
+            frames = int(x.shape[2])
+        else:
+            return  # malformed x: _cached_forward says what is wrong with it
+        chunk = self.cache_config.chunk_frames
+        if frames == chunk:
+            return
+        start = call.get("current_start") or 0
+        if frames == 1 and start == 0:
+            raise NotImplementedError(
+                f"a 1-frame first block (Self-Forcing's independent_first_frame=True) {_NOT_YET}: every cached "
+                f"call must be one chunk of chunk_frames={chunk} latent frames"
+            )
+        raise NotImplementedError(
+            f"a cached call of {frames} latent frames (current_start={start}) is not one chunk of "
+            f"chunk_frames={chunk}: LongLive's KV re-cache after a prompt switch (_recache_after_switch runs up "
+            f"to local_attn_size frames in one call) {_NOT_YET}; for prompt switches use memrope's own "
+            "CausalInferencePipeline (prompt_switches=...)"
+        )
 
     def _cached_forward(self, call: dict[str, Any], kv_cache: object, crossattn_cache: object) -> torch.Tensor:
         wan, geometry = self.model, self.geometry
@@ -554,6 +625,15 @@ class Attachment:
         key = (batch, grid, dtype, tuple(layer_devices))
         token = _kv_token(kv_cache)
         new_video = not _same_token(self._kv, token)
+        if new_video and _same_token(self._previous_kv, token):
+            raise NotImplementedError(
+                "two KV cache lists used in turn, each left as it was (classifier-free guidance with a "
+                f"conditional and an unconditional cache, as Self-Forcing's CausalDiffusionInferencePipeline "
+                f"does with kv_cache_pos / kv_cache_neg) {_NOT_YET}; attach holds one MemRoPE cache per video"
+            )
+        if new_video:
+            # only the small end-index marker is remembered, never a whole upstream cache list
+            self._previous_kv = self._kv if self._kv is not None and isinstance(self._kv[0], torch.Tensor) else None
         if self._cache is None or self._cache_key != key:
             geometry = self.geometry
             self._cache = MemRoPECache(
@@ -624,17 +704,108 @@ class Attachment:
         return CrossAttentionContext(tuple(keys), tuple(values))
 
 
+# ------------------------------------------------------------------------- unsupported pipelines
+def _refuse_unsupported(pipeline: object | None, wan: Any, chunk_frames: int) -> None:
+    """Raise ``NotImplementedError`` for upstream features the adapter does not support yet.
+
+    Only what the objects show before any call: the CFG pipeline's two cache lists and a 1-frame
+    first block. LongLive's KV re-cache shows only in its call (see ``Attachment._check_call_frames``).
+    """
+    if pipeline is not None and any(hasattr(pipeline, name) for name in _CFG_CACHE_ATTRIBUTES):
+        raise NotImplementedError(
+            f"{type(pipeline).__name__} runs classifier-free guidance with two KV caches (kv_cache_pos / "
+            f"kv_cache_neg, Self-Forcing's CausalDiffusionInferencePipeline), which {_NOT_YET}; attach a "
+            "CausalInferencePipeline (one cache per video) instead"
+        )
+    if chunk_frames > 1:
+        for owner, label in ((pipeline, type(pipeline).__name__), (wan, type(wan).__name__)):
+            if owner is not None and getattr(owner, "independent_first_frame", False) is True:
+                raise NotImplementedError(
+                    f"{label}.independent_first_frame=True (a 1-frame first block before blocks of "
+                    f"num_frame_per_block={chunk_frames}) {_NOT_YET}: every cached call must be one chunk"
+                )
+
+
+# ------------------------------------------------------------------- official MemRoPE settings
+def _setting(source: object, name: str) -> object:
+    """``source[name]`` for a mapping (an OmegaConf ``DictConfig`` is both), else ``source.name``."""
+    if isinstance(source, Mapping):
+        return source.get(name, _MISSING)
+    return getattr(source, name, _MISSING)
+
+
+def _official_settings(wan: Any, pipeline: object | None) -> tuple[dict[str, object], str] | None:
+    """The official MemRoPE cache settings of the upstream objects and where they were read; ``None`` if absent.
+
+    The attention modules (``blocks[i].self_attn``) carry them in the official code; the pipeline's
+    ``args.model_kwargs`` (what the modules were built from) is the fallback. Missing entries take the
+    official ``CausalWanModel`` defaults. A setting that differs between blocks raises ``ValueError``.
+    """
+    modules = [block.self_attn for block in wan.blocks]
+    if modules and all(hasattr(module, "compression_method") for module in modules):
+        settings: dict[str, object] = {}
+        for name, default in _OFFICIAL_DEFAULTS.items():
+            values = [getattr(module, name, default) for module in modules]
+            if any(value != values[0] for value in values[1:]):
+                raise ValueError(
+                    f"the attention modules disagree on {name}: {values}; the adapter needs one cache setting "
+                    "for every block (pass cache_config= to choose)"
+                )
+            settings[name] = values[0]
+        return settings, "blocks[*].self_attn"
+    model_kwargs = getattr(getattr(pipeline, "args", None), "model_kwargs", None)
+    if model_kwargs is not None and _setting(model_kwargs, "compression_method") is not _MISSING:
+        settings = {}
+        for name, default in _OFFICIAL_DEFAULTS.items():
+            value = _setting(model_kwargs, name)
+            settings[name] = default if value is _MISSING else value
+        return settings, "pipeline.args.model_kwargs"
+    return None
+
+
+def _config_from_official_settings(settings: dict[str, object], where: str, chunk_frames: int) -> MemRoPEConfig:
+    """Map official settings onto a :class:`MemRoPEConfig` with :func:`memrope.parity.cache_config_from_official`."""
+    official = {
+        "mode": settings["compression_method"],
+        "local_attn_size": settings["local_attn_size"],
+        "sink_size": settings["sink_size"],
+        "ema_alpha_long": settings["ema_alpha_long"],
+        "ema_alpha_short": settings["ema_alpha_short"],
+        "per_position_pooling_and_adaptive_alpha": settings["ema_adaptive"],
+    }
+    try:
+        return cache_config_from_official(official, chunk_frames)
+    except (TypeError, ValueError) as error:
+        shown = ", ".join(f"{name}={value!r}" for name, value in settings.items())
+        raise ValueError(
+            f"the official MemRoPE settings of {where} ({shown}; compression_method is the official mode) "
+            f"do not make a valid cache: {error}; pass cache_config= to override them"
+        ) from error
+
+
 # ---------------------------------------------------------------------------------------- attach
+def _upstream_chunk(owner: object) -> int | None:
+    chunk = getattr(owner, "num_frame_per_block", None)
+    if isinstance(chunk, int) and not isinstance(chunk, bool) and chunk >= 1:
+        return chunk
+    return None
+
+
 def attach(obj: object, cache_config: MemRoPEConfig | None = None, **options: Any) -> Attachment:
     """Make an upstream pipeline, ``WanDiffusionWrapper`` or causal Wan model generate with MemRoPE.
 
     Args:
         obj: a causal inference pipeline (``.generator.model``), its generator wrapper (``.model``),
             or the causal Wan model (bare or PEFT-wrapped: ``.base_model.model``).
-        cache_config: the cache policy; default :class:`MemRoPEConfig` (paper settings) with
-            ``chunk_frames`` taken from the upstream ``num_frame_per_block``.
-        **options: any :class:`MemRoPEConfig` field (overrides ``cache_config``), plus
-            ``merge_lora`` (default ``False``): merge the active LoRA adapters into the base
+        cache_config: the cache policy. Default: the upstream objects' own settings when they are the
+            official MemRoPE code's (``compression_method`` 'ema' -> policy ``memrope``, 'eviction' ->
+            ``sink``; ``local_attn_size`` -> ``cache_frames``, -1 -> policy ``full``; ``sink_size``;
+            ``ema_alpha_long`` / ``ema_alpha_short``; ``ema_adaptive`` -> per-position pooling with the
+            adaptive short rate), read from the attention modules or ``pipeline.args.model_kwargs``;
+            else :class:`MemRoPEConfig` (paper settings). Either way ``chunk_frames`` is the upstream
+            ``num_frame_per_block``. :attr:`Attachment.config_source` says which was used.
+        **options: any :class:`MemRoPEConfig` field (overrides the settings above or ``cache_config``),
+            plus ``merge_lora`` (default ``False``): merge the active LoRA adapters into the base
             weights in place for speed (PEFT's own ``merge()`` when the layer has it); :meth:`Attachment.remove`
             unmerges by subtracting the same delta, so the weights come back up to float rounding
             (not bit for bit), and ``key_workspace`` (``"per_layer"`` or ``"shared"``, see
@@ -646,8 +817,12 @@ def attach(obj: object, cache_config: MemRoPEConfig | None = None, **options: An
 
     Raises:
         TypeError: for an object of another shape or an unknown option.
-        ValueError: when ``chunk_frames`` disagrees with the pipeline's ``num_frame_per_block``.
-        RuntimeError: when the model is already attached.
+        ValueError: when ``chunk_frames`` disagrees with the pipeline's ``num_frame_per_block``, or the
+            official settings read do not make a valid cache.
+        NotImplementedError: for upstream features not supported yet: classifier-free guidance with two
+            caches (Self-Forcing's ``CausalDiffusionInferencePipeline``), a 1-frame first block
+            (``independent_first_frame=True``); LongLive's KV re-cache call is refused when it comes.
+        RuntimeError: when the model is already attached (through any of the three objects).
     """
     unknown = sorted(set(options) - _CONFIG_FIELDS - _ADAPTER_OPTIONS)
     if unknown:
@@ -658,28 +833,42 @@ def attach(obj: object, cache_config: MemRoPEConfig | None = None, **options: An
     existing = _ATTACHED.get(wan)
     if existing is not None and existing.active:
         raise RuntimeError(f"this model is already attached ({existing!r}); remove() it first")
-    upstream_chunk = getattr(pipeline, "num_frame_per_block", None)
-    if not isinstance(upstream_chunk, int) or isinstance(upstream_chunk, bool):
-        upstream_chunk = None
+    upstream_chunk = _upstream_chunk(pipeline)
+    chunk = upstream_chunk if upstream_chunk is not None else _upstream_chunk(wan)
     overrides = {name: value for name, value in options.items() if name in _CONFIG_FIELDS}
-    if cache_config is None:
-        defaults: dict[str, Any] = {}
-        chunk = upstream_chunk if upstream_chunk is not None else getattr(wan, "num_frame_per_block", None)
-        if isinstance(chunk, int) and not isinstance(chunk, bool) and chunk >= 1:
-            defaults["chunk_frames"] = chunk
-        cache_config = MemRoPEConfig(**{**defaults, **overrides})
-    elif overrides:
+    if cache_config is not None:
+        config_source = "cache_config argument"
+    else:
+        official = _official_settings(wan, pipeline)
+        if official is not None:
+            settings, where = official
+            read_chunk = overrides.get("chunk_frames", chunk if chunk is not None else MemRoPEConfig.chunk_frames)
+            cache_config = _config_from_official_settings(settings, where, read_chunk)
+            config_source = f"official MemRoPE settings of {where}"
+        else:
+            values: dict[str, Any] = {} if chunk is None else {"chunk_frames": chunk}
+            cache_config = MemRoPEConfig(**{**values, **overrides})  # at once: options may make room for the chunk
+            config_source = "MemRoPEConfig defaults"
+    if overrides:
         cache_config = dataclasses.replace(cache_config, **overrides)
+        config_source += f", overridden by {sorted(overrides)}"
     if upstream_chunk is not None and upstream_chunk != cache_config.chunk_frames:
         raise ValueError(
             f"cache_config.chunk_frames={cache_config.chunk_frames} but the pipeline generates "
             f"num_frame_per_block={upstream_chunk} frames per chunk"
         )
+    _refuse_unsupported(pipeline, wan, cache_config.chunk_frames)
     key_workspace = options.get("key_workspace", "per_layer")
     if key_workspace not in ("per_layer", "shared"):
         raise ValueError(f"key_workspace must be 'per_layer' or 'shared', got {key_workspace!r}")
     attachment = Attachment(
-        kind=kind, wan=wan, wrapper=wrapper, pipeline=pipeline, cache_config=cache_config, key_workspace=key_workspace
+        kind=kind,
+        wan=wan,
+        wrapper=wrapper,
+        pipeline=pipeline,
+        cache_config=cache_config,
+        config_source=config_source,
+        key_workspace=key_workspace,
     )
     attachment._install(bool(options.get("merge_lora", False)))
     return attachment

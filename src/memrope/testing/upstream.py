@@ -8,10 +8,20 @@ stores keys with RoPE at absolute positions (Self-Forcing style). Variants:
 * ``"self_forcing"``: attention writes the cache immediately and returns ``x``; the pipeline
   allocates its caches once and resets them by re-assigning the end indices.
 * ``"longlive"``: attention returns ``(x, update)`` and the model commits after all blocks; the
-  model sits inside a PEFT-like wrapper (``generator.model.base_model.model``) whose Linear layers
-  are LoRA-wrapped (``base_layer``, ``lora_A``, ``lora_B``); caches re-allocated per video.
+  model sits inside a PEFT-like wrapper (``generator.model.base_model.model``) that forwards unknown
+  attributes to it, as PEFT does, and whose Linear layers are LoRA-wrapped (``base_layer``,
+  ``lora_A``, ``lora_B``); caches re-allocated per video.
 * ``"official"``: like LongLive without LoRA, but the wrapper passes ``kv_cache=True`` and the
-  pipeline keeps the lists on the model (``_kv_cache_attr``, ``_crossattn_cache_attr``).
+  pipeline keeps the lists on the model (``_kv_cache_attr``, ``_crossattn_cache_attr``). Its attention
+  modules and ``pipeline.args.model_kwargs`` hold the official cache settings
+  (``compression_method``, ``ema_alpha_long``, ``ema_alpha_short``, ``ema_adaptive``,
+  ``local_attn_size``, ``sink_size``), which the stand-in's own attention does not use.
+
+Pipeline shapes (:func:`build_pipeline`'s ``pipeline_class``): the plain chunk loop (optionally with
+Self-Forcing's 1-frame first block, ``independent_first_frame``), LongLive's interactive pipeline
+whose prompt switch re-caches up to ``local_attn_size`` frames in one call, and Self-Forcing's
+classifier-free-guidance ``CausalDiffusionInferencePipeline`` with two caches (``kv_cache_pos`` /
+``kv_cache_neg``).
 
 Parameter names are the official ones, so ``CausalWanModel`` state dicts load as they are.
 """
@@ -19,6 +29,7 @@ Parameter names are the official ones, so ``CausalWanModel`` state dicts load as
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -239,6 +250,10 @@ class CausalWanStandin(nn.Module):
         local_attn_size: int = 12,
         sink_size: int = 3,
         variant: str = "self_forcing",
+        compression_method: str = "ema",
+        ema_alpha_long: float = 0.01,
+        ema_alpha_short: float = 0.1,
+        ema_adaptive: bool = False,
         **_: Any,
     ) -> None:
         super().__init__()
@@ -257,6 +272,14 @@ class CausalWanStandin(nn.Module):
         self.time_embedding = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(dim, dim * 6))
         self.blocks = nn.ModuleList(BlockStandin(dim, ffn_dim, num_heads, eps, sink_size, deferred) for _ in range(num_layers))
+        block: Any
+        for block in self.blocks:
+            block.self_attn.local_attn_size = local_attn_size
+            if variant == "official":  # the official modules hold the cache settings; this attention ignores them
+                block.self_attn.compression_method = compression_method
+                block.self_attn.ema_alpha_long = ema_alpha_long
+                block.self_attn.ema_alpha_short = ema_alpha_short
+                block.self_attn.ema_adaptive = ema_adaptive
         self.head = HeadStandin(dim, out_dim, self.patch_size, eps)
         self.freqs = rope_frequencies(dim // num_heads)  # a plain attribute, like upstream
 
@@ -367,23 +390,42 @@ class LoraLinearStandin(nn.Module):
 
 
 class LoraModelStandin(nn.Module):
+    """``LoraModel``-like: holds the tuned model at ``model`` and forwards unknown attributes to it."""
+
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "model":
+                raise
+            return getattr(self.model, name)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.model.forward(*args, **kwargs)
 
 
 class PeftModelStandin(nn.Module):
-    """``PeftModel``-like: the tuned model at ``base_model.model``; forward calls it."""
+    """``PeftModel``-like: the tuned model at ``base_model.model``; forward calls it, attributes forward to it."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.base_model = LoraModelStandin(model)
 
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "base_model":
+                raise
+            return getattr(self.base_model, name)
+
     def get_base_model(self) -> nn.Module:
-        return self.base_model.model
+        model: nn.Module = self.base_model.model
+        return model
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.get_base_model()(*args, **kwargs)
@@ -474,8 +516,56 @@ class WanDiffusionWrapperStandin(nn.Module):
 
 
 # ------------------------------------------------------------------------------- pipeline
+def _kv_cache_list(wan: Any, batch_size: int, size: int, dtype: torch.dtype, device: Any, queries: bool) -> list[dict[str, Any]]:
+    """Per-block upstream self-attention cache dicts of ``size`` tokens (``q`` too for the official code)."""
+    head_dim = wan.dim // wan.num_heads
+    caches = []
+    for _ in range(len(wan.blocks)):
+        entry = {
+            "k": torch.zeros([batch_size, size, wan.num_heads, head_dim], dtype=dtype, device=device),
+            "v": torch.zeros([batch_size, size, wan.num_heads, head_dim], dtype=dtype, device=device),
+            "global_end_index": torch.tensor([0], dtype=torch.long, device=device),
+            "local_end_index": torch.tensor([0], dtype=torch.long, device=device),
+        }
+        if queries:
+            entry["q"] = torch.zeros_like(entry["k"])
+        caches.append(entry)
+    return caches
+
+
+def _text_cache_list(wan: Any, batch_size: int, dtype: torch.dtype, device: Any, tensor_flag: bool) -> list[dict[str, Any]]:
+    """Per-block upstream cross-attention cache dicts; ``is_init`` a bool tensor (Self-Forcing) or a bool."""
+    head_dim = wan.dim // wan.num_heads
+    return [
+        {
+            "k": torch.zeros([batch_size, wan.text_len, wan.num_heads, head_dim], dtype=dtype, device=device),
+            "v": torch.zeros([batch_size, wan.text_len, wan.num_heads, head_dim], dtype=dtype, device=device),
+            "is_init": torch.zeros([1], dtype=torch.bool, device=device) if tensor_flag else False,
+        }
+        for _ in range(len(wan.blocks))
+    ]
+
+
+def _reset_text_flags(crossattn_cache: list[dict[str, Any]] | None) -> None:
+    for entry in crossattn_cache or []:
+        if isinstance(entry["is_init"], torch.Tensor):
+            entry["is_init"].fill_(False)
+        else:
+            entry["is_init"] = False
+
+
+def _inner_wan(generator: WanDiffusionWrapperStandin) -> Any:
+    wan: Any = generator.model
+    return wan.base_model.model if hasattr(wan, "base_model") else wan
+
+
 class CausalInferencePipelineStandin(nn.Module):
-    """``CausalInferencePipeline``-like chunk loop (SPEC §10) with upstream cache allocation."""
+    """``CausalInferencePipeline``-like chunk loop (SPEC §10) with upstream cache allocation.
+
+    ``independent_first_frame=True`` generates a 1-frame first block before the chunks, as
+    Self-Forcing does (the noise then has ``1 + k * num_frame_per_block`` frames). ``args`` mimics the
+    upstream config object (``args.model_kwargs`` holds what the model was built with).
+    """
 
     def __init__(
         self,
@@ -489,6 +579,8 @@ class CausalInferencePipelineStandin(nn.Module):
         local_attn_size: int = 12,
         context_noise: float = 0,
         max_frames: int = 64,
+        independent_first_frame: bool = False,
+        args: Any = None,
     ) -> None:
         super().__init__()
         self.generator = generator
@@ -498,14 +590,15 @@ class CausalInferencePipelineStandin(nn.Module):
         self.local_attn_size = local_attn_size
         self.context_noise = context_noise
         self.max_frames = max_frames
+        self.independent_first_frame = independent_first_frame
+        self.args = args
         steps = torch.tensor(denoising_step_list, dtype=torch.long)
         if warp_denoising_step:
             table = torch.cat([generator.timesteps, torch.zeros(1)])
             self.denoising_step_list = table[NUM_TRAIN_TIMESTEPS - steps]
         else:
             self.denoising_step_list = steps
-        wan: Any = generator.model
-        wan = wan.base_model.model if hasattr(wan, "base_model") else wan
+        wan = _inner_wan(generator)
         self.wan: list[Any] = [wan]  # a list: not registered as a submodule twice
         self.num_transformer_blocks = len(wan.blocks)
         self.kv_cache1: list[dict[str, Any]] | None = None
@@ -515,50 +608,30 @@ class CausalInferencePipelineStandin(nn.Module):
     def _initialize_kv_cache(
         self, batch_size: int, dtype: torch.dtype, device: torch.device, kv_cache_size_override: int | None = None
     ) -> None:
-        wan = self.wan[0]
-        head_dim = wan.dim // wan.num_heads
         if kv_cache_size_override is not None:
             size = kv_cache_size_override
         elif self.local_attn_size != -1:
             size = self.local_attn_size * self.frame_seq_length
         else:
             size = self.max_frames * self.frame_seq_length
-        caches = []
-        for _ in range(self.num_transformer_blocks):
-            entry = {
-                "k": torch.zeros([batch_size, size, wan.num_heads, head_dim], dtype=dtype, device=device),
-                "v": torch.zeros([batch_size, size, wan.num_heads, head_dim], dtype=dtype, device=device),
-                "global_end_index": torch.tensor([0], dtype=torch.long, device=device),
-                "local_end_index": torch.tensor([0], dtype=torch.long, device=device),
-            }
-            if self.variant == "official":
-                entry["q"] = torch.zeros_like(entry["k"])
-            caches.append(entry)
         self.allocations += 1
-        self.kv_cache1 = caches
+        self.kv_cache1 = _kv_cache_list(self.wan[0], batch_size, size, dtype, device, queries=self.variant == "official")
 
     def _initialize_crossattn_cache(self, batch_size: int, dtype: torch.dtype, device: torch.device) -> None:
-        wan = self.wan[0]
-        head_dim = wan.dim // wan.num_heads
-        self.crossattn_cache = [
-            {
-                "k": torch.zeros([batch_size, wan.text_len, wan.num_heads, head_dim], dtype=dtype, device=device),
-                "v": torch.zeros([batch_size, wan.text_len, wan.num_heads, head_dim], dtype=dtype, device=device),
-                "is_init": torch.zeros([1], dtype=torch.bool, device=device) if self.variant == "self_forcing" else False,
-            }
-            for _ in range(self.num_transformer_blocks)
-        ]
+        self.crossattn_cache = _text_cache_list(self.wan[0], batch_size, dtype, device, self.variant == "self_forcing")
 
-    def inference(self, noise: torch.Tensor, prompt_embeds: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        batch, num_frames, channels, height, width = noise.shape
+    def _block_sizes(self, num_frames: int) -> list[int]:
+        """Frames of each block: ``[1]`` first with ``independent_first_frame``, then whole chunks."""
         chunk = self.num_frame_per_block
-        if num_frames % chunk:
-            raise ValueError(f"the noise has {num_frames} frames, not a multiple of {chunk} per block")
-        device, dtype = noise.device, noise.dtype
-        conditional_dict = {"prompt_embeds": prompt_embeds}
+        first = 1 if self.independent_first_frame else 0
+        if num_frames < first or (num_frames - first) % chunk:
+            raise ValueError(f"the noise has {num_frames} frames, not {first} + a multiple of {chunk} per block")
+        return [1] * first + [chunk] * ((num_frames - first) // chunk)
+
+    def _start_video(self, batch: int, num_frames: int, dtype: torch.dtype, device: torch.device) -> None:
+        """Allocate (or, for Self-Forcing, reset) the caches as the upstream pipeline does."""
         if self.variant == "self_forcing" and self.kv_cache1 is not None and self.crossattn_cache is not None:
-            for entry in self.crossattn_cache:
-                entry["is_init"].fill_(False)
+            _reset_text_flags(self.crossattn_cache)
             for entry in self.kv_cache1:
                 entry["global_end_index"] = torch.tensor([0], dtype=torch.long, device=device)
                 entry["local_end_index"] = torch.tensor([0], dtype=torch.long, device=device)
@@ -575,38 +648,184 @@ class CausalInferencePipelineStandin(nn.Module):
         if self.variant == "official":
             self.wan[0]._kv_cache_attr = self.kv_cache1
             self.wan[0]._crossattn_cache_attr = self.crossattn_cache
-        output = torch.zeros_like(noise)
+
+    def _denoise_block(
+        self, noisy: torch.Tensor, start: int, conditional_dict: dict[str, torch.Tensor], generator: torch.Generator | None
+    ) -> torch.Tensor:
+        """The denoising steps of one block at latent frame ``start``, then its clean cache call."""
+        batch, frames, channels, height, width = noisy.shape
+        device, dtype = noisy.device, noisy.dtype
         steps = self.denoising_step_list
-        for start in range(0, num_frames, chunk):
-            noisy = noise[:, start : start + chunk]
-            for index, current in enumerate(steps):
-                timestep = torch.ones([batch, chunk], device=device, dtype=torch.int64) * current
-                _, denoised = self.generator(
-                    noisy_image_or_video=noisy,
-                    conditional_dict=conditional_dict,
-                    timestep=timestep,
-                    kv_cache=self.kv_cache1,
-                    crossattn_cache=self.crossattn_cache,
-                    current_start=start * self.frame_seq_length,
-                )
-                if index + 1 < len(steps):
-                    shape = (batch * chunk, channels, height, width)
-                    if generator is None:
-                        fresh = torch.randn(shape, dtype=dtype, device=device)
-                    else:
-                        fresh = torch.randn(shape, generator=generator, dtype=dtype).to(device)
-                    following = steps[index + 1] * torch.ones([batch * chunk], dtype=torch.long)
-                    noisy = self.generator.add_noise(denoised.flatten(0, 1), fresh, following).unflatten(0, (batch, chunk))
-            output[:, start : start + chunk] = denoised
-            self.generator(
-                noisy_image_or_video=denoised,
+        for index, current in enumerate(steps):
+            timestep = torch.ones([batch, frames], device=device, dtype=torch.int64) * current
+            _, denoised = self.generator(
+                noisy_image_or_video=noisy,
                 conditional_dict=conditional_dict,
-                timestep=torch.ones_like(timestep) * self.context_noise,
+                timestep=timestep,
                 kv_cache=self.kv_cache1,
                 crossattn_cache=self.crossattn_cache,
                 current_start=start * self.frame_seq_length,
             )
+            if index + 1 < len(steps):
+                shape = (batch * frames, channels, height, width)
+                if generator is None:
+                    fresh = torch.randn(shape, dtype=dtype, device=device)
+                else:
+                    fresh = torch.randn(shape, generator=generator, dtype=dtype).to(device)
+                following = steps[index + 1] * torch.ones([batch * frames], dtype=torch.long)
+                noisy = self.generator.add_noise(denoised.flatten(0, 1), fresh, following).unflatten(0, (batch, frames))
+        self.generator(
+            noisy_image_or_video=denoised,
+            conditional_dict=conditional_dict,
+            timestep=torch.ones_like(timestep) * self.context_noise,
+            kv_cache=self.kv_cache1,
+            crossattn_cache=self.crossattn_cache,
+            current_start=start * self.frame_seq_length,
+        )
+        return denoised
+
+    def inference(self, noise: torch.Tensor, prompt_embeds: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Latents ``[B, F, C, H, W]`` generated block by block from ``noise`` (same shape)."""
+        batch, num_frames = noise.shape[:2]
+        blocks = self._block_sizes(num_frames)
+        self._start_video(batch, num_frames, noise.dtype, noise.device)
+        output = torch.zeros_like(noise)
+        start = 0
+        for frames in blocks:
+            chunk_noise = noise[:, start : start + frames]
+            output[:, start : start + frames] = self._denoise_block(chunk_noise, start, {"prompt_embeds": prompt_embeds}, generator)
+            start += frames
         return output
+
+
+class InteractiveCausalInferencePipelineStandin(CausalInferencePipelineStandin):
+    """LongLive's ``InteractiveCausalInferencePipeline``-like: prompt switches with a KV re-cache.
+
+    At a switch, ``_recache_after_switch`` re-runs the last ``min(local_attn_size, frame)`` generated
+    frames (all of them for -1) in *one* call at the context timestep under the new prompt.
+    """
+
+    def _recache_after_switch(
+        self, output: torch.Tensor, current_start_frame: int, new_conditional_dict: dict[str, torch.Tensor]
+    ) -> None:
+        _reset_text_flags(self.crossattn_cache)
+        if current_start_frame == 0:
+            return
+        frames = current_start_frame if self.local_attn_size == -1 else min(self.local_attn_size, current_start_frame)
+        recache_start = current_start_frame - frames
+        batch = output.shape[0]
+        self.generator(
+            noisy_image_or_video=output[:, recache_start:current_start_frame],
+            conditional_dict=new_conditional_dict,
+            timestep=torch.ones([batch, frames], device=output.device, dtype=torch.int64) * self.context_noise,
+            kv_cache=self.kv_cache1,
+            crossattn_cache=self.crossattn_cache,
+            current_start=recache_start * self.frame_seq_length,
+        )
+        _reset_text_flags(self.crossattn_cache)
+
+    def inference(  # type: ignore[override]
+        self,
+        noise: torch.Tensor,
+        prompt_embeds_list: list[torch.Tensor],
+        switch_frame_indices: list[int],
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Latents for ``noise``; segment ``i + 1``'s prompt from latent frame ``switch_frame_indices[i]`` on."""
+        if len(switch_frame_indices) != len(prompt_embeds_list) - 1:
+            raise ValueError("switch_frame_indices needs one entry fewer than prompt_embeds_list")
+        batch, num_frames = noise.shape[:2]
+        blocks = self._block_sizes(num_frames)
+        self._start_video(batch, num_frames, noise.dtype, noise.device)
+        output = torch.zeros_like(noise)
+        segment, start = 0, 0
+        for frames in blocks:
+            if segment < len(switch_frame_indices) and start >= switch_frame_indices[segment]:
+                segment += 1
+                self._recache_after_switch(output, start, {"prompt_embeds": prompt_embeds_list[segment]})
+            conditional_dict = {"prompt_embeds": prompt_embeds_list[segment]}
+            output[:, start : start + frames] = self._denoise_block(noise[:, start : start + frames], start, conditional_dict, generator)
+            start += frames
+        return output
+
+
+class CausalDiffusionInferencePipelineStandin(nn.Module):
+    """Self-Forcing's ``CausalDiffusionInferencePipeline``-like: classifier-free guidance with two caches.
+
+    Every step calls the generator twice, with ``kv_cache_pos`` / ``crossattn_cache_pos`` (the prompt)
+    and ``kv_cache_neg`` / ``crossattn_cache_neg`` (the negative prompt), and mixes the flows; an Euler
+    step on ``sigma = t / 1000`` follows. Both caches then get the clean block.
+    """
+
+    def __init__(
+        self,
+        generator: WanDiffusionWrapperStandin,
+        *,
+        num_frame_per_block: int,
+        frame_seq_length: int,
+        sampling_timesteps: tuple[float, ...] = (1000.0, 750.0, 500.0, 250.0),
+        guidance_scale: float = 3.0,
+        local_attn_size: int = 12,
+        independent_first_frame: bool = False,
+        args: Any = None,
+    ) -> None:
+        super().__init__()
+        self.generator = generator
+        self.num_frame_per_block = num_frame_per_block
+        self.frame_seq_length = frame_seq_length
+        self.sampling_timesteps = sampling_timesteps
+        self.guidance_scale = guidance_scale
+        self.local_attn_size = local_attn_size
+        self.independent_first_frame = independent_first_frame
+        self.args = args
+        wan = _inner_wan(generator)
+        self.wan: list[Any] = [wan]
+        self.num_transformer_blocks = len(wan.blocks)
+        self.kv_cache_pos: list[dict[str, Any]] | None = None
+        self.kv_cache_neg: list[dict[str, Any]] | None = None
+        self.crossattn_cache_pos: list[dict[str, Any]] | None = None
+        self.crossattn_cache_neg: list[dict[str, Any]] | None = None
+
+    def _initialize_kv_cache(self, batch_size: int, dtype: torch.dtype, device: torch.device) -> None:
+        size = (self.local_attn_size if self.local_attn_size != -1 else 64) * self.frame_seq_length
+        self.kv_cache_pos = _kv_cache_list(self.wan[0], batch_size, size, dtype, device, queries=False)
+        self.kv_cache_neg = _kv_cache_list(self.wan[0], batch_size, size, dtype, device, queries=False)
+
+    def _initialize_crossattn_cache(self, batch_size: int, dtype: torch.dtype, device: torch.device) -> None:
+        self.crossattn_cache_pos = _text_cache_list(self.wan[0], batch_size, dtype, device, tensor_flag=True)
+        self.crossattn_cache_neg = _text_cache_list(self.wan[0], batch_size, dtype, device, tensor_flag=True)
+
+    def inference(self, noise: torch.Tensor, prompt_embeds: torch.Tensor, negative_prompt_embeds: torch.Tensor) -> torch.Tensor:
+        batch, num_frames = noise.shape[:2]
+        chunk = self.num_frame_per_block
+        if num_frames % chunk:
+            raise ValueError(f"the noise has {num_frames} frames, not a multiple of {chunk} per block")
+        self._initialize_kv_cache(batch, noise.dtype, noise.device)
+        self._initialize_crossattn_cache(batch, noise.dtype, noise.device)
+        branches = (
+            ({"prompt_embeds": prompt_embeds}, self.kv_cache_pos, self.crossattn_cache_pos),
+            ({"prompt_embeds": negative_prompt_embeds}, self.kv_cache_neg, self.crossattn_cache_neg),
+        )
+        output = torch.zeros_like(noise)
+        sigmas = [t / NUM_TRAIN_TIMESTEPS for t in self.sampling_timesteps] + [0.0]
+        for start in range(0, num_frames, chunk):
+            latents = noise[:, start : start + chunk]
+            call = {"current_start": start * self.frame_seq_length, "cache_start": start * self.frame_seq_length}
+            for index, value in enumerate(self.sampling_timesteps):
+                timestep = torch.full([batch, chunk], value, device=noise.device)
+                flows = [
+                    self.generator(latents, conditional, timestep, kv_cache=kv, crossattn_cache=text, **call)[0]
+                    for conditional, kv, text in branches
+                ]
+                flow = flows[1] + self.guidance_scale * (flows[0] - flows[1])
+                latents = latents + (sigmas[index + 1] - sigmas[index]) * flow
+            output[:, start : start + chunk] = latents
+            for conditional, kv, text in branches:
+                self.generator(latents, conditional, torch.zeros([batch, chunk], device=noise.device), kv_cache=kv, crossattn_cache=text, **call)
+        return output
+
+
+PIPELINE_CLASSES = ("CausalInferencePipeline", "InteractiveCausalInferencePipeline", "CausalDiffusionInferencePipeline")
 
 
 def build_pipeline(
@@ -624,10 +843,30 @@ def build_pipeline(
     state_dict: dict[str, torch.Tensor] | None = None,
     lora_rank: int = 4,
     seed: int = 0,
-) -> CausalInferencePipelineStandin:
-    """A stand-in pipeline of ``variant`` around a fresh (or ``state_dict``-loaded) stand-in model."""
+    compression_method: str = "ema",
+    ema_alpha_long: float = 0.01,
+    ema_alpha_short: float = 0.1,
+    ema_adaptive: bool = False,
+    independent_first_frame: bool = False,
+    pipeline_class: str = "CausalInferencePipeline",
+) -> Any:
+    """A stand-in pipeline of ``variant`` around a fresh (or ``state_dict``-loaded) stand-in model.
+
+    ``compression_method``, ``ema_alpha_long``, ``ema_alpha_short`` and ``ema_adaptive`` are the
+    official MemRoPE cache settings: the ``"official"`` variant's attention modules and
+    ``args.model_kwargs`` hold them (with ``local_attn_size`` and ``sink_size``); the other variants
+    have none. ``pipeline_class`` picks the upstream pipeline shape (one of :data:`PIPELINE_CLASSES`).
+    """
+    if pipeline_class not in PIPELINE_CLASSES:
+        raise ValueError(f"pipeline_class must be one of {PIPELINE_CLASSES}, got {pipeline_class!r}")
     torch.manual_seed(seed)
-    model = CausalWanStandin(**model_config, local_attn_size=local_attn_size, sink_size=sink_size, variant=variant)
+    official: dict[str, Any] = {
+        "compression_method": compression_method,
+        "ema_alpha_long": ema_alpha_long,
+        "ema_alpha_short": ema_alpha_short,
+        "ema_adaptive": ema_adaptive,
+    }
+    model = CausalWanStandin(**model_config, local_attn_size=local_attn_size, sink_size=sink_size, variant=variant, **official)
     if state_dict is not None:
         model.load_state_dict(state_dict, strict=True)
     model.num_frame_per_block = chunk_frames
@@ -635,7 +874,28 @@ def build_pipeline(
     wrapper = WanDiffusionWrapperStandin(inner, shift=shift, attribute_caches=variant == "official")
     patch = tuple(model_config.get("patch_size", (1, 2, 2)))
     frame_seq_length = (latent_hw[0] // patch[1]) * (latent_hw[1] // patch[2])
-    return CausalInferencePipelineStandin(
+    model_kwargs: dict[str, Any] = {"local_attn_size": local_attn_size, "sink_size": sink_size}
+    if variant == "official":
+        model_kwargs.update(official)
+    args = SimpleNamespace(
+        model_kwargs=model_kwargs,
+        num_frame_per_block=chunk_frames,
+        denoising_step_list=list(denoising_step_list),
+        warp_denoising_step=warp_denoising_step,
+        context_noise=context_noise,
+        independent_first_frame=independent_first_frame,
+    )
+    if pipeline_class == "CausalDiffusionInferencePipeline":
+        return CausalDiffusionInferencePipelineStandin(
+            wrapper,
+            num_frame_per_block=chunk_frames,
+            frame_seq_length=frame_seq_length,
+            local_attn_size=local_attn_size,
+            independent_first_frame=independent_first_frame,
+            args=args,
+        )
+    cls = InteractiveCausalInferencePipelineStandin if pipeline_class == "InteractiveCausalInferencePipeline" else CausalInferencePipelineStandin
+    return cls(
         wrapper,
         variant=variant,
         num_frame_per_block=chunk_frames,
@@ -644,4 +904,6 @@ def build_pipeline(
         warp_denoising_step=warp_denoising_step,
         local_attn_size=local_attn_size,
         context_noise=context_noise,
+        independent_first_frame=independent_first_frame,
+        args=args,
     )
