@@ -59,7 +59,7 @@ from memrope.config import MemRoPEConfig
 from memrope.errors import NonFiniteError
 from memrope.loading import check_safetensors_file, nonfinite_summary
 from memrope.noise import InitialNoise
-from memrope.scheduler import FlowMatchScheduler
+from memrope.flow_matching import FlowMatchScheduler
 from memrope.vae import VideoDecoder
 
 DEFAULT_LATENT_HW = (60, 104)

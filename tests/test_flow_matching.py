@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from memrope.scheduler import FlowMatchScheduler
+from memrope.flow_matching import FlowMatchScheduler
 
 PARITY_DIR = Path(
     os.environ.get("MEMROPE_PARITY_DIR", Path(__file__).resolve().parents[2] / "shared" / "parity")
@@ -95,3 +95,13 @@ def test_timestep_shape_must_prefix_latents() -> None:
 def test_rejects_bad_construction(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         FlowMatchScheduler(**kwargs)
+
+
+def test_old_module_name_still_works_with_a_deprecation_warning() -> None:
+    import importlib
+    import sys
+
+    sys.modules.pop("memrope.scheduler", None)
+    with pytest.warns(DeprecationWarning, match="memrope.scheduler is deprecated: import FlowMatchScheduler from memrope.flow_matching"):
+        old = importlib.import_module("memrope.scheduler")
+    assert old.FlowMatchScheduler is FlowMatchScheduler
