@@ -252,3 +252,28 @@ def test_valid_iff_the_parts_fit(policy: str, cache_frames: int, sink_frames: in
         config.sink_frames + config.memory_frames + config.recent_frames + config.chunk_frames == cache_frames
     )
     assert MemRoPEConfig.from_dict(config.to_dict()) == config
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        ({"mode": "ema", "local_attn_size": 12, "sink_size": 3}, {"policy": "memrope", "cache_frames": 12}),
+        ({"compression_method": "eviction", "local_attn_size": 9, "sink_size": 2}, {"policy": "sink", "sink_frames": 2}),
+        ({"mode": "ema", "local_attn_size": -1, "sink_size": 3}, {"policy": "full"}),
+        (
+            {"mode": "ema", "local_attn_size": 12, "sink_size": 3, "ema_adaptive": True, "ema_alpha_short": 0.2},
+            {"pooling": "per_position", "adaptive_short_rate": True, "alpha_short": 0.2},
+        ),
+    ],
+)
+def test_official_settings_map_onto_a_config(settings: dict, expected: dict) -> None:
+    config = MemRoPEConfig.from_official(settings, chunk_frames=1)
+    assert config.chunk_frames == 1
+    assert {name: getattr(config, name) for name in expected} == expected
+
+
+def test_official_settings_errors_name_the_setting() -> None:
+    with pytest.raises(ValueError, match=r"official mode must be one of \['ema', 'eviction'\] \(compression_method\), got 'pool'"):
+        MemRoPEConfig.from_official({"mode": "pool", "local_attn_size": 12, "sink_size": 3}, 3)
+    with pytest.raises(ValueError, match=r"official cache settings lack 'sink_size'"):
+        MemRoPEConfig.from_official({"mode": "ema", "local_attn_size": 12}, 3)

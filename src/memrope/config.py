@@ -15,6 +15,7 @@ __all__ = [
     "ADAPTIVE_RATE_MAX_FACTOR",
     "ADAPTIVE_RATE_MIN_FACTOR",
     "DEFAULT_MAX_POSITIONS",
+    "OFFICIAL_MODES",
     "POLICIES",
     "POOLINGS",
     "MemRoPEConfig",
@@ -28,6 +29,7 @@ Pooling = Literal["mean", "per_position"]
 POLICIES: tuple[str, ...] = ("memrope", "sink", "full")  # the built-in ones; see available_policies()
 POOLINGS: tuple[str, ...] = ("mean", "per_position")
 DEFAULT_MAX_POSITIONS = 1024
+OFFICIAL_MODES = {"ema": "memrope", "eviction": "sink"}  # official compression_method -> policy
 
 
 def _check_int(name: str, value: object, minimum: int) -> int:
@@ -140,6 +142,39 @@ class MemRoPEConfig:
         data = asdict(self)
         data["memory_dtype"] = None if self.memory_dtype is None else str(self.memory_dtype).removeprefix("torch.")
         return data
+
+    @classmethod
+    def from_official(cls, settings: dict[str, Any], chunk_frames: int) -> MemRoPEConfig:
+        """The configuration of official MemRoPE cache settings.
+
+        ``settings``: ``mode`` (or ``compression_method``) ``"ema"`` -> policy ``memrope``,
+        ``"eviction"`` -> ``sink``; ``local_attn_size`` (-1 -> policy ``full``); ``sink_size``;
+        ``ema_alpha_long`` / ``ema_alpha_short`` (default 0.01 / 0.1);
+        ``per_position_pooling_and_adaptive_alpha`` (or ``ema_adaptive``) -> per-position pooling
+        with the adaptive short rate. ``chunk_frames``: the official ``num_frame_per_block``.
+        """
+        mode = settings.get("mode", settings.get("compression_method"))
+        if mode not in OFFICIAL_MODES:
+            raise ValueError(
+                f"official mode must be one of {sorted(OFFICIAL_MODES)} (compression_method), got {mode!r}"
+            )
+        for name in ("local_attn_size", "sink_size"):
+            if name not in settings:
+                raise ValueError(f"official cache settings lack {name!r} (got {sorted(settings)})")
+        size = int(settings["local_attn_size"])
+        adaptive = bool(settings.get("per_position_pooling_and_adaptive_alpha", settings.get("ema_adaptive", False)))
+        values: dict[str, Any] = {
+            "policy": "full" if size == -1 else OFFICIAL_MODES[mode],
+            "sink_frames": int(settings["sink_size"]),
+            "chunk_frames": int(chunk_frames),
+            "alpha_long": float(settings.get("ema_alpha_long", cls.alpha_long)),
+            "alpha_short": float(settings.get("ema_alpha_short", cls.alpha_short)),
+            "pooling": "per_position" if adaptive else "mean",
+            "adaptive_short_rate": adaptive,
+        }
+        if size != -1:
+            values["cache_frames"] = size
+        return cls(**values)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MemRoPEConfig:

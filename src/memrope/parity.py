@@ -21,7 +21,6 @@ from memrope.config import MemRoPEConfig
 from memrope.models.wan import CausalWanModel, WanConfig
 
 PARITY_DIR_ENV = "MEMROPE_PARITY_DIR"
-_POLICY_OF_MODE = {"ema": "memrope", "eviction": "sink"}
 _IGNORED_MODEL_KEYS = ("model_type",)
 
 
@@ -98,29 +97,8 @@ class ParitySet:
 
 
 def cache_config_from_official(cache: dict[str, Any], chunk_frames: int) -> MemRoPEConfig:
-    """Map an official ``cache_config`` (``mode``, ``local_attn_size``, ...) to a :class:`MemRoPEConfig`.
-
-    ``mode`` ``ema`` -> policy ``memrope``, ``eviction`` -> ``sink``; ``local_attn_size`` -1 ->
-    policy ``full``; ``per_position_pooling_and_adaptive_alpha`` -> per-position pooling with the
-    adaptive short rate.
-    """
-    mode = cache.get("mode")
-    if mode not in _POLICY_OF_MODE:
-        raise ValueError(f"cache_config.mode must be one of {sorted(_POLICY_OF_MODE)}, got {mode!r}")
-    size = int(cache["local_attn_size"])
-    adaptive = bool(cache.get("per_position_pooling_and_adaptive_alpha", False))
-    values: dict[str, Any] = {
-        "policy": "full" if size == -1 else _POLICY_OF_MODE[mode],
-        "sink_frames": int(cache["sink_size"]),
-        "chunk_frames": int(chunk_frames),
-        "alpha_long": float(cache.get("ema_alpha_long", MemRoPEConfig.alpha_long)),
-        "alpha_short": float(cache.get("ema_alpha_short", MemRoPEConfig.alpha_short)),
-        "pooling": "per_position" if adaptive else "mean",
-        "adaptive_short_rate": adaptive,
-    }
-    if size != -1:
-        values["cache_frames"] = size
-    return MemRoPEConfig(**values)
+    """Map an official ``cache_config`` to a :class:`MemRoPEConfig` (see :meth:`MemRoPEConfig.from_official`)."""
+    return MemRoPEConfig.from_official(cache, chunk_frames)
 
 
 def find_parity_sets(directory: str | os.PathLike[str]) -> list[Path]:
