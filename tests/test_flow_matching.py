@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import pytest
 import torch
+from parity_sets import PARITY_SETS
 
 from memrope.flow_matching import FlowMatchScheduler
-
-PARITY_DIR = Path(
-    os.environ.get("MEMROPE_PARITY_DIR", Path(__file__).resolve().parents[2] / "shared" / "parity")
-)
 
 
 def test_tables_follow_the_shift_formula() -> None:
@@ -35,10 +30,8 @@ def test_warp_default_steps() -> None:
 
 
 def test_warp_matches_parity_vectors() -> None:
-    sets = sorted(PARITY_DIR.glob("*.json"))
-    if not sets:
-        pytest.skip(f"no parity sets in {PARITY_DIR}")
-    for path in sets:
+    assert PARITY_SETS
+    for path in PARITY_SETS:
         pipeline = json.loads(path.read_text())["pipeline"]
         if not pipeline["warp_denoising_step"]:
             continue
