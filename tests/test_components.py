@@ -100,3 +100,30 @@ def test_placement_puts_each_module_on_its_planned_device(tmp_path: Path) -> Non
     assert torch.equal(placed.blocks[1].ffn[0].weight, tiny_model(seed=3).blocks[1].ffn[0].weight)
     with pytest.raises(ValueError, match="device or placement, not both"):
         components.load_model(TINY, device="cpu", placement=same)
+
+
+@pytest.mark.parametrize(
+    ("family", "lora", "kind"),
+    [
+        ("longlive", True, "longlive"),
+        ("longlive", False, "auto"),
+        ("self-forcing", True, "auto"),
+        ("tiny", True, "auto"),
+    ],
+)
+def test_a_checkpoint_with_a_lora_is_read_as_the_family_says(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, family: str, lora: bool, kind: str
+) -> None:
+    """The loader kind comes from the preset's family entry (``lora_checkpoint_kind``), not a name test."""
+    from memrope.presets import MODEL_FAMILIES
+
+    seen: list[str] = []
+    def record_kind(model: object, source: object, *, kind: str, lora: object) -> None:
+        seen.append(kind)
+
+    monkeypatch.setattr(components, "load_wan_weights", record_kind)
+    family_kind = MODEL_FAMILIES[family].lora_checkpoint_kind
+    preset = dataclasses.replace(TINY, family=family, lora_checkpoint_kind=family_kind)
+    lora_path = tmp_path / "lora.pt" if lora else None
+    components.load_model(preset, checkpoint=tmp_path / "base.pt", lora=lora_path, device="cpu")
+    assert seen == [kind]

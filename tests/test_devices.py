@@ -321,6 +321,8 @@ def test_device_plan_validates_its_fields() -> None:
     cpu, meta = torch.device("cpu"), torch.device("meta")
     with pytest.raises(ValueError, match=r"mode must be one of \('single', 'split'\)"):
         DevicePlan("auto", (cpu,), {}, cpu, cpu, False, False)
+    with pytest.raises(ValueError, match=r"device_map must place at least one module"):
+        DevicePlan("single", (cpu,), {}, cpu, cpu, False, False)
     with pytest.raises(ValueError, match=r"device_map uses devices \['meta'\]"):
         DevicePlan("single", (cpu,), {"head": meta}, cpu, cpu, False, False)
     with pytest.raises(ValueError, match=r"needed_bytes must hold one number per device \(1\)"):
@@ -363,3 +365,88 @@ def test_single_plan_offloads_only_off_the_cpu() -> None:
     assert not plan_devices("single", ["cpu"], num_layers=2, offload=True).offload_vae
     gpu = plan_devices("single", ["cuda:0"], num_layers=2, offload=True, probe=_gpus(1))
     assert gpu.offload_vae and gpu.offload_text_encoder and gpu.vae_device == torch.device("cuda:0")
+
+
+# ------------------------------------------------------------ (f) placeable modules declared by the model
+class _OtherFamily(nn.Module):
+    """A made-up model family with its own module names: one input, three layers, two outputs."""
+
+    _placeable_modules = ("embed", "layers.*", "norm", "unembed")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(2, 4)
+        self.layers = nn.ModuleList(nn.Linear(4, 4) for _ in range(3))
+        self.norm = nn.LayerNorm(4)
+        self.unembed = nn.Linear(4, 2)
+
+
+def test_the_plan_places_the_modules_the_model_class_declares() -> None:
+    from memrope.devices import ModuleLayout, module_layout
+
+    assert (
+        module_layout(CausalWanModel)
+        == module_layout(tiny_model())
+        == module_layout()
+        == ModuleLayout(
+            ("patch_embedding", "text_embedding", "time_embedding", "time_projection"), "blocks", ("head",)
+        )
+    )
+    model = _OtherFamily()
+    plan = plan_devices("split", ("cpu", "meta"), model=model, split_at=2)
+    cpu, meta = torch.device("cpu"), torch.device("meta")
+    assert dict(plan.device_map) == {
+        "embed": cpu,
+        "layers.0": cpu,
+        "layers.1": cpu,
+        "layers.2": meta,
+        "norm": meta,
+        "unembed": meta,
+    }
+    assert (plan.primary_device, plan.output_device, plan.block_devices) == (cpu, meta, (cpu, cpu, meta))
+    assert "cpu: embed, layers.0-1" in plan.describe() and "meta: layers.2, norm, unembed" in plan.describe()
+    place_model(model, plan)
+    assert model.layers[1].weight.device == cpu and model.unembed.weight.device == meta
+    assert plan_devices("single", ("cpu",), model=_OtherFamily, num_layers=3).block_devices == (cpu,) * 3
+
+
+def test_models_without_a_valid_declaration_are_refused() -> None:
+    from memrope.devices import module_layout
+
+    with pytest.raises(ValueError, match=r"Linear declares no _placeable_modules: add the class attribute"):
+        module_layout(nn.Linear(2, 2))
+    for declared in (
+        (),
+        ("embed", "head"),
+        ("a.*", "b.*"),
+        ("embed", "embed", "layers.*"),
+        (".*",),
+        "layers.*",
+    ):
+        bad = type("Bad", (nn.Module,), {"_placeable_modules": declared})
+        with pytest.raises(ValueError, match=r"Bad\._placeable_modules must be distinct module names"):
+            module_layout(bad)
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+        module_layout(int)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="num_layers is needed .* unless model= is a model instance"):
+        plan_devices("single", ("cpu",), model=_OtherFamily)
+    assert (
+        len(plan_devices("single", ("cpu",), model=tiny_model()).block_devices)
+        == TINY_MODEL_CONFIG.num_layers
+    )
+
+
+def test_the_old_module_name_constants_still_work_with_a_deprecation_warning() -> None:
+    from memrope import devices
+
+    with pytest.warns(DeprecationWarning, match=r"EMBEDDING_MODULES is deprecated"):
+        assert devices.EMBEDDING_MODULES == (
+            "patch_embedding",
+            "text_embedding",
+            "time_embedding",
+            "time_projection",
+        )
+    with pytest.warns(DeprecationWarning, match=r"HEAD_MODULE is deprecated"):
+        assert devices.HEAD_MODULE == "head"
+    with pytest.raises(AttributeError, match="no attribute 'BLOCK_LIST'"):
+        devices.BLOCK_LIST  # noqa: B018

@@ -9,7 +9,7 @@ import importlib.util
 import json
 import sys
 import tracemalloc
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +23,15 @@ from memrope.cache import SLOT_ROLES
 from memrope.cli import main
 from memrope.diagnostics import (
     ATTENTION_MASS_FORMAT,
+    ATTENTION_MASS_VERSION,
     AttentionMassRecorder,
+    check_attention_mass,
     load_attention_mass,
     mean_shares_per_chunk,
+    merge_roles,
     plot_attention_mass,
+    role_attention_shares,
+    statistics_roles,
 )
 from memrope.presets import tiny_model
 
@@ -115,22 +120,22 @@ def roles_from_layout(cache: MemRoPECache, layer: int) -> list[str]:
 
 
 def reference_shares(
-    query: torch.Tensor, keys: torch.Tensor, roles: list[str], frame_seqlen: int
+    query: torch.Tensor, keys: torch.Tensor, roles: list[str], frame_seqlen: int, role_names: Sequence[str]
 ) -> torch.Tensor:
-    """Brute force: the whole float64 probability matrix summed per role, ``[B, len(SLOT_ROLES)]``."""
+    """Brute force: the whole float64 probability matrix summed per role, ``[B, len(role_names)]``."""
     scores = torch.einsum("bqhd,bkhd->bhqk", query.double(), keys.double()) / query.shape[-1] ** 0.5
     probabilities = scores.softmax(dim=-1)
     token_roles = [roles[token // frame_seqlen] for token in range(keys.shape[1])]
-    shares = torch.zeros(query.shape[0], len(SLOT_ROLES), dtype=torch.float64)
-    for index, role in enumerate(SLOT_ROLES):
+    shares = torch.zeros(query.shape[0], len(role_names), dtype=torch.float64)
+    for index, role in enumerate(role_names):
         mask = torch.tensor([token_role == role for token_role in token_roles])
         shares[:, index] = probabilities[..., mask].sum(dim=(1, 2, 3)) / (query.shape[1] * query.shape[2])
     return shares
 
 
-def item_share_rows(record: dict[str, Any]) -> torch.Tensor:
+def item_share_rows(record: dict[str, Any], role_names: Sequence[str] = SLOT_ROLES) -> torch.Tensor:
     return torch.tensor(
-        [[item[role] for role in SLOT_ROLES] for item in record["item_shares"]], dtype=torch.float64
+        [[item[role] for role in role_names] for item in record["item_shares"]], dtype=torch.float64
     )
 
 
@@ -300,9 +305,11 @@ def test_shares_sum_to_one_for_every_record(
         run_video(cache, chunks, recache=recache)
     records = recorder.records
     assert len(records) >= 2 * chunks
+    expected_roles = SLOT_ROLES if config.policy == "memrope" else (SINK_ROLE, RECENT, CURRENT)
+    assert recorder.roles == cache.role_names == expected_roles
     for record in records:
         for shares in [record["shares"], *record["item_shares"]]:
-            assert list(shares) == list(SLOT_ROLES)
+            assert list(shares) == list(cache.role_names)
             assert sum(shares.values()) == pytest.approx(1.0, abs=1e-5)
             assert all(share >= 0.0 for share in shares.values())
         assert len(record["item_shares"]) == batch
@@ -325,7 +332,8 @@ def test_shares_match_the_brute_force_probability_matrix(config: MemRoPEConfig, 
 
     def reference(hook_cache: MemRoPECache, layer: int, query: torch.Tensor, context: CacheContext) -> None:
         roles = roles_from_layout(hook_cache, layer)
-        references.append(reference_shares(query, context.keys, roles, hook_cache.frame_seqlen))
+        shares = reference_shares(query, context.keys, roles, hook_cache.frame_seqlen, hook_cache.role_names)
+        references.append(shares)
 
     cache.register_attention_hook(reference)
     recorder = AttentionMassRecorder(query_block_size=block)
@@ -334,8 +342,8 @@ def test_shares_match_the_brute_force_probability_matrix(config: MemRoPEConfig, 
     records = recorder.records
     assert len(records) == len(references) == 6 * 2 * 2 + 2
     for record, expected in zip(records, references):
-        torch.testing.assert_close(item_share_rows(record), expected, rtol=0, atol=1e-5)
-        batch_mean = torch.tensor([record["shares"][role] for role in SLOT_ROLES], dtype=torch.float64)
+        torch.testing.assert_close(item_share_rows(record, cache.role_names), expected, rtol=0, atol=1e-5)
+        batch_mean = torch.tensor([record["shares"][role] for role in cache.role_names], dtype=torch.float64)
         torch.testing.assert_close(batch_mean, expected.mean(dim=0), rtol=0, atol=1e-5)
 
 
@@ -569,6 +577,34 @@ def test_json_round_trip(tmp_path: Path) -> None:
             ),
             "means entry 0: 'shares' must map every role",
         ),
+        (
+            '{"format": "memrope.attention_mass", "version": 3, "records": [], "means": []}',
+            "'roles' must be a list",
+        ),
+        (
+            (
+                '{"format": "memrope.attention_mass", "version": 3, "roles": ["sink", "sink"], "records": [],'
+                ' "means": []}'
+            ),
+            r"'roles' must be a list of distinct role names \(version 3\)",
+        ),
+        (
+            (
+                '{"format": "memrope.attention_mass", "version": 3, "roles": ["sink", "current"],'
+                ' "means": [],'
+                ' "records": [{"chunk": 0, "call": 0, "layer": 0, "start_frame": 0, "kind": "advance",'
+                ' "shares": {"history": 1.0}}]}'
+            ),
+            r"record 0: 'shares' must map roles from \('sink', 'current'\)",
+        ),
+        (
+            (
+                '{"format": "memrope.attention_mass", "version": 2, "means": [],'
+                ' "records": [{"chunk": 0, "call": 0, "layer": 0, "start_frame": 0, "kind": "advance",'
+                ' "shares": {"history": 1.0}}]}'
+            ),
+            r"record 0: 'shares' must map roles from \('sink', 'long', 'short', 'recent', 'current'\)",
+        ),
     ],
 )
 def test_load_rejects_files_that_are_not_attention_mass_statistics(
@@ -669,3 +705,53 @@ def test_cli_plot_attention_errors(
     err = capsys.readouterr().err
     assert err.startswith("memrope: error: ") and message in err and "Traceback" not in err
     assert not list(tmp_path.glob("*.png"))
+
+
+def test_memrope_files_hold_what_version_2_held(stats_data: dict[str, Any]) -> None:
+    """Version 3 only lets the role list follow the policy: a memrope recording is a version-2 file but for
+    the version number, and still reads as one."""
+    assert stats_data["version"] == ATTENTION_MASS_VERSION == 3 and stats_data["roles"] == list(SLOT_ROLES)
+    assert all(list(record["shares"]) == list(SLOT_ROLES) for record in stats_data["records"])
+    assert all(list(entry["shares"]) == list(SLOT_ROLES) for entry in stats_data["means"])
+    as_version_2 = check_attention_mass({**stats_data, "version": 2, "roles": ["ignored"]})
+    assert statistics_roles(as_version_2) == SLOT_ROLES == statistics_roles(stats_data)
+
+
+def test_sink_and_full_recordings_name_only_their_cache_s_roles() -> None:
+    for config in (SINK, FULL):
+        cache = make_cache(config)
+        recorder = AttentionMassRecorder()
+        with recorder.attached(cache):
+            run_video(cache, 5)
+        data = recorder.to_dict()
+        assert data["roles"] == [SINK_ROLE, RECENT, CURRENT] == list(cache.role_names)
+        assert all(set(entry["shares"]) == {SINK_ROLE, RECENT, CURRENT} for entry in data["means"])
+        assert set(recorder.per_chunk()[4]) == {SINK_ROLE, RECENT, CURRENT}
+    assert AttentionMassRecorder().to_dict()["roles"] == []
+
+
+def test_role_shares_in_any_role_order_and_bad_role_lists() -> None:
+    generator = torch.Generator().manual_seed(0)
+    query = torch.randn(1, FRAME_SEQLEN, HEADS, HEAD_DIM, generator=generator)
+    keys = torch.randn(1, 3 * FRAME_SEQLEN, HEADS, HEAD_DIM, generator=generator)
+    slot_roles = ["sink", "history", "current"]
+    default_order = role_attention_shares(query, keys, ["sink", "recent", "current"], FRAME_SEQLEN)
+    custom = role_attention_shares(query, keys, slot_roles, FRAME_SEQLEN, roles=("current", "history", "sink"))
+    in_order = role_attention_shares(query, keys, slot_roles, FRAME_SEQLEN, roles=("sink", "history", "current"))
+    torch.testing.assert_close(custom.flip(1), in_order)
+    torch.testing.assert_close(custom[:, [2, 0]], default_order[:, [0, 4]])  # sink and current do not move
+    with pytest.raises(ValueError, match=r"slot_roles must hold roles from \('sink', 'long'"):
+        role_attention_shares(query, keys, slot_roles, FRAME_SEQLEN)
+    with pytest.raises(ValueError, match="roles must be distinct non-empty role names"):
+        role_attention_shares(query, keys, slot_roles, FRAME_SEQLEN, roles=("sink", "sink"))
+    with pytest.raises(TypeError, match="roles must be a sequence of role names"):
+        role_attention_shares(query, keys, slot_roles, FRAME_SEQLEN, roles="sink")  # type: ignore[arg-type]
+
+
+def test_merge_roles_keeps_the_display_order() -> None:
+    assert merge_roles(SLOT_ROLES) == SLOT_ROLES
+    running_mean_roles = ("sink", "history", "recent", "current")
+    assert merge_roles(("sink", "recent", "current"), SLOT_ROLES, running_mean_roles) == (
+        "sink", "long", "short", "history", "recent", "current"
+    )
+    assert merge_roles() == () and merge_roles(["current", "history"]) == ("history", "current")

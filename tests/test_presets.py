@@ -110,3 +110,47 @@ def test_get_preset_lists_valid_names() -> None:
     assert get_preset("longlive-60s").latent_frames == 240
     with pytest.raises(KeyError, match="self-forcing-1h"):
         get_preset("self-forcing-2h")
+
+
+def test_presets_are_made_from_the_family_table() -> None:
+    from memrope.presets import MODEL_FAMILIES
+
+    assert list(MODEL_FAMILIES) == ["tiny", "self-forcing", "longlive"]
+    made = {name: preset for family in MODEL_FAMILIES.values() for name, preset in family.presets().items()}
+    assert made == dict(PRESETS) and list(made) == list(PRESETS)
+    kinds = {name: preset.lora_checkpoint_kind for name, preset in PRESETS.items() if name.endswith("-30s")}
+    assert kinds == {"self-forcing-30s": "auto", "longlive-30s": "longlive"}
+
+
+def test_a_new_family_is_one_entry(monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+
+    from memrope import presets
+
+    monkeypatch.setattr(presets, "_FAMILIES", dict(presets._FAMILIES))
+    monkeypatch.setattr(presets, "_PRESETS", dict(presets._PRESETS))
+    monkeypatch.setattr(presets, "MODEL_FAMILIES", presets.MappingProxyType(presets._FAMILIES))
+    monkeypatch.setattr(presets, "PRESETS", presets.MappingProxyType(presets._PRESETS))
+    family = presets.ModelFamily(
+        name="wide",
+        description="a wider tiny DiT, {length}: {latent_frames} latent frames at {height}x{width}",
+        checkpoint=None,
+        lengths={"short": 6, "long": 12},
+        model_config=dataclasses.replace(presets.TINY_MODEL_CONFIG, dim=128),
+        latent_hw=(8, 8),
+        cache=MemRoPEConfig(cache_frames=9, sink_frames=1, chunk_frames=2),
+    )
+    assert presets.register_model_family(family) is family
+    wide = presets.get_preset("wide-long")
+    assert (wide.family, wide.latent_frames, wide.chunk_frames, wide.model_config.dim) == ("wide", 12, 2, 128)
+    assert wide.description == "a wider tiny DiT, long: 12 latent frames at 64x64"
+    assert "wide-short" in presets.presets_table()
+    with pytest.raises(ValueError, match="a model family named 'wide' is already registered"):
+        presets.register_model_family(family)
+    with pytest.raises(ValueError, match=r"preset names \['longlive-1h'\] are taken"):
+        presets.register_model_family(dataclasses.replace(family, name="longlive-1h", lengths={"": 6}))
+    with pytest.raises(ValueError, match="must name at least one length"):
+        presets.register_model_family(dataclasses.replace(family, name="empty", lengths={}))
+    with pytest.raises(TypeError, match="family must be a ModelFamily"):
+        presets.register_model_family("wide")  # type: ignore[arg-type]
+    assert set(presets.MODEL_FAMILIES) == {"tiny", "self-forcing", "longlive", "wide"}

@@ -133,3 +133,35 @@ def test_pipeline_generates_and_resumes_bit_identically(tmp_path: Path) -> None:
     assert [chunk.index for chunk in resumed] == [8 - len(resumed) + i for i in range(len(resumed))]
     for got, expected in zip(resumed, full[-len(resumed):]):
         assert torch.equal(got.latents, expected.latents)
+
+
+def test_attention_diagnostics_show_the_policy_s_memory_as_its_own_role(tmp_path: Path) -> None:
+    from memrope.attention import rope_on_the_fly
+    from memrope.diagnostics import AttentionMassRecorder, load_attention_mass, mean_shares_per_chunk
+
+    generator = torch.Generator().manual_seed(0)
+    mean_cache = make_cache()
+    memrope_cache = make_cache(MemRoPEConfig(cache_frames=7, sink_frames=1, chunk_frames=2))
+    recorder = AttentionMassRecorder()
+    recorder.attach(mean_cache)
+    recorder.attach(memrope_cache)
+    for chunk in range(6):
+        for cache in (mean_cache, memrope_cache):
+            query, key, value = (torch.randn(1, 12, HEADS, HEAD_DIM, generator=generator) for _ in range(3))
+            rope_on_the_fly(query, key, value, cache=cache, layer=0, start_frame=2 * chunk)
+    assert recorder.roles == ("sink", "history", "long", "short", "recent", "current")
+    history_records = [record for record in recorder.records if record["cache"] == 0]
+    assert [record["shares"]["history"] > 0 for record in history_records] == [False] * 3 + [True] * 3
+    assert all(record["shares"]["long"] == 0 for record in history_records)
+    assert all(record["shares"]["history"] == 0 for record in recorder.records if record["cache"] == 1)
+    for record in recorder.records:
+        assert list(record["shares"]) == list(recorder.roles)
+        assert sum(record["shares"].values()) == pytest.approx(1.0, abs=1e-5)
+    loaded = load_attention_mass(recorder.save(tmp_path / "stats.json"))
+    assert loaded["roles"] == list(recorder.roles)
+    assert [layout["policy"] for layout in loaded["caches"]] == ["running_mean", "memrope"]
+    assert mean_shares_per_chunk(history_records)[5]["history"] > 0
+    pytest.importorskip("matplotlib")
+    from memrope.diagnostics import plot_attention_mass
+
+    assert plot_attention_mass(loaded, tmp_path / "stats.png").read_bytes().startswith(b"\x89PNG")

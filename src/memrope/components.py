@@ -93,7 +93,7 @@ def load_model(
         model = place_model(model, placement, empty=True)
     else:
         model = model.to_empty(device=target)
-    kind: CheckpointKind = "longlive" if lora is not None and preset.family == "longlive" else "auto"
+    kind: CheckpointKind = preset.lora_checkpoint_kind if lora is not None else "auto"
     load_wan_weights(model, source, kind=kind, lora=lora)
     return model.eval().requires_grad_(False)
 

@@ -10,6 +10,9 @@
   installed: the model's forward moves activations between blocks itself, and
   ``model.new_cache(...)`` puts each layer's cache on its block's device, so the cache is never
   copied across devices.
+* Which modules are placed is declared by the model class, in forward order, as diffusers declares
+  ``_no_split_modules``: ``CausalWanModel._placeable_modules = ("patch_embedding", ..., "blocks.*",
+  "head")`` (:func:`module_layout` reads it). A model of another family declares its own.
 * :func:`offloaded` moves a module (text encoder, VAE) to its device for a ``with`` block and back
   to the CPU afterwards.
 
@@ -21,6 +24,7 @@ which accelerate does not see, is the larger half of it).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -32,16 +36,17 @@ import torch
 from torch import nn
 
 __all__ = [
-    "EMBEDDING_MODULES",
-    "HEAD_MODULE",
+    "PLACEABLE_MODULES_ATTRIBUTE",
     "PLAN_MODES",
     "CudaMemoryProbe",
     "DevicePlan",
     "MemoryBreakdown",
     "MemoryProbe",
+    "ModuleLayout",
     "NotEnoughMemoryError",
     "StaticMemoryProbe",
     "default_device",
+    "module_layout",
     "offloaded",
     "place_model",
     "plan_devices",
@@ -49,13 +54,91 @@ __all__ = [
 
 PLAN_MODES = ("auto", "single", "split")
 PLACED_MODES = ("single", "split")
-EMBEDDING_MODULES = ("patch_embedding", "text_embedding", "time_embedding", "time_projection")
-HEAD_MODULE = "head"
-BLOCK_PREFIX = "blocks."
+#: The class attribute naming a model's top-level modules in forward order, the block list as ``"name.*"``.
+PLACEABLE_MODULES_ATTRIBUTE = "_placeable_modules"
+BLOCK_LIST_SUFFIX = ".*"
 GIB = 1024**3
 
 DeviceLike = torch.device | str | int
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
+
+
+@dataclass(frozen=True)
+class ModuleLayout:
+    """The placeable modules a model class declares (:data:`PLACEABLE_MODULES_ATTRIBUTE`), parsed.
+
+    Attributes:
+        inputs: modules before the blocks (the embeddings): placed on the first device.
+        blocks: name of the block list (an ``nn.ModuleList``); block ``i`` is the module ``f"{blocks}.{i}"``.
+        outputs: modules after the blocks (the head): placed on the last device.
+    """
+
+    inputs: tuple[str, ...]
+    blocks: str
+    outputs: tuple[str, ...]
+
+    def block_name(self, index: int) -> str:
+        """The module name of block ``index``, e.g. ``"blocks.3"``."""
+        return f"{self.blocks}.{index}"
+
+
+def module_layout(model: nn.Module | type[nn.Module] | None = None) -> ModuleLayout:
+    """The placeable modules of ``model``: an instance or a class (default: the Wan ``CausalWanModel``).
+
+    Read from the class attribute ``_placeable_modules``: the top-level module names in forward
+    order, exactly one of them the block list written ``"name.*"``.
+
+    Raises:
+        TypeError: ``model`` is not a module or module class.
+        ValueError: the model declares no ``_placeable_modules``, or not in that form.
+    """
+    if model is None:
+        from memrope.models.wan import CausalWanModel  # the default family; imported on use
+
+        model = CausalWanModel
+    model_class = model if isinstance(model, type) else type(model)
+    if not issubclass(model_class, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module or a Module class, got {model_class.__name__}")
+    declared = getattr(model_class, PLACEABLE_MODULES_ATTRIBUTE, None)
+    example = '("patch_embedding", ..., "blocks.*", "head")'
+    if declared is None:
+        raise ValueError(
+            f"{model_class.__name__} declares no {PLACEABLE_MODULES_ATTRIBUTE}: add the class attribute "
+            f"{PLACEABLE_MODULES_ATTRIBUTE} = {example} (its top-level modules in forward order)"
+        )
+    names = tuple(declared) if isinstance(declared, (tuple, list)) else ()
+    lists = [
+        index
+        for index, name in enumerate(names)
+        if isinstance(name, str) and name.endswith(BLOCK_LIST_SUFFIX)
+    ]
+    valid = (
+        names
+        and all(isinstance(name, str) and name.removesuffix(BLOCK_LIST_SUFFIX) for name in names)
+        and len(set(names)) == len(names)
+        and len(lists) == 1
+    )
+    if not valid:
+        raise ValueError(
+            f"{model_class.__name__}.{PLACEABLE_MODULES_ATTRIBUTE} must be distinct module names in forward "
+            f"order with exactly one block list written 'name.*', e.g. {example}; got {declared!r}"
+        )
+    split = lists[0]
+    return ModuleLayout(names[:split], names[split].removesuffix(BLOCK_LIST_SUFFIX), names[split + 1 :])
+
+
+def __getattr__(name: str) -> Any:
+    """Deprecated constants, now read from ``CausalWanModel._placeable_modules``."""
+    if name in ("EMBEDDING_MODULES", "HEAD_MODULE"):
+        warnings.warn(
+            f"memrope.devices.{name} is deprecated: the placeable modules are declared on the model class; "
+            "use memrope.devices.module_layout(model).inputs / .outputs",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        layout = module_layout()
+        return layout.inputs if name == "EMBEDDING_MODULES" else layout.outputs[-1]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def default_device() -> torch.device:
@@ -138,7 +221,8 @@ class DevicePlan:
     Attributes:
         mode: ``"single"`` or ``"split"``.
         devices: the devices used, in block order (one for ``single``).
-        device_map: accelerate-style map of the DiT's top-level modules and blocks to devices.
+        device_map: accelerate-style map of the DiT's top-level modules and blocks to devices, in
+            forward order (the inputs first, then the blocks ``name.i``, the outputs last).
         vae_device: where the VAE decodes.
         text_encoder_device: where the text encoder encodes.
         offload_text_encoder: the text encoder waits on the CPU and visits its device per use.
@@ -160,6 +244,8 @@ class DevicePlan:
             raise ValueError(f"mode must be one of {PLACED_MODES}, got {self.mode!r}")
         object.__setattr__(self, "devices", tuple(torch.device(d) for d in self.devices))
         mapping = {name: torch.device(device) for name, device in self.device_map.items()}
+        if not mapping:
+            raise ValueError("device_map must place at least one module")
         object.__setattr__(self, "device_map", MappingProxyType(mapping))
         stray = sorted({str(d) for d in mapping.values()} - {str(d) for d in self.devices})
         if stray:
@@ -171,18 +257,18 @@ class DevicePlan:
 
     @property
     def primary_device(self) -> torch.device:
-        """The device of the embeddings: where latents and noise enter the model."""
-        return self.device_map[EMBEDDING_MODULES[0]]
+        """The device of the first module (the embeddings): where latents and noise enter the model."""
+        return next(iter(self.device_map.values()))
 
     @property
     def output_device(self) -> torch.device:
-        """The device of the head: where the model's output comes out."""
-        return self.device_map[HEAD_MODULE]
+        """The device of the last module (the head): where the model's output comes out."""
+        return list(self.device_map.values())[-1]
 
     @property
     def block_devices(self) -> tuple[torch.device, ...]:
-        """The device of every block, in order (the cache of layer ``i`` lives on entry ``i``)."""
-        return tuple(device for name, device in self.device_map.items() if name.startswith(BLOCK_PREFIX))
+        """The device of every block (``name.i`` entries), in order (layer ``i``'s cache lives on entry ``i``)."""
+        return tuple(device for name, device in self.device_map.items() if _block_index(name) is not None)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able description (devices as strings)."""
@@ -230,22 +316,27 @@ def _compact_module_names(names: list[str]) -> list[str]:
     """``[..., "blocks.0", "blocks.1", "blocks.2", "head"]`` -> ``[..., "blocks.0-2", "head"]``."""
     compact: list[str] = []
     run: list[int] = []
+    run_list = ""
     for name in [*names, ""]:
         index = _block_index(name)
-        if index is not None and (not run or index == run[-1] + 1):
+        block_list = name.rpartition(".")[0]
+        if index is not None and (not run or (block_list == run_list and index == run[-1] + 1)):
             run.append(index)
+            run_list = block_list
             continue
         if run:
-            compact.append(f"blocks.{run[0]}" + (f"-{run[-1]}" if len(run) > 1 else ""))
+            compact.append(f"{run_list}.{run[0]}" + (f"-{run[-1]}" if len(run) > 1 else ""))
         run = [index] if index is not None else []
+        run_list = block_list
         if index is None and name:
             compact.append(name)
     return compact
 
 
 def _block_index(name: str) -> int | None:
-    suffix = name.removeprefix(BLOCK_PREFIX)
-    return int(suffix) if name.startswith(BLOCK_PREFIX) and suffix.isdigit() else None
+    """``i`` of a block's module name ``"list.i"``; ``None`` for other modules."""
+    block_list, _, suffix = name.rpartition(".")
+    return int(suffix) if block_list and suffix.isdigit() else None
 
 
 # ---------------------------------------------------------------------- argument checks
@@ -371,24 +462,25 @@ def _block_counts(boundaries: tuple[int, ...], num_layers: int) -> list[int]:
 
 # ---------------------------------------------------------------------- plans
 def _device_map(
-    devices: tuple[torch.device, ...], boundaries: tuple[int, ...], num_layers: int
+    devices: tuple[torch.device, ...], boundaries: tuple[int, ...], num_layers: int, layout: ModuleLayout
 ) -> dict[str, torch.device]:
-    mapping = {name: devices[0] for name in EMBEDDING_MODULES}
+    """Inputs on the first device, blocks in contiguous groups, outputs on the last, in forward order."""
+    mapping = {name: devices[0] for name in layout.inputs}
     edges = (0, *boundaries, num_layers)
     for device, start, stop in zip(devices, edges, edges[1:]):
-        mapping.update({f"{BLOCK_PREFIX}{index}": device for index in range(start, stop)})
-    mapping[HEAD_MODULE] = devices[-1]
+        mapping.update({layout.block_name(index): device for index in range(start, stop)})
+    mapping.update({name: devices[-1] for name in layout.outputs})
     return mapping
 
 
 def _single_plan(
-    device: torch.device, num_layers: int, offload: bool, memory: MemoryBreakdown | None
+    device: torch.device, num_layers: int, offload: bool, memory: MemoryBreakdown | None, layout: ModuleLayout
 ) -> DevicePlan:
     offload = offload and device.type != "cpu"
     return DevicePlan(
         mode="single",
         devices=(device,),
-        device_map=_device_map((device,), (), num_layers),
+        device_map=_device_map((device,), (), num_layers, layout),
         vae_device=device,
         text_encoder_device=device,
         offload_text_encoder=offload,
@@ -403,12 +495,13 @@ def _split_plan(
     num_layers: int,
     offload: bool,
     memory: MemoryBreakdown | None,
+    layout: ModuleLayout,
 ) -> DevicePlan:
     needs = None if memory is None else _split_needs(memory, _block_counts(boundaries, num_layers), offload)
     return DevicePlan(
         mode="split",
         devices=devices,
-        device_map=_device_map(devices, boundaries, num_layers),
+        device_map=_device_map(devices, boundaries, num_layers, layout),
         vae_device=devices[-1],
         text_encoder_device=devices[0],
         offload_text_encoder=devices[0].type != "cpu",
@@ -423,6 +516,7 @@ def _explicit_single(
     offload: bool,
     memory: MemoryBreakdown | None,
     probe: MemoryProbe,
+    layout: ModuleLayout,
 ) -> DevicePlan:
     if devices is None:
         visible = probe.accelerators()
@@ -431,7 +525,7 @@ def _explicit_single(
         raise ValueError(
             f"mode='single' takes exactly 1 device in devices, got {len(devices)}: {list(devices)}"
         )
-    return _single_plan(devices[0], num_layers, offload, memory)
+    return _single_plan(devices[0], num_layers, offload, memory, layout)
 
 
 def _explicit_split(
@@ -441,6 +535,7 @@ def _explicit_split(
     split_at: int | Sequence[int] | None,
     memory: MemoryBreakdown | None,
     probe: MemoryProbe,
+    layout: ModuleLayout,
 ) -> DevicePlan:
     if devices is None:
         devices = tuple(probe.accelerators())
@@ -455,7 +550,7 @@ def _explicit_split(
             f"got {len(devices)}: {list(devices)}"
         )
     boundaries = _boundaries(split_at, num_layers, len(devices))
-    return _split_plan(devices, boundaries, num_layers, offload, memory)
+    return _split_plan(devices, boundaries, num_layers, offload, memory, layout)
 
 
 def _fits(plan: DevicePlan, free: Mapping[torch.device, int]) -> bool:
@@ -472,6 +567,7 @@ def _auto_candidates(
     offload: bool,
     split_at: int | Sequence[int] | None,
     memory: MemoryBreakdown,
+    layout: ModuleLayout,
 ) -> Iterator[DevicePlan]:
     """Layouts from cheapest to most spread: one GPU, one GPU offloaded, then splits over 2, 3, ...
     GPUs (each without, then with, the VAE offloaded), on the GPUs with the most free memory, kept
@@ -484,12 +580,12 @@ def _auto_candidates(
         parts = 2 if isinstance(split_at, int) else len(split_at) + 1
         split_sizes = [parts] if parts <= len(pool) else []
     for choice in offload_choices:
-        yield _single_plan(ranked[0], num_layers, choice, memory)
+        yield _single_plan(ranked[0], num_layers, choice, memory, layout)
     for parts in split_sizes:
         chosen = tuple(device for device in pool if device in ranked[:parts])
         boundaries = _boundaries(split_at, num_layers, parts)
         for choice in offload_choices:
-            yield _split_plan(chosen, boundaries, num_layers, choice, memory)
+            yield _split_plan(chosen, boundaries, num_layers, choice, memory, layout)
 
 
 def _layout_label(plan: DevicePlan) -> str:
@@ -520,10 +616,11 @@ def _auto_plan(
     split_at: int | Sequence[int] | None,
     memory: MemoryBreakdown | None,
     probe: MemoryProbe,
+    layout: ModuleLayout,
 ) -> DevicePlan:
     pool = list(dict.fromkeys(devices if devices is not None else probe.accelerators()))
     if not pool:
-        return _single_plan(torch.device("cpu"), num_layers, offload, memory)
+        return _single_plan(torch.device("cpu"), num_layers, offload, memory, layout)
     if any(device.type != "cuda" for device in pool):
         raise ValueError(
             f"mode='auto' chooses among CUDA devices, got devices={[str(d) for d in pool]}; "
@@ -535,7 +632,7 @@ def _auto_plan(
             "to choose a layout; or pass mode='single' or mode='split'"
         )
     free = {device: probe.free_bytes(device) for device in pool}
-    plans = list(_auto_candidates(pool, free, num_layers, offload, split_at, memory))
+    plans = list(_auto_candidates(pool, free, num_layers, offload, split_at, memory, layout))
     for plan in plans:
         if _fits(plan, free):
             return plan
@@ -546,11 +643,12 @@ def plan_devices(
     mode: str = "auto",
     devices: Sequence[DeviceLike] | None = None,
     *,
-    num_layers: int,
+    num_layers: int | None = None,
     offload: bool = False,
     split_at: int | Sequence[int] | None = None,
     memory: MemoryBreakdown | None = None,
     probe: MemoryProbe | None = None,
+    model: nn.Module | type[nn.Module] | None = None,
 ) -> DevicePlan:
     """Decide where the DiT blocks, its cache, the text encoder and the VAE go.
 
@@ -565,7 +663,8 @@ def plan_devices(
             memory, the same with the VAE offloaded, then over 3, 4, ... GPUs. Raises
             :class:`NotEnoughMemoryError` (needed and free bytes in the message) when none fits.
         devices: devices to use, e.g. ``["cuda:0", "cuda:1"]`` (ints are CUDA indices).
-        num_layers: the model's block count (``model.config.num_layers``).
+        num_layers: the model's block count (``model.config.num_layers``); may be left out when
+            ``model`` is a model instance (its block list's length).
         offload: keep the text encoder and the VAE on the CPU between uses (no effect on the CPU).
             With ``"auto"``, ``True`` forces offloading; ``False`` still lets ``auto`` offload when
             that is what makes the run fit.
@@ -575,17 +674,22 @@ def plan_devices(
             ``"auto"`` with GPUs, and recorded as ``needed_bytes`` by the other modes.
         probe: visible GPUs and their free memory (default :class:`CudaMemoryProbe`; tests and
             schedulers can pass a :class:`StaticMemoryProbe`).
+        model: the model or its class, whose ``_placeable_modules`` name the modules the plan
+            places (see :func:`module_layout`; default :class:`~memrope.models.wan.CausalWanModel`).
 
     Raises:
         ValueError: unknown ``mode``, wrong number of ``devices``, an unavailable device,
-            ``split_at`` out of range or given to ``"single"``, bad ``num_layers``.
+            ``split_at`` out of range or given to ``"single"``, bad ``num_layers``, a ``model``
+            without ``_placeable_modules``.
+        TypeError: ``num_layers`` left out without a model instance to count the blocks of.
         NotEnoughMemoryError: ``"auto"`` found no layout that fits.
     """
     if mode not in PLAN_MODES:
         raise ValueError(f"mode must be one of {PLAN_MODES}, got {mode!r}")
     if not isinstance(offload, bool):
         raise TypeError(f"offload must be True or False, got {offload!r}")
-    num_layers = _check_num_layers(num_layers)
+    layout = module_layout(model)
+    num_layers = _check_num_layers(_block_count(model, layout) if num_layers is None else num_layers)
     probe = CudaMemoryProbe() if probe is None else probe
     checked = _check_devices(devices, probe)
     if mode == "single":
@@ -593,10 +697,21 @@ def plan_devices(
             raise ValueError(
                 f"split_at only applies to mode='split' or mode='auto', got mode='single' with {split_at!r}"
             )
-        return _explicit_single(checked, num_layers, offload, memory, probe)
+        return _explicit_single(checked, num_layers, offload, memory, probe, layout)
     if mode == "split":
-        return _explicit_split(checked, num_layers, offload, split_at, memory, probe)
-    return _auto_plan(checked, num_layers, offload, split_at, memory, probe)
+        return _explicit_split(checked, num_layers, offload, split_at, memory, probe, layout)
+    return _auto_plan(checked, num_layers, offload, split_at, memory, probe, layout)
+
+
+def _block_count(model: nn.Module | type[nn.Module] | None, layout: ModuleLayout) -> int:
+    """The length of a model instance's block list (``num_layers`` left out)."""
+    blocks = None if model is None or isinstance(model, type) else getattr(model, layout.blocks, None)
+    if not isinstance(blocks, nn.ModuleList):
+        raise TypeError(
+            "num_layers is needed (the model's block count) unless model= is a model instance with its "
+            f"block list {layout.blocks!r}"
+        )
+    return len(blocks)
 
 
 # ---------------------------------------------------------------------- placement

@@ -1,9 +1,11 @@
 """Opt-in attention diagnostics: how much attention mass each part of the cache receives.
 
-Identity drift shows in where the current chunk's queries look: the sink, the long and short EMA
-memory tokens, the recent frames or the chunk itself (the roles of
-:meth:`~memrope.cache.MemRoPECache.slot_roles`). :class:`AttentionMassRecorder` is an attention
-hook that measures this on every attention call, :func:`plot_attention_mass` draws it and
+Identity drift shows in where the current chunk's queries look: the sink, the policy's memory slots
+(``memrope``: the long and short EMA memory tokens), the recent frames or the chunk itself (the roles
+of :meth:`~memrope.cache.MemRoPECache.slot_roles`; :attr:`~memrope.cache.MemRoPECache.role_names`
+lists a cache's roles, so a third-party policy's memory slots are roles of their own).
+:class:`AttentionMassRecorder` is an attention hook that measures this on every attention call,
+:func:`plot_attention_mass` draws it and
 ``memrope plot-attention STATS.json`` does the same from the command line::
 
     recorder = AttentionMassRecorder()
@@ -37,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 import torch
 from torch.utils.hooks import RemovableHandle
 
-from memrope.cache import SLOT_ROLES, CacheContext, MemRoPECache, SlotRole
+from memrope.cache import CURRENT_ROLE, RECENT_ROLE, SINK_ROLE, SLOT_ROLES, CacheContext, MemRoPECache
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -51,14 +53,18 @@ __all__ = [
     "check_attention_mass",
     "load_attention_mass",
     "mean_shares_per_chunk",
+    "merge_roles",
     "plot_attention_mass",
     "role_attention_shares",
     "slot_attention_mass",
+    "statistics_roles",
 ]
 
 ATTENTION_MASS_FORMAT = "memrope.attention_mass"
-ATTENTION_MASS_VERSION = 2  # 2: running means per (cache, layer, chunk), records bounded by max_records
-READABLE_VERSIONS = (1, 2)
+# 2: running means per (cache, layer, chunk), records bounded by max_records;
+# 3: the roles are the recorded caches' role_names, listed in "roles" (1 and 2: always SLOT_ROLES)
+ATTENTION_MASS_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 DEFAULT_QUERY_BLOCK_SIZE = 128
 DEFAULT_MAX_RECORDS = 10_000
 CallSelection = Literal["all", "first"]
@@ -72,6 +78,7 @@ ROLE_COLORS: Mapping[str, str] = {
     "recent": "tab:orange",
     "current": "tab:green",
 }
+EXTRA_ROLE_COLORS = ("tab:red", "tab:brown", "tab:olive", "tab:cyan", "tab:gray")  # for other memory roles
 FIGURE_SIZE = (13.0, 7.5)
 FIGURE_DPI = 110
 
@@ -126,9 +133,10 @@ def _heads_first_float32(tokens: torch.Tensor) -> torch.Tensor:
 def role_attention_shares(
     query: torch.Tensor,
     keys: torch.Tensor,
-    slot_roles: list[SlotRole],
+    slot_roles: Sequence[str],
     frame_seqlen: int,
     *,
+    roles: Sequence[str] = SLOT_ROLES,
     query_block_size: int = DEFAULT_QUERY_BLOCK_SIZE,
 ) -> torch.Tensor:
     """Share of the attention mass on each role, per batch item.
@@ -138,32 +146,56 @@ def role_attention_shares(
         keys: RoPE'd keys ``[B, len(slot_roles) * frame_seqlen, H, D]``.
         slot_roles: the role of each slot of ``keys`` (see :meth:`MemRoPECache.slot_roles`).
         frame_seqlen: tokens per slot.
+        roles: the roles to report, in order (default :data:`~memrope.cache.SLOT_ROLES`; a cache's
+            own are :attr:`MemRoPECache.role_names`); ``slot_roles`` must be among them.
         query_block_size: queries per block (see :func:`slot_attention_mass`).
 
     Returns:
-        ``[B, len(SLOT_ROLES)]`` float32 shares in :data:`~memrope.cache.SLOT_ROLES` order, the mean
-        over queries and heads (each row sums to 1); on the query's device, nothing synced.
+        ``[B, len(roles)]`` float32 shares in ``roles`` order, the mean over queries and heads (each
+        row sums to 1); on the query's device, nothing synced.
     """
     _check_query_keys(query, keys, frame_seqlen)
-    unknown = sorted(set(slot_roles) - set(SLOT_ROLES))
+    roles = _check_roles("roles", roles)
+    unknown = sorted(set(slot_roles) - set(roles))
     if unknown:
-        raise ValueError(f"slot_roles must hold roles from {SLOT_ROLES}, got {unknown}")
+        raise ValueError(f"slot_roles must hold roles from {roles}, got {unknown}")
     if keys.shape[1] != len(slot_roles) * frame_seqlen:
         raise ValueError(
             f"keys must hold len(slot_roles) * frame_seqlen = {len(slot_roles)} * {frame_seqlen} tokens, "
             f"got {keys.shape[1]}"
         )
     slot_mass = slot_attention_mass(query, keys, frame_seqlen, query_block_size=query_block_size)
-    role_mass = {role: slot_mass.new_zeros(slot_mass.shape[0]) for role in SLOT_ROLES}
+    role_mass = {role: slot_mass.new_zeros(slot_mass.shape[0]) for role in roles}
     for role, first_slot, end_slot in _role_runs(slot_roles):
         role_mass[role] = role_mass[role] + slot_mass[:, first_slot:end_slot].sum(dim=1)
     queries_times_heads = query.shape[1] * query.shape[2]
-    return torch.stack([role_mass[role] for role in SLOT_ROLES], dim=1) / queries_times_heads
+    return torch.stack([role_mass[role] for role in roles], dim=1) / queries_times_heads
 
 
-def _role_runs(slot_roles: list[SlotRole]) -> list[tuple[SlotRole, int, int]]:
+def _check_roles(name: str, roles: object) -> tuple[str, ...]:
+    """``roles`` as a tuple of distinct non-empty names; ``ValueError`` naming ``name`` otherwise."""
+    if isinstance(roles, str) or not isinstance(roles, Sequence):
+        raise TypeError(f"{name} must be a sequence of role names such as {SLOT_ROLES}, got {roles!r}")
+    names = tuple(roles)
+    distinct = len(set(names)) == len(names)
+    if not names or not distinct or not all(isinstance(role, str) and role for role in names):
+        raise ValueError(f"{name} must be distinct non-empty role names such as {SLOT_ROLES}, got {roles!r}")
+    return names
+
+
+def merge_roles(*role_lists: Iterable[str]) -> tuple[str, ...]:
+    """Every role of ``role_lists`` once, in display order: sink, the memory roles (first seen first),
+    recent, current. ``merge_roles(SLOT_ROLES) == SLOT_ROLES``."""
+    seen = dict.fromkeys(role for roles in role_lists for role in roles)
+    edges = (SINK_ROLE, RECENT_ROLE, CURRENT_ROLE)
+    memory = [role for role in seen if role not in edges]
+    first = [SINK_ROLE] if SINK_ROLE in seen else []
+    return (*first, *memory, *(role for role in (RECENT_ROLE, CURRENT_ROLE) if role in seen))
+
+
+def _role_runs(slot_roles: Sequence[str]) -> list[tuple[str, int, int]]:
     """Maximal runs of equal roles as ``(role, first slot, end slot)`` (slicing, no index tensors)."""
-    runs: list[tuple[SlotRole, int, int]] = []
+    runs: list[tuple[str, int, int]] = []
     for slot, role in enumerate(slot_roles):
         if runs and runs[-1][0] == role:
             runs[-1] = (role, runs[-1][1], slot + 1)
@@ -234,13 +266,19 @@ class AttentionMassRecorder:
       then the rewrite calls, then any recache calls); exact when attached before a chunk starts.
     * ``kind``: ``"advance"``, ``"rewrite"`` or ``"recache"``.
     * ``shares``: mean over queries, heads and batch items; ``item_shares``: the same per batch item
-      (items are independent videos). Every share dict sums to 1 and names every role (0 for roles
-      absent from the cache, e.g. memory while filling or with the ``sink`` policy).
+      (items are independent videos). Every share dict sums to 1 and names every role of
+      :attr:`roles` (0 for roles absent at that call, e.g. memory while filling, or absent from that
+      cache when caches of several policies are recorded).
 
-    Memory: every recorded call is added to running sums per (cache, layer, chunk) (48 bytes per
-    layer and chunk), from which :meth:`per_chunk`, :meth:`means` and the figure are computed; of the
-    records themselves only the most recent ``max_records`` are kept (:attr:`records`; the older
-    ones are counted in :attr:`records_total`). So memory stays flat over a long video.
+    The roles are those of the recorded caches (:attr:`MemRoPECache.role_names`): ``sink``,
+    ``long``, ``short``, ``recent``, ``current`` for the ``memrope`` policy, no memory roles for
+    ``sink`` and ``full``, a third-party policy's memory slot names for its caches.
+
+    Memory: every recorded call is added to running sums per (cache, layer, chunk) (8 bytes per role
+    and chunk and 8 per chunk: 48 for the ``memrope`` roles), from which :meth:`per_chunk`,
+    :meth:`means` and the figure are computed; of the records themselves only the most recent
+    ``max_records`` are kept (:attr:`records`; the older ones are counted in :attr:`records_total`).
+    So memory stays flat over a long video.
 
     Host syncs: none per call. The sums of a chunk stay on the device and move to the host in one
     ``.tolist()`` when a call of another chunk (or cache) arrives or when the results are read
@@ -277,6 +315,7 @@ class AttentionMassRecorder:
         self.max_records = max_records
         self._cache_indices: weakref.WeakKeyDictionary[MemRoPECache, int] = weakref.WeakKeyDictionary()
         self._cache_layouts: list[dict[str, Any]] = []
+        self._cache_roles: list[tuple[str, ...]] = []  # role_names of each recorded cache
         self._last_calls: dict[tuple[int, int], tuple[int, int]] = {}  # (cache, layer) -> (chunk, call)
         self._pending: list[tuple[_CallInfo, torch.Tensor]] = []
         self._records: deque[dict[str, Any]] = deque(maxlen=max_records)
@@ -296,6 +335,7 @@ class AttentionMassRecorder:
                 context.keys,
                 cache.slot_roles(layer),
                 cache.frame_seqlen,
+                roles=self._cache_roles[info.cache],
                 query_block_size=self.query_block_size,
             )
         if self._pending and (self._pending[-1][0].cache, self._pending[-1][0].chunk) != (
@@ -328,6 +368,7 @@ class AttentionMassRecorder:
         if cache not in self._cache_indices:
             self._cache_indices[cache] = len(self._cache_layouts)
             self._cache_layouts.append(_cache_layout(cache))
+            self._cache_roles.append(tuple(cache.role_names))
         return self._cache_indices[cache]
 
     def _flush(self) -> None:
@@ -337,22 +378,30 @@ class AttentionMassRecorder:
         device = self._pending[0][1].device
         item_rows = torch.stack([shares.to(device) for _, shares in self._pending]).tolist()  # [N, B, R]
         for (info, _), rows in zip(self._pending, item_rows):
-            record = _record(info, rows)
+            roles = self._cache_roles[info.cache]
+            record = _record(info, rows, roles)
             key = (info.cache, info.layer)
             if key not in self._sums:
-                self._sums[key] = _ChunkShareSums(info.chunk)
-            self._sums[key].add(info.chunk, [record["shares"][role] for role in SLOT_ROLES])
+                self._sums[key] = _ChunkShareSums(info.chunk, roles)
+            self._sums[key].add(info.chunk, [record["shares"][role] for role in roles])
             if self.max_records != 0:
                 self._records.append(record)
             self._records_total += 1
         self._pending = []
 
     @property
+    def roles(self) -> tuple[str, ...]:
+        """The roles every share names: those of the recorded caches, merged in display order (sink,
+        memory roles, recent, current); ``()`` before the first recorded call."""
+        return merge_roles(*self._cache_roles)
+
+    @property
     def records(self) -> list[dict[str, Any]]:
-        """The most recent ``max_records`` records, in call order (syncs pending device sums; do not
-        modify the dicts)."""
+        """The most recent ``max_records`` records, in call order, each naming every role of
+        :attr:`roles` (syncs pending device sums; do not modify the dicts)."""
         self._flush()
-        return list(self._records)
+        roles = self.roles
+        return [_with_roles(record, roles, self._cache_roles[record["cache"]]) for record in self._records]
 
     @property
     def records_total(self) -> int:
@@ -369,23 +418,25 @@ class AttentionMassRecorder:
             first_chunk`` (0 calls and shares for chunks without a recorded call).
         """
         self._flush()
-        return [self._sums[key].to_dict(*key) for key in sorted(self._sums)]
+        roles = self.roles
+        return [self._sums[key].to_dict(*key, roles=roles) for key in sorted(self._sums)]
 
     def per_chunk(self) -> dict[int, dict[str, float]]:
         """Mean share of each role per chunk, over layers, calls and caches: ``{chunk: {role: share}}``.
 
         Computed from the running sums, so every recorded call counts (dropped records included).
         """
-        return _per_chunk_from_means(self.means())
+        return _per_chunk_from_means(self.means(), self.roles)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able statistics: format tag, version, roles, the recorded ``layers`` and ``calls`` (``None``:
-        all), the layout of each cache (policy, cache/sink/memory/chunk frames, frame_seqlen, ...), the
-        :meth:`means` of every recorded call, ``records_total``, ``max_records`` and the kept records."""
+        """JSON-able statistics: format tag, version, :attr:`roles`, the recorded ``layers`` and
+        ``calls`` (``None``: all), the layout of each cache (policy, cache/sink/memory/chunk frames,
+        frame_seqlen, ...), the :meth:`means` of every recorded call, ``records_total``,
+        ``max_records`` and the kept records."""
         return {
             "format": ATTENTION_MASS_FORMAT,
             "version": ATTENTION_MASS_VERSION,
-            "roles": list(SLOT_ROLES),
+            "roles": list(self.roles),
             "layers": None if self.layers is None else sorted(self.layers),
             "calls": None if self.calls is None else sorted(self.calls),
             "caches": [dict(layout) for layout in self._cache_layouts],
@@ -405,6 +456,7 @@ class AttentionMassRecorder:
         """Forget every record, sum and call count (hooks stay attached)."""
         self._cache_indices = weakref.WeakKeyDictionary()
         self._cache_layouts = []
+        self._cache_roles = []
         self._last_calls = {}
         self._pending = []
         self._records = deque(maxlen=self.max_records)
@@ -468,10 +520,10 @@ def _cache_layout(cache: MemRoPECache) -> dict[str, Any]:
     }
 
 
-def _record(info: _CallInfo, item_rows: list[list[float]]) -> dict[str, Any]:
-    """One record from a call's per-item shares ``[B][len(SLOT_ROLES)]``."""
-    item_shares = [dict(zip(SLOT_ROLES, row)) for row in item_rows]
-    shares = {role: sum(item[role] for item in item_shares) / len(item_shares) for role in SLOT_ROLES}
+def _record(info: _CallInfo, item_rows: list[list[float]], roles: Sequence[str]) -> dict[str, Any]:
+    """One record from a call's per-item shares ``[B][len(roles)]`` (its cache's roles)."""
+    item_shares = [dict(zip(roles, row)) for row in item_rows]
+    shares = {role: sum(item[role] for item in item_shares) / len(item_shares) for role in roles}
     return {
         "cache": info.cache,
         "chunk": info.chunk,
@@ -484,18 +536,32 @@ def _record(info: _CallInfo, item_rows: list[list[float]]) -> dict[str, Any]:
     }
 
 
-class _ChunkShareSums:
-    """Running sums of one (cache, layer)'s shares per chunk: ``len(SLOT_ROLES)`` floats and a call count
-    per chunk from ``first_chunk`` on (48 bytes a chunk)."""
+def _with_roles(
+    record: dict[str, Any], roles: tuple[str, ...], own_roles: tuple[str, ...]
+) -> dict[str, Any]:
+    """``record`` (shares of its cache's ``own_roles``) naming every role of ``roles``, 0 for the others."""
+    if own_roles == roles:
+        return record
+    return {
+        **record,
+        "shares": {role: record["shares"].get(role, 0.0) for role in roles},
+        "item_shares": [{role: item.get(role, 0.0) for role in roles} for item in record["item_shares"]],
+    }
 
-    def __init__(self, first_chunk: int) -> None:
+
+class _ChunkShareSums:
+    """Running sums of one (cache, layer)'s shares per chunk: one float per role and a call count per
+    chunk from ``first_chunk`` on (48 bytes a chunk for the five ``memrope`` roles)."""
+
+    def __init__(self, first_chunk: int, roles: Sequence[str]) -> None:
         self.first_chunk = first_chunk
-        self.sums = array("d")  # [chunks * len(SLOT_ROLES)]
+        self.roles = tuple(roles)
+        self.sums = array("d")  # [chunks * len(roles)]
         self.calls = array("q")  # [chunks]
 
     def add(self, chunk: int, shares: Sequence[float]) -> None:
-        """Add one call's shares (in :data:`SLOT_ROLES` order) to ``chunk``."""
-        roles = len(SLOT_ROLES)
+        """Add one call's shares (in :attr:`roles` order) to ``chunk``."""
+        roles = len(self.roles)
         if chunk < self.first_chunk:  # a reset cache starts again from chunk 0
             missing = self.first_chunk - chunk
             self.sums = array("d", [0.0]) * (missing * roles) + self.sums
@@ -510,43 +576,54 @@ class _ChunkShareSums:
         for position, share in enumerate(shares):
             self.sums[offset * roles + position] += share
 
-    def to_dict(self, cache: int, layer: int) -> dict[str, Any]:
-        roles = len(SLOT_ROLES)
+    def to_dict(self, cache: int, layer: int, *, roles: Sequence[str]) -> dict[str, Any]:
+        """The means entry naming every role of ``roles`` (0 for roles this cache does not have)."""
+        width = len(self.roles)
         calls = list(self.calls)
+        position = {role: index for index, role in enumerate(self.roles)}
         shares = {
-            role: [self.sums[chunk * roles + position] / count if count else 0.0 for chunk, count in enumerate(calls)]
-            for position, role in enumerate(SLOT_ROLES)
+            role: [
+                self.sums[chunk * width + position[role]] / count if count and role in position else 0.0
+                for chunk, count in enumerate(calls)
+            ]
+            for role in roles
         }
         return {"cache": cache, "layer": layer, "first_chunk": self.first_chunk, "calls": calls, "shares": shares}
 
 
-def _means_from_records(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def _means_from_records(
+    records: Iterable[Mapping[str, Any]], roles: Sequence[str]
+) -> list[dict[str, Any]]:
     """The :meth:`AttentionMassRecorder.means` of ``records`` (for version-1 files, which hold only records)."""
     sums: dict[tuple[int, int], _ChunkShareSums] = {}
     for record in records:
         key = (int(record.get("cache", 0)), record["layer"])
         if key not in sums:
-            sums[key] = _ChunkShareSums(record["chunk"])
-        sums[key].add(record["chunk"], [record["shares"].get(role, 0.0) for role in SLOT_ROLES])
-    return [sums[key].to_dict(*key) for key in sorted(sums)]
+            sums[key] = _ChunkShareSums(record["chunk"], roles)
+        sums[key].add(record["chunk"], [record["shares"].get(role, 0.0) for role in roles])
+    return [sums[key].to_dict(*key, roles=roles) for key in sorted(sums)]
 
 
-def _cell_totals(means: Iterable[Mapping[str, Any]]) -> Iterator[tuple[int, int, int, dict[str, float]]]:
+def _cell_totals(
+    means: Iterable[Mapping[str, Any]], roles: Sequence[str]
+) -> Iterator[tuple[int, int, int, dict[str, float]]]:
     """``(layer, chunk, calls, {role: summed share})`` of every (cache, layer, chunk) with recorded calls."""
     for entry in means:
         for offset, calls in enumerate(entry["calls"]):
             if calls:
-                totals: dict[str, float] = {role: entry["shares"][role][offset] * calls for role in SLOT_ROLES}
+                totals: dict[str, float] = {role: entry["shares"][role][offset] * calls for role in roles}
                 yield entry["layer"], entry["first_chunk"] + offset, calls, totals
 
 
-def _per_chunk_from_means(means: Iterable[Mapping[str, Any]]) -> dict[int, dict[str, float]]:
+def _per_chunk_from_means(
+    means: Iterable[Mapping[str, Any]], roles: Sequence[str]
+) -> dict[int, dict[str, float]]:
     """Mean share of each role per chunk over every call in ``means``, sorted by chunk."""
     totals: dict[int, dict[str, float]] = {}
     counts: dict[int, int] = {}
-    for _, chunk, calls, shares in _cell_totals(means):
-        chunk_totals = totals.setdefault(chunk, dict.fromkeys(SLOT_ROLES, 0.0))
-        for role in SLOT_ROLES:
+    for _, chunk, calls, shares in _cell_totals(means, roles):
+        chunk_totals = totals.setdefault(chunk, dict.fromkeys(roles, 0.0))
+        for role in roles:
             chunk_totals[role] += shares[role]
         counts[chunk] = counts.get(chunk, 0) + calls
     return {
@@ -555,14 +632,23 @@ def _per_chunk_from_means(means: Iterable[Mapping[str, Any]]) -> dict[int, dict[
     }
 
 
-def mean_shares_per_chunk(records: Iterable[Mapping[str, Any]]) -> dict[int, dict[str, float]]:
-    """Mean share of each role per chunk over ``records``: ``{chunk: {role: share}}``, sorted by chunk."""
+def mean_shares_per_chunk(
+    records: Iterable[Mapping[str, Any]], roles: Sequence[str] | None = None
+) -> dict[int, dict[str, float]]:
+    """Mean share of each role per chunk over ``records``: ``{chunk: {role: share}}``, sorted by chunk.
+
+    ``roles`` (default: every role the records name, in :func:`merge_roles` order) are the keys of
+    every inner dict; a role a record lacks counts as 0.
+    """
+    records = list(records)
+    if roles is None:
+        roles = merge_roles(*(record["shares"] for record in records))
     totals: dict[int, dict[str, float]] = {}
     counts: dict[int, int] = {}
     for record in records:
         chunk = record["chunk"]
-        chunk_totals = totals.setdefault(chunk, dict.fromkeys(SLOT_ROLES, 0.0))
-        for role in SLOT_ROLES:
+        chunk_totals = totals.setdefault(chunk, dict.fromkeys(roles, 0.0))
+        for role in roles:
             chunk_totals[role] += record["shares"].get(role, 0.0)
         counts[chunk] = counts.get(chunk, 0) + 1
     return {
@@ -622,20 +708,23 @@ def _statistics_problem(data: object) -> str | None:
         return f"attention-mass version {version!r} is not supported (expected {readable})"
     if not isinstance(data.get("caches", []), list):
         return "'caches' must be a list of cache layouts"
+    roles = _listed_roles(data, version)
+    if roles is None:
+        return f"'roles' must be a list of distinct role names (version {version}), got {data.get('roles')!r}"
     records = data.get("records")
     if not isinstance(records, list):
         return f"'records' must be a list, got {type(records).__name__}"
     for index, record in enumerate(records):
-        problem = _record_problem(record)
+        problem = _record_problem(record, roles)
         if problem is not None:
             return f"record {index}: {problem}"
     if version == 1:
         return None
     means = data.get("means")
     if not isinstance(means, list):
-        return f"'means' must be a list (version 2), got {type(means).__name__}"
+        return f"'means' must be a list (version {version}), got {type(means).__name__}"
     for index, entry in enumerate(means):
-        problem = _means_entry_problem(entry)
+        problem = _means_entry_problem(entry, roles)
         if problem is not None:
             return f"means entry {index}: {problem}"
     return None
@@ -649,7 +738,22 @@ def _is_share(value: object) -> bool:
     return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
 
 
-def _means_entry_problem(entry: object) -> str | None:
+def _listed_roles(data: Mapping[str, Any], version: int) -> list[str] | None:
+    """The roles of statistics of ``version`` (before 3: :data:`SLOT_ROLES`); ``None`` for a bad list."""
+    if version < 3:
+        return list(SLOT_ROLES)
+    listed = data.get("roles")
+    if not isinstance(listed, list) or not all(isinstance(role, str) and role for role in listed):
+        return None
+    return listed if len(set(listed)) == len(listed) else None
+
+
+def statistics_roles(data: Mapping[str, Any]) -> tuple[str, ...]:
+    """The roles of validated statistics: their ``"roles"`` (version 3), :data:`SLOT_ROLES` before."""
+    return tuple(data["roles"]) if data["version"] >= 3 else SLOT_ROLES
+
+
+def _means_entry_problem(entry: object, roles: Sequence[str]) -> str | None:
     """What is wrong with one entry of ``means``, or ``None``."""
     if not isinstance(entry, dict):
         return f"must be an object, got {type(entry).__name__}"
@@ -663,15 +767,15 @@ def _means_entry_problem(entry: object) -> str | None:
     if not isinstance(calls, list) or not all(_is_count(count) for count in calls):
         return "'calls' must be a list of ints >= 0 (calls per chunk)"
     shares = entry["shares"]
-    if not isinstance(shares, dict) or set(shares) != set(SLOT_ROLES):
-        return f"'shares' must map every role of {SLOT_ROLES} to a list of shares per chunk"
+    if not isinstance(shares, dict) or set(shares) != set(roles):
+        return f"'shares' must map every role of {tuple(roles)} to a list of shares per chunk"
     for role, values in shares.items():
         if not isinstance(values, list) or len(values) != len(calls) or not all(map(_is_share, values)):
             return f"shares of {role!r} must be {len(calls)} finite numbers (one per chunk of 'calls')"
     return None
 
 
-def _record_problem(record: object) -> str | None:
+def _record_problem(record: object, roles: Sequence[str]) -> str | None:
     """What is wrong with one record, or ``None``."""
     if not isinstance(record, dict):
         return f"must be an object, got {type(record).__name__}"
@@ -683,8 +787,8 @@ def _record_problem(record: object) -> str | None:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             return f"{name!r} must be an int >= 0, got {value!r}"
     shares = record["shares"]
-    if not isinstance(shares, dict) or not set(shares) <= set(SLOT_ROLES):
-        return f"'shares' must map roles from {SLOT_ROLES} to numbers, got {shares!r}"
+    if not isinstance(shares, dict) or not set(shares) <= set(roles):
+        return f"'shares' must map roles from {tuple(roles)} to numbers, got {shares!r}"
     for role, share in shares.items():
         if not _is_share(share):
             return f"share of {role!r} must be a finite number, got {share!r}"
@@ -719,31 +823,41 @@ def plot_attention_mass(
         data = load_attention_mass(data_or_path)
     else:
         data = check_attention_mass(dict(data_or_path))
-    means = _statistics_means(data)
+    roles = statistics_roles(data)
+    means = _statistics_means(data, roles)
     if not any(calls for entry in means for calls in entry["calls"]):
         raise ValueError("the attention-mass statistics hold no records; nothing to plot")
     figure_class, canvas_class = _agg_figure_classes()
     figure = figure_class(figsize=FIGURE_SIZE, layout="constrained")
     canvas_class(figure)
-    per_chunk = _per_chunk_from_means(means)
-    roles = [role for role in SLOT_ROLES if any(shares[role] > 0 for shares in per_chunk.values())]
-    grid = figure.add_gridspec(2, len(roles), height_ratios=(3, 2))
+    per_chunk = _per_chunk_from_means(means, roles)
+    colors = _role_colors(roles)
+    shown = [role for role in roles if any(shares[role] > 0 for shares in per_chunk.values())]
+    grid = figure.add_gridspec(2, len(shown), height_ratios=(3, 2))
     stacked_axes = figure.add_subplot(grid[0, :])
-    _draw_stacked_shares(stacked_axes, per_chunk, roles)
-    figure.legend(*stacked_axes.get_legend_handles_labels(), loc="outside lower center", ncols=len(roles))
-    for column, role in enumerate(roles):
-        _draw_layer_heatmap(figure, figure.add_subplot(grid[1, column]), means, role, first=column == 0)
-    figure.suptitle(title if title is not None else _default_title(data, means))
+    _draw_stacked_shares(stacked_axes, per_chunk, shown, colors)
+    figure.legend(*stacked_axes.get_legend_handles_labels(), loc="outside lower center", ncols=len(shown))
+    for column, role in enumerate(shown):
+        axes = figure.add_subplot(grid[1, column])
+        _draw_layer_heatmap(figure, axes, means, (role, colors[role], roles), first=column == 0)
+    figure.suptitle(title if title is not None else _default_title(data, means, roles))
     output = Path(output_png)
     figure.savefig(output, dpi=FIGURE_DPI)
     return output
 
 
-def _statistics_means(data: Mapping[str, Any]) -> list[dict[str, Any]]:
+def _statistics_means(data: Mapping[str, Any], roles: Sequence[str]) -> list[dict[str, Any]]:
     """The ``means`` of validated statistics (computed from the records for version 1)."""
     if "means" in data:
         return list(data["means"])
-    return _means_from_records(data["records"])
+    return _means_from_records(data["records"], roles)
+
+
+def _role_colors(roles: Sequence[str]) -> dict[str, str]:
+    """A colour per role: :data:`ROLE_COLORS` for the built-in ones, then :data:`EXTRA_ROLE_COLORS`."""
+    others = [role for role in roles if role not in ROLE_COLORS]
+    extra = {role: EXTRA_ROLE_COLORS[index % len(EXTRA_ROLE_COLORS)] for index, role in enumerate(others)}
+    return {role: ROLE_COLORS.get(role) or extra[role] for role in roles}
 
 
 def _agg_figure_classes() -> tuple[type[Figure], Any]:
@@ -756,7 +870,9 @@ def _agg_figure_classes() -> tuple[type[Figure], Any]:
     return Figure, FigureCanvasAgg
 
 
-def _draw_stacked_shares(axes: Axes, per_chunk: dict[int, dict[str, float]], roles: Sequence[str]) -> None:
+def _draw_stacked_shares(
+    axes: Axes, per_chunk: dict[int, dict[str, float]], roles: Sequence[str], colors: Mapping[str, str]
+) -> None:
     """Stacked shares per chunk, each chunk drawn over ``[chunk - 0.5, chunk + 0.5)`` (as in the heatmaps)."""
     chunks = list(per_chunk)
     edges = [chunk - 0.5 for chunk in chunks] + [chunks[-1] + 0.5]
@@ -765,7 +881,7 @@ def _draw_stacked_shares(axes: Axes, per_chunk: dict[int, dict[str, float]], rol
         edges,
         *[[*values, values[-1]] for values in series],
         labels=roles,
-        colors=[ROLE_COLORS[role] for role in roles],
+        colors=[colors[role] for role in roles],
         step="post",
     )
     axes.set_xlim(edges[0], edges[-1])
@@ -776,14 +892,21 @@ def _draw_stacked_shares(axes: Axes, per_chunk: dict[int, dict[str, float]], rol
 
 
 def _draw_layer_heatmap(
-    figure: Figure, axes: Axes, means: list[dict[str, Any]], role: str, *, first: bool
+    figure: Figure,
+    axes: Axes,
+    means: list[dict[str, Any]],
+    shown: tuple[str, str, Sequence[str]],
+    *,
+    first: bool,
 ) -> None:
-    """Heatmap of ``role``'s mean share per (layer, chunk); cells without records stay blank."""
-    cells, extent = _layer_chunk_means(means, role)
+    """Heatmap of the mean share per (layer, chunk) of ``shown = (role, its colour, every role)``;
+    cells without records stay blank."""
+    role, color, roles = shown
+    cells, extent = _layer_chunk_means(means, role, roles)
     image = axes.imshow(
         cells, aspect="auto", origin="lower", interpolation="nearest", cmap="viridis", extent=extent
     )
-    axes.set_title(role, color=ROLE_COLORS[role])
+    axes.set_title(role, color=color)
     axes.set_xlabel("chunk")
     _use_integer_ticks(axes.xaxis, axes.yaxis)
     if first:
@@ -792,12 +915,12 @@ def _draw_layer_heatmap(
 
 
 def _layer_chunk_means(
-    means: list[dict[str, Any]], role: str
+    means: list[dict[str, Any]], role: str, roles: Sequence[str]
 ) -> tuple[list[list[float]], tuple[float, float, float, float]]:
     """Mean share of ``role`` per layer (rows) and chunk (columns) over caches and calls, NaN where
     nothing was recorded, and the ``imshow`` extent ``(left, right, bottom, top)`` centring each cell
     on its integer."""
-    cells = list(_cell_totals(means))
+    cells = list(_cell_totals(means, roles))
     layers = [layer for layer, _, _, _ in cells]
     chunks = [chunk for _, chunk, _, _ in cells]
     first_chunk, first_layer = min(chunks), min(layers)
@@ -821,8 +944,8 @@ def _use_integer_ticks(*axes: Axis) -> None:
         axis.set_major_locator(MaxNLocator(integer=True))
 
 
-def _default_title(data: Mapping[str, Any], means: list[dict[str, Any]]) -> str:
-    cells = list(_cell_totals(means))
+def _default_title(data: Mapping[str, Any], means: list[dict[str, Any]], roles: Sequence[str]) -> str:
+    cells = list(_cell_totals(means, roles))
     chunks = len({chunk for _, chunk, _, _ in cells})
     layers = len({layer for layer, _, _, _ in cells})
     policies = sorted(

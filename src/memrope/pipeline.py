@@ -57,9 +57,9 @@ from safetensors.torch import save_file
 from memrope.cache import MemRoPECache
 from memrope.config import MemRoPEConfig
 from memrope.errors import NonFiniteError
+from memrope.flow_matching import FlowMatchScheduler
 from memrope.loading import check_safetensors_file, nonfinite_summary
 from memrope.noise import InitialNoise
-from memrope.flow_matching import FlowMatchScheduler
 from memrope.vae import VideoDecoder
 
 DEFAULT_LATENT_HW = (60, 104)

@@ -6,6 +6,10 @@ random weights), the model shape, the latent size and length, the cache policy, 
 (denoising steps, warp, shift), the text encoder and the VAE, and an estimate of the GPU memory
 the run needs (:meth:`Preset.memory_estimate`).
 
+The presets are made from a table of model families (:data:`MODEL_FAMILIES`, one
+:class:`ModelFamily` each: checkpoint, model shape, lengths, chunk size, sampler, loader kind); a
+new family is one entry there or one :func:`register_model_family` call.
+
 * ``tiny``: a ~0.2M-parameter Wan-layout DiT (16 latent channels, so the layout matches Wan's VAE)
   with weights drawn from a fixed seed, the download-free :class:`~memrope.encoders.HashTextEncoder`
   and the weight-free :class:`~memrope.vae.TinyDecoder`. It runs anywhere in seconds; its weights
@@ -33,20 +37,23 @@ import torch
 
 from memrope.config import MemRoPEConfig
 from memrope.encoders import UMT5_TEXT_DIM, UMT5_TEXT_LEN, WAN21_DIFFUSERS_REPO, HashTextEncoder
-from memrope.loading import CHECKPOINTS
+from memrope.loading import CHECKPOINTS, CheckpointKind
 from memrope.models.wan import CausalWanModel, WanConfig
 from memrope.vae import TinyDecoder, video_frame_count
 
 __all__ = [
     "FPS",
+    "MODEL_FAMILIES",
     "OFFICIAL_LENGTHS",
     "PRESETS",
     "TINY_MODEL_CONFIG",
     "MemoryEstimate",
+    "ModelFamily",
     "Preset",
     "get_preset",
     "latent_frames_for_seconds",
     "presets_table",
+    "register_model_family",
     "tiny_decoder",
     "tiny_model",
     "tiny_text_encoder",
@@ -187,7 +194,7 @@ class Preset:
 
     Attributes:
         name: the CLI name (``memrope generate --model NAME``).
-        family: ``"tiny"``, ``"self-forcing"`` or ``"longlive"``.
+        family: the :class:`ModelFamily` it comes from (``"tiny"``, ``"self-forcing"``, ``"longlive"``, ...).
         description: one line for humans.
         checkpoint: a :data:`memrope.loading.CHECKPOINTS` name, or ``None`` (deterministic random
             weights from :func:`tiny_model`).
@@ -200,6 +207,7 @@ class Preset:
         vae: ``"tiny"`` or a Hub id / folder of the Diffusers layout (Wan VAE in ``vae``).
         default_dtype: dtype of the DiT and latents on an accelerator (float32 on the CPU unless
             ``--dtype`` says otherwise).
+        lora_checkpoint_kind: how a checkpoint given with a LoRA is read (see :class:`ModelFamily`).
     """
 
     name: str
@@ -217,6 +225,7 @@ class Preset:
     text_encoder: str = WAN21_DIFFUSERS_REPO
     vae: str = WAN21_DIFFUSERS_REPO
     default_dtype: torch.dtype = torch.bfloat16
+    lora_checkpoint_kind: CheckpointKind = "auto"
 
     def __post_init__(self) -> None:
         if self.checkpoint is not None and self.checkpoint not in CHECKPOINTS:
@@ -344,41 +353,142 @@ def _checkpoint_files(checkpoint: str | None) -> list[str]:
     return [entry.weights.uri] + ([entry.lora.uri] if entry.lora is not None else [])
 
 
-def _official_presets() -> dict[str, Preset]:
-    families = {
-        "self-forcing": "Self-Forcing DMD (Wan2.1-T2V-1.3B, EMA weights)",
-        "longlive": "LongLive-1.3B (base + rank-256 LoRA, merged)",
-    }
-    presets: dict[str, Preset] = {}
-    for family, label in families.items():
-        for suffix, latent_frames in OFFICIAL_LENGTHS.items():
-            name = f"{family}-{suffix}"
-            presets[name] = Preset(
+@dataclass(frozen=True)
+class ModelFamily:
+    """One kind of model: where its weights come from, its shape, its lengths and how it samples.
+
+    Each family gives one :class:`Preset` per entry of ``lengths``, named ``f"{name}-{length}"`` (or
+    ``name`` alone for the length ``""``). A new family is one entry of :data:`MODEL_FAMILIES` (or a
+    :func:`register_model_family` call); nothing else in memrope names families.
+
+    Attributes:
+        name: the family name (``Preset.family``), e.g. ``"longlive"``.
+        description: each preset's one-line description, a ``str.format`` template that may use
+            ``{length}``, ``{latent_frames}``, ``{height}`` and ``{width}``.
+        checkpoint: a :data:`memrope.loading.CHECKPOINTS` name, or ``None`` (the seeded random
+            weights of :func:`tiny_model`).
+        lengths: preset name suffix -> latent frames (each a multiple of the chunk).
+        model_config, latent_hw, cache, denoising_steps, warp_denoising_step, shift, context_noise,
+        text_encoder, vae, default_dtype: as in :class:`Preset` (``cache.chunk_frames`` is the chunk).
+        lora_checkpoint_kind: how :func:`memrope.components.load_model` reads a checkpoint given with
+            ``lora=`` (``"longlive"``: a training checkpoint whose base has no EMA copy; ``"auto"``:
+            detected from the file).
+    """
+
+    name: str
+    description: str
+    checkpoint: str | None
+    lengths: Mapping[str, int]
+    model_config: WanConfig
+    latent_hw: tuple[int, int]
+    cache: MemRoPEConfig = field(default_factory=MemRoPEConfig)
+    denoising_steps: tuple[int, ...] = OFFICIAL_STEPS
+    warp_denoising_step: bool = True
+    shift: float = 5.0
+    context_noise: float = 0.0
+    text_encoder: str = WAN21_DIFFUSERS_REPO
+    vae: str = WAN21_DIFFUSERS_REPO
+    default_dtype: torch.dtype = torch.bfloat16
+    lora_checkpoint_kind: CheckpointKind = "auto"
+
+    def preset_name(self, length: str) -> str:
+        """``"longlive-60s"`` for ``"60s"``; the family name for ``""``."""
+        return f"{self.name}-{length}" if length else self.name
+
+    def presets(self) -> dict[str, Preset]:
+        """This family's presets, one per length, by name."""
+        made: dict[str, Preset] = {}
+        for length, latent_frames in self.lengths.items():
+            name = self.preset_name(length)
+            height, width = (size * SPATIAL_FACTOR for size in self.latent_hw)
+            made[name] = Preset(
                 name=name,
-                family=family,
-                description=f"{label}, {suffix} ({latent_frames} latent frames), 480x832, MemRoPE cache",
-                checkpoint=family,
-                model_config=WanConfig(),
+                family=self.name,
+                description=self.description.format(
+                    length=length, latent_frames=latent_frames, height=height, width=width
+                ),
+                checkpoint=self.checkpoint,
+                model_config=self.model_config,
                 latent_frames=latent_frames,
-                latent_hw=OFFICIAL_LATENT_HW,
+                latent_hw=self.latent_hw,
+                cache=self.cache,
+                denoising_steps=self.denoising_steps,
+                warp_denoising_step=self.warp_denoising_step,
+                shift=self.shift,
+                context_noise=self.context_noise,
+                text_encoder=self.text_encoder,
+                vae=self.vae,
+                default_dtype=self.default_dtype,
+                lora_checkpoint_kind=self.lora_checkpoint_kind,
             )
-    return presets
+        return made
 
 
-TINY_PRESET = Preset(
-    name="tiny",
-    family="tiny",
-    description="built-in tiny random-weight DiT, hash text encoder, tiny decoder (no download)",
-    checkpoint=None,
-    model_config=TINY_MODEL_CONFIG,
-    latent_frames=TINY_LATENT_FRAMES,
-    latent_hw=TINY_LATENT_HW,
-    text_encoder="hash",
-    vae="tiny",
-    default_dtype=torch.float32,
-)
+_OFFICIAL_DESCRIPTION = "{length} ({latent_frames} latent frames), {height}x{width}, MemRoPE cache"
 
-PRESETS: Mapping[str, Preset] = MappingProxyType({"tiny": TINY_PRESET, **_official_presets()})
+_FAMILIES: dict[str, ModelFamily] = {}
+_PRESETS: dict[str, Preset] = {}
+#: The model families by name, in the order of :data:`PRESETS` (a read-only view).
+MODEL_FAMILIES: Mapping[str, ModelFamily] = MappingProxyType(_FAMILIES)
+#: Every preset by name (a read-only view; :func:`register_model_family` adds to it).
+PRESETS: Mapping[str, Preset] = MappingProxyType(_PRESETS)
+
+
+def register_model_family(family: ModelFamily) -> ModelFamily:
+    """Add ``family`` and its presets (``memrope generate --model NAME``, :func:`get_preset`).
+
+    Raises:
+        TypeError: ``family`` is not a :class:`ModelFamily`.
+        ValueError: its name or one of its preset names is taken, or it has no lengths; nothing is
+            added then.
+    """
+    if not isinstance(family, ModelFamily):
+        raise TypeError(f"family must be a ModelFamily, got {type(family).__name__}")
+    if family.name in _FAMILIES:
+        raise ValueError(f"a model family named {family.name!r} is already registered")
+    if not family.lengths:
+        raise ValueError(f"model family {family.name!r} must name at least one length")
+    presets = family.presets()
+    taken = sorted(set(presets) & set(_PRESETS))
+    if taken:
+        raise ValueError(f"model family {family.name!r}: preset names {taken} are taken")
+    _FAMILIES[family.name] = family
+    _PRESETS.update(presets)
+    return family
+
+
+for _family in (
+    ModelFamily(
+        name="tiny",
+        description="built-in tiny random-weight DiT, hash text encoder, tiny decoder (no download)",
+        checkpoint=None,
+        lengths={"": TINY_LATENT_FRAMES},
+        model_config=TINY_MODEL_CONFIG,
+        latent_hw=TINY_LATENT_HW,
+        text_encoder="hash",
+        vae="tiny",
+        default_dtype=torch.float32,
+    ),
+    ModelFamily(
+        name="self-forcing",
+        description=f"Self-Forcing DMD (Wan2.1-T2V-1.3B, EMA weights), {_OFFICIAL_DESCRIPTION}",
+        checkpoint="self-forcing",
+        lengths=OFFICIAL_LENGTHS,
+        model_config=WanConfig(),
+        latent_hw=OFFICIAL_LATENT_HW,
+    ),
+    ModelFamily(
+        name="longlive",
+        description=f"LongLive-1.3B (base + rank-256 LoRA, merged), {_OFFICIAL_DESCRIPTION}",
+        checkpoint="longlive",
+        lengths=OFFICIAL_LENGTHS,
+        model_config=WanConfig(),
+        latent_hw=OFFICIAL_LATENT_HW,
+        lora_checkpoint_kind="longlive",
+    ),
+):
+    register_model_family(_family)
+TINY_PRESET = PRESETS["tiny"]
 
 assert UMT5_TEXT_DIM == WanConfig().text_dim and UMT5_TEXT_LEN == WanConfig().text_len
 
@@ -432,7 +542,8 @@ def presets_table(presets: Mapping[str, Preset] | None = None) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * width for width in widths))
-    weights = "; ".join(f"{name}: {', '.join(_checkpoint_files(name))}" for name in ("self-forcing", "longlive"))
+    checkpoints = dict.fromkeys(family.checkpoint for family in MODEL_FAMILIES.values() if family.checkpoint)
+    weights = "; ".join(f"{name}: {', '.join(_checkpoint_files(name))}" for name in checkpoints)
     notes = [
         "",
         (

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -223,6 +223,18 @@ def run_head(head: Any, x: torch.Tensor, time_embedding: torch.Tensor) -> torch.
 
 class CausalWanModel(nn.Module):
     """Autoregressive Wan2.1 text-to-video DiT with a MemRoPE self-attention cache."""
+
+    #: The top-level modules in forward order, for :mod:`memrope.devices` (as diffusers'
+    #: ``_no_split_modules``): those before the block list go on the first device, ``"blocks.*"``
+    #: (every entry of ``self.blocks``) is split over the devices, those after it go on the last one.
+    _placeable_modules: ClassVar[tuple[str, ...]] = (
+        "patch_embedding",
+        "text_embedding",
+        "time_embedding",
+        "time_projection",
+        "blocks.*",
+        "head",
+    )
 
     def __init__(self, config: WanConfig | None = None) -> None:
         super().__init__()
