@@ -4,9 +4,11 @@ brute-force reference and known answers, through the tiny model, its JSON file, 
 
 from __future__ import annotations
 
+import argparse
 import gc
 import importlib.util
 import json
+import re
 import sys
 import tracemalloc
 from collections.abc import Callable, Sequence
@@ -26,13 +28,16 @@ from memrope.diagnostics import (
     ATTENTION_MASS_VERSION,
     AttentionMassRecorder,
     check_attention_mass,
+    configure_plot_attention,
     load_attention_mass,
     mean_shares_per_chunk,
     merge_roles,
     plot_attention_mass,
     role_attention_shares,
+    run_plot_attention,
     statistics_roles,
 )
+from memrope.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CLIError
 from memrope.presets import tiny_model
 
 SETTINGS = settings(max_examples=25, deadline=None)
@@ -705,6 +710,72 @@ def test_cli_plot_attention_errors(
     err = capsys.readouterr().err
     assert err.startswith("memrope: error: ") and message in err and "Traceback" not in err
     assert not list(tmp_path.glob("*.png"))
+
+
+@pytest.mark.parametrize(
+    ("arguments", "exit_code", "message"),
+    [
+        (["missing.json"], EXIT_USAGE, "missing.json does not exist"),
+        (["bad.json"], EXIT_USAGE, "format must be 'memrope.attention_mass'"),
+        (["stats.json", "-o", "."], EXIT_USAGE, "is a directory"),
+        (["stats.json"], EXIT_FAILURE, 'needs matplotlib: pip install "memrope[plot]"'),
+    ],
+)
+def test_plot_attention_command_raises_the_cli_error_of_memrope_errors(
+    tmp_path: Path,
+    stats_data: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    arguments: list[str],
+    exit_code: int,
+    message: str,
+) -> None:
+    """The command code reports through :class:`memrope.errors.CLIError`, without importing the CLI."""
+    monkeypatch.chdir(tmp_path)
+    hide_matplotlib(monkeypatch)
+    (tmp_path / "bad.json").write_text('{"format": "something else"}')
+    (tmp_path / "stats.json").write_text(json.dumps(stats_data))
+    parser = argparse.ArgumentParser()
+    configure_plot_attention(parser)
+    with pytest.raises(CLIError, match=re.escape(message)) as raised:
+        run_plot_attention(parser.parse_args(arguments))
+    assert raised.value.exit_code == exit_code
+    assert not list(tmp_path.glob("*.png"))
+
+
+def test_cli_error_defaults_to_the_usage_exit_code() -> None:
+    assert (EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED) == (0, 1, 2, 130)
+    error = CLIError("--output x is a directory")
+    assert str(error) == "--output x is a directory" and error.exit_code == EXIT_USAGE
+    assert CLIError("disk full", EXIT_FAILURE).exit_code == EXIT_FAILURE
+    assert isinstance(error, Exception) and not isinstance(error, ValueError)
+
+
+PUBLIC_NAMES = (  # every public name of the single-module memrope.diagnostics, before it became a package
+    "ATTENTION_MASS_FORMAT", "ATTENTION_MASS_VERSION", "AttentionMassRecorder", "CALL_SELECTIONS",
+    "CallSelection", "DEFAULT_MAX_RECORDS", "DEFAULT_QUERY_BLOCK_SIZE", "EXTRA_ROLE_COLORS", "FIGURE_DPI",
+    "FIGURE_SIZE", "PLOT_ATTENTION_DESCRIPTION", "PLOT_ATTENTION_HELP", "PLOT_INSTALL_HINT",
+    "READABLE_VERSIONS", "REQUIRED_RECORD_FIELDS", "ROLE_COLORS", "check_attention_mass",
+    "configure_plot_attention", "load_attention_mass", "mean_shares_per_chunk", "merge_roles",
+    "plot_attention_mass", "role_attention_shares", "run_plot_attention", "slot_attention_mass",
+    "statistics_roles",
+)
+
+
+def test_every_public_name_is_still_importable_from_memrope_diagnostics() -> None:
+    from memrope import diagnostics
+
+    assert [name for name in PUBLIC_NAMES if not hasattr(diagnostics, name)] == []
+    assert sorted(diagnostics.__all__) == sorted(
+        ["ATTENTION_MASS_FORMAT", "ATTENTION_MASS_VERSION", "AttentionMassRecorder", "check_attention_mass",
+         "load_attention_mass", "mean_shares_per_chunk", "merge_roles", "plot_attention_mass",
+         "role_attention_shares", "slot_attention_mass", "statistics_roles"]
+    )
+    namespace: dict[str, object] = {}
+    exec("from memrope.diagnostics import *", namespace)  # noqa: S102 - the star import under test
+    assert set(diagnostics.__all__) <= set(namespace)
+    assert diagnostics.ATTENTION_MASS_FORMAT == "memrope.attention_mass"
+    assert diagnostics.ATTENTION_MASS_VERSION == 3
+    assert (diagnostics.DEFAULT_QUERY_BLOCK_SIZE, diagnostics.DEFAULT_MAX_RECORDS) == (128, 10_000)
 
 
 def test_memrope_files_hold_what_version_2_held(stats_data: dict[str, Any]) -> None:

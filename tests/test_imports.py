@@ -184,3 +184,28 @@ def test_no_import_circle_between_memrope_modules() -> None:
         for cycle in cycles
     ]
     assert cycles == [], "import circles in src/memrope:\n" + "\n".join(described)
+
+
+def test_the_library_never_imports_the_cli() -> None:
+    """The CLI sits on top: it imports the library, no library module imports it."""
+    graph = import_graph()
+    importers = sorted(name for name, imported in graph.items() if "memrope.cli" in imported)
+    assert importers == [], f"library modules import memrope.cli: {importers}"
+    assert graph["memrope.errors"] == set()  # a leaf: the CLI and the library both import it
+    assert {"memrope.errors"} <= graph["memrope.diagnostics.command"]
+
+
+def test_import_memrope_diagnostics_does_not_load_the_cli() -> None:
+    code = "import sys, memrope.diagnostics; print('memrope.cli' in sys.modules)"
+    assert run_python(code).strip() == "False"
+
+
+def test_the_cli_reports_the_errors_of_memrope_errors() -> None:
+    """``memrope.cli`` re-uses the leaf module's exit codes and error class, so a ``CLIError`` raised by
+    command code outside cli.py (``memrope plot-attention``) is reported like one raised in cli.py."""
+    import memrope.cli
+    import memrope.errors
+
+    assert memrope.cli.CLIError is memrope.errors.CLIError
+    for name in ("EXIT_OK", "EXIT_FAILURE", "EXIT_USAGE", "EXIT_INTERRUPTED"):
+        assert getattr(memrope.cli, name) == getattr(memrope.errors, name), name

@@ -49,18 +49,16 @@ from typing import Any
 
 import torch
 
+from memrope import diagnostics
 from memrope.config import POLICIES, MemRoPEConfig
 from memrope.devices import DevicePlan, NotEnoughMemoryError, plan_devices
 from memrope.distributed import DistributedContext, DistributedEnv, shard_indices
+from memrope.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CLIError
 from memrope.presets import FPS, PRESETS, TEMPORAL_FACTOR, Preset, presets_table
 from memrope.schedule import ScheduledPrompt, parse_prompt_schedule
 
 __all__ = ["COMMANDS", "CLIError", "Command", "build_parser", "main", "register_command"]
 
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -78,14 +76,6 @@ RUN_SUFFIX = ".resume.json"
 REPORT_FORMAT = "memrope.generate_report"
 PLACEMENTS = ("single", "split", "auto")
 RUN_FORMAT = "memrope.generate_run"
-
-
-class CLIError(Exception):
-    """A problem to report on stderr as ``memrope: error: <message>`` with ``exit_code``."""
-
-    def __init__(self, message: str, exit_code: int = EXIT_USAGE) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1282,7 +1272,6 @@ register_command(Command("generate", "generate videos (mp4 + JSON report)", _con
 register_command(Command("presets", "list the presets (models, lengths, GPU memory)", _configure_presets,
                          _run_presets))
 
-from memrope import diagnostics  # here, not at the top: diagnostics imports this module lazily
 
 register_command(Command("plot-attention", diagnostics.PLOT_ATTENTION_HELP,
                          diagnostics.configure_plot_attention, diagnostics.run_plot_attention,
