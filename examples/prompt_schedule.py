@@ -10,6 +10,10 @@ tokens keep the past. Frames before a switch are exactly those of a run without 
 On any machine, in seconds, with the built-in tiny model:
 
     python examples/prompt_schedule.py --tiny --output cat.mp4
+
+As with ``memrope generate``, ``--seconds S`` makes the shortest whole-chunk video at least ``S`` s
+long, and a switch whose start falls inside a chunk happens at the next chunk boundary ("10s" is
+latent frame 40, so the switch is at 42 with chunks of 3).
 """
 
 from __future__ import annotations
@@ -17,8 +21,8 @@ from __future__ import annotations
 import argparse
 
 from memrope import components
-from memrope.presets import FPS, get_preset, latent_frames_for_seconds
-from memrope.schedule import parse_prompt_schedule
+from memrope.presets import FPS, get_preset
+from memrope.schedule import latent_frames_at_least, parse_prompt_schedule, video_seconds
 from memrope.video import Mp4Writer, to_uint8
 
 STORY = (
@@ -32,14 +36,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="the built-in tiny model (CPU, no download)")
     parser.add_argument("--schedule", default=STORY, help="START:PROMPT entries separated by ';' (START: frame or 10s)")
-    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--seconds", type=float, default=30.0, help="at least this long (whole chunks)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default="memrope_schedule.mp4")
     args = parser.parse_args(argv)
 
     preset = get_preset("tiny" if args.tiny else "longlive-30s")
     device = components.default_device()
-    num_frames = latent_frames_for_seconds(args.seconds)
+    num_frames = latent_frames_at_least(args.seconds, chunk_frames=preset.chunk_frames)
     schedule = parse_prompt_schedule(args.schedule, chunk_frames=preset.chunk_frames, num_frames=num_frames)
 
     encoder = components.load_text_encoder(preset, device=device)
@@ -61,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
             assert chunk.frames is not None
             writer.write(to_uint8(chunk.frames[0]))
     assert pipeline.cache is not None
-    print(f"wrote {args.output} ({writer.frames_written} frames)")
+    print(f"wrote {args.output} ({writer.frames_written} frames, {num_frames} latent, {video_seconds(num_frames):.2f} s)")
     print(pipeline.cache.summary())  # still 12 frames: switches never grow the cache
 
 

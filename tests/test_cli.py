@@ -61,10 +61,13 @@ def test_default_length_seconds_and_policy_options(tmp_path: Path) -> None:
                      "--seed", "5", "--dtype", "bf16", "--device", "cpu")
     assert main(args) == 0
     report = json.loads((tmp_path / "sink.mp4.json").read_text())
-    assert report["latent_frames"] == 12 and report["dtype"] == "bfloat16" and report["seed"] == 5
+    # the shortest whole-chunk video of at least 3 s: 15 latent frames = 57 frames = 3.56 s
+    assert report["latent_frames"] == 15 and report["dtype"] == "bfloat16" and report["seed"] == 5
+    assert report["requested"] == {"seconds": 3.0}
+    assert report["produced"] == {"latent_frames": 15, "video_frames": 57, "seconds": 57 / 16}
     assert report["cache"]["config"]["policy"] == "sink"
-    assert report["cache"]["slot_layout"] == ["f0", "f7", "f8", "f9", "f10", "f11"]
-    assert read_frames(output).shape[0] == 45
+    assert report["cache"]["slot_layout"] == ["f0", "f10", "f11", "f12", "f13", "f14"]
+    assert read_frames(output).shape[0] == 57
 
 
 def test_prompts_file_gives_one_video_per_prompt(tmp_path: Path) -> None:
@@ -89,9 +92,14 @@ BAD_INPUTS = [
     (["--cache-frames", "5"], "--cache-frames must be >="),
     (["--seed", "-1"], "--seed"),
     (["--save-every", "0"], "positive integer"),
-    (["--num-frames", "10"], "nearest valid: --num-frames 9 (33 video frames, 2.25 s) or --num-frames 12"),
-    (["--seconds", "10"], "nearest valid: --seconds 9.75 (39 latent frames) or --seconds 10.5"),
-    (["--seconds", "1.1"], "multiple of 0.25"),
+    (["--seconds", "0"], "--seconds 0: the length must be > 0 seconds"),
+    (["--seconds", "-2"], "--seconds -2: the length must be > 0 seconds"),
+    (["--seconds", "nan"], "expected a finite number"),
+    (["--seconds", "1e9"], "--seconds 1000000000 is too long: memrope generate makes at most 24 h"),
+    (["--num-frames", "400000"], "--num-frames 400000 is too long: memrope generate makes at most 24 h"),
+    (["--seed", str(2**64)], "expected an integer in [0, 2**64 - 1]"),
+    (["--device", "meta"], "--device meta holds no data"),
+    (["--resume", "--restart"], "not allowed with"),
     (["--num-frames", "6", "--seconds", "3"], "not allowed with"),
     (["--policy", "lru"], "invalid choice"),
     (["--policy", "full", "--num-frames", "1200"], "at most 1024"),
@@ -262,8 +270,7 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(
     report = json.loads((tmp_path / "video.mp4.json").read_text())
     assert report["complete"] and report["resumed_from_latent_frame"] > 0
     assert not state.exists() and not (tmp_path / "video.mp4.resume.latents").exists()
-    for leftover in tmp_path.glob(".*.partial.mp4"):  # what the SIGKILLed writer left behind
-        leftover.unlink()
+    assert not list(tmp_path.glob(".*"))  # what the SIGKILLed writer left behind is cleaned, the lock released
 
     # resuming a finished video skips it
     before = output.stat().st_mtime_ns
@@ -352,9 +359,10 @@ def test_prompt_schedule_from_a_file_and_resume(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--prompt-schedule", "0:a;4:b"], "multiples of the chunk (3 latent frames)"),
+        (["--prompt-schedule", "0:a;2:b;3:c"], "entry 2 ('3') does not start after the previous entry (latent frame 3)"),
         (["--prompt-schedule", "3:a"], "must start at frame 0"),
-        (["--prompt-schedule", "0:a;30:b"], "before the video's end (latent frame 24)"),
+        (["--prompt-schedule", "0:a;30:b"], "entry 1 ('30') starts at or after the video's end (latent frame 24)"),
+        (["--prompt-schedule", "0:a;5.9s:b"], "entry 1 ('5.9s' -> latent frame 24) starts at or after the video's end"),
         (["--prompt-schedule", "@/nonexistent/story.txt"], "cannot read --prompt-schedule file"),
         (["--prompt-schedule", "0:a;6:b", "--prompts-file", "p.txt"], "do not combine it with --prompt"),
     ],

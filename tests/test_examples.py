@@ -74,5 +74,17 @@ def test_prompt_schedule(tmp_path: Path) -> None:
         "--output", "story.mp4", cwd=tmp_path,
     )
     assert out.splitlines()[:3] == ["latent frame 0: 'a cat'", "latent frame 12: 'a dog'", "latent frame 18: 'a bird'"]
-    assert "wrote story.mp4 (93 frames)" in out and "filled 12/12 frames" in out
-    assert frame_count(tmp_path / "story.mp4") == 93
+    # at least 6 s in whole chunks: 27 latent frames = 105 frames = 6.56 s
+    assert "wrote story.mp4 (105 frames, 27 latent, 6.56 s)" in out and "filled 12/12 frames" in out
+    assert frame_count(tmp_path / "story.mp4") == 105
+
+
+@needs_video
+def test_prompt_schedule_with_its_defaults(tmp_path: Path) -> None:
+    """The default story's "10s" and "20s" (latent frames 40 and 80) fall inside chunks: next boundary."""
+    out = run_example("prompt_schedule.py", "--tiny", cwd=tmp_path)
+    assert [line.split(":")[0] for line in out.splitlines()[:3]] == [
+        "latent frame 0", "latent frame 42", "latent frame 81",
+    ]
+    assert "wrote memrope_schedule.mp4 (489 frames, 123 latent, 30.56 s)" in out
+    assert frame_count(tmp_path / "memrope_schedule.mp4") == 489

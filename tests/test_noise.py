@@ -1,15 +1,27 @@
 """InitialNoise: frame-by-frame draws bit-identical to one full ``torch.randn``, generator positions,
-state round trips, the eager fallback and its warning."""
+state round trips, the eager fallback and its warning, the length bound and Ctrl-C while positioning;
+seeds."""
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
+import time
 import warnings
 
 import pytest
 import torch
 
 from memrope import noise as noise_module
-from memrope.noise import InitialNoise, discard
+from memrope.noise import (
+    MAX_INITIAL_NOISE_VALUES,
+    MAX_SEED,
+    InitialNoise,
+    check_seed,
+    discard,
+    seeded_generator,
+)
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
@@ -173,3 +185,48 @@ def test_long_video_start_is_constant_memory() -> None:
     expected = torch.randn(1, 3, 1, 4, 4, generator=reference)
     assert torch.equal(initial.take(3), expected)
     assert initial.state_dict()["generator_states"].numel() < 10_000
+
+
+def test_seeds_are_unsigned_64_bit() -> None:
+    assert check_seed(0) == 0 and check_seed(MAX_SEED) == 2**64 - 1
+    reference = torch.Generator().manual_seed(2**64 - 1)
+    assert torch.equal(seeded_generator(2**64 - 1).get_state(), reference.get_state())
+    for bad in (2**64, -1, 10**30):  # torch says "Overflow when unpacking long long" (or wraps -1)
+        with pytest.raises(ValueError, match=r"seed must be in \[0, 2\*\*64 - 1\]"):
+            check_seed(bad)
+    for wrong in (True, 1.0, "3", None):
+        with pytest.raises(TypeError, match="seed must be an int"):
+            check_seed(wrong)
+    with pytest.raises(ValueError, match="--seed must be in"):
+        check_seed(-5, "--seed")
+
+
+def test_absurd_lengths_are_refused_at_once_naming_the_bound() -> None:
+    """--seconds 1.5e9 on the tiny model: 6e9 frames of 6144 values would take hours to position."""
+    generator = torch.Generator().manual_seed(0)
+    before = generator.get_state()
+    started = time.perf_counter()
+    longest = MAX_INITIAL_NOISE_VALUES // 6144
+    with pytest.raises(ValueError, match=rf"num_frames=6000000000 is too long: .*use num_frames <= {longest}"):
+        InitialNoise(generator, 1, 6_000_000_000, (16, 16, 24))
+    assert time.perf_counter() - started < 1.0
+    assert torch.equal(generator.get_state(), before)  # nothing drawn
+    with pytest.raises(ValueError, match="2\\*\\*36"):
+        InitialNoise(torch.Generator(), 2, MAX_INITIAL_NOISE_VALUES // 32 + 1, (1, 4, 4))
+
+
+def test_ctrl_c_stops_positioning_promptly() -> None:
+    """Positioning runs in Python-level pieces, so a SIGINT interrupts it (here: ~2**35 values, minutes)."""
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals go to the main thread")
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+    started = time.perf_counter()
+    try:
+        timer.start()
+        with pytest.raises(KeyboardInterrupt):
+            InitialNoise(torch.Generator().manual_seed(0), 1, 2**31, (1, 4, 4))
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGINT, previous)
+    assert time.perf_counter() - started < 5

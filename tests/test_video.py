@@ -1,4 +1,5 @@
-"""Mp4Writer: incremental writing, read-back, atomic replacement, interruption; to_uint8."""
+"""Mp4Writer: incremental writing, read-back, atomic replacement, interruption, failures that leave the
+target untouched with a one-line message, the partial files a killed writer leaves; to_uint8."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from memrope.errors import NonFiniteError
 from memrope.video import Mp4Writer, to_uint8
 
 HEIGHT, WIDTH = 48, 64
@@ -55,6 +57,15 @@ def test_to_uint8_maps_range_rounds_clamps_and_moves_channels_last() -> None:
     assert pixels[1, :, 3, 1].tolist() == [255, 0, 128, 255, 0, 64]
     with pytest.raises(ValueError, match="3, H, W"):
         to_uint8(torch.zeros(2, 4, 5, 5))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_to_uint8_refuses_non_finite_frames(bad: float) -> None:
+    """NaN would silently become black (0) and inf white: never a black video reported as fine."""
+    frames = torch.zeros(2, 3, 4, 4)
+    frames[1, 2, 3, 3] = bad
+    with pytest.raises(NonFiniteError, match="NaN or infinity"):
+        to_uint8(frames)
 
 
 @needs_ffmpeg
@@ -157,3 +168,61 @@ def test_missing_extra_names_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)
     with pytest.raises(ImportError, match=r"memrope\[video\]"):
         Mp4Writer(tmp_path / "never.mp4")
+
+
+@needs_ffmpeg
+def test_an_error_after_frames_leaves_the_existing_file_untouched(tmp_path: Path) -> None:
+    """A failed run (here: an error mid-run) must not replace a good video by its partial one."""
+    path = tmp_path / "keep.mp4"
+    path.write_bytes(b"previous video")
+    with pytest.raises(RuntimeError, match="disk full"), Mp4Writer(path) as writer:
+        writer.write(smooth_frames(5))
+        raise RuntimeError("disk full")
+    assert path.read_bytes() == b"previous video"
+    assert not writer.committed and partial_files(tmp_path) == []
+
+
+@needs_ffmpeg
+def test_ffmpeg_failing_mid_write_is_one_line_and_leaves_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ffmpeg dying (a full disk: broken pipe) gives one line naming the file, no ffmpeg dump."""
+    path = tmp_path / "keep.mp4"
+    path.write_bytes(b"previous video")
+    writer = Mp4Writer(path)
+    writer.write(smooth_frames(2))
+
+    def broken(frame: object) -> None:
+        raise OSError("[Errno 32] Broken pipe\n\nFFMPEG COMMAND:\nffmpeg -y ...\n\nFFMPEG STDERR OUTPUT:\n")
+
+    monkeypatch.setattr(writer._writer, "append_data", broken)
+    with pytest.raises(OSError, match="cannot write the video") as raised:
+        writer.write(smooth_frames(2))
+    message = str(raised.value)
+    assert "\n" not in message and str(path) in message and "Broken pipe" in message and "MiB free" in message
+    writer.close()  # already aborted: nothing happens
+    assert path.read_bytes() == b"previous video" and partial_files(tmp_path) == []
+
+
+@needs_ffmpeg
+def test_a_missing_folder_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "gone" / "v.mp4"
+    with pytest.raises(OSError, match="cannot write the video") as raised, Mp4Writer(path) as writer:
+        writer.write(smooth_frames(2))
+    assert "\n" not in str(raised.value) and "gone" in str(raised.value)
+
+
+@needs_ffmpeg
+def test_partial_files_finds_only_this_targets_leftovers(tmp_path: Path) -> None:
+    target = tmp_path / "v.mp4"
+    mine = [tmp_path / ".v.mp4.0123abcd.partial.mp4", tmp_path / ".v.mp4.ffffffff.partial.mp4"]
+    others = [tmp_path / ".v.mp4.x.partial.mp4", tmp_path / ".w.v.mp4.0123abcd.partial.mp4",
+              tmp_path / ".v.0123abcd.partial.mp4", tmp_path / "v.mp4"]
+    for path in [*mine, *others]:
+        path.write_bytes(b"")
+    assert Mp4Writer.partial_files(target) == sorted(mine)
+    assert Mp4Writer.partial_files(tmp_path / "missing" / "v.mp4") == []
+    writer = Mp4Writer(target)
+    assert writer._temporary.parent == tmp_path and writer._temporary.name.startswith(".v.mp4.")
+    writer._temporary.write_bytes(b"")  # what a killed writer leaves looks like this
+    assert writer._temporary in Mp4Writer.partial_files(target) and len(Mp4Writer.partial_files(target)) == 3
+    writer.abort()
+    assert Mp4Writer.partial_files(target) == sorted(mine)  # only its own file is removed

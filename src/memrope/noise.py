@@ -22,6 +22,13 @@ full tensor eagerly takes longer (~175-255 M values/s) and holds it.
 When ``CHW`` is not a multiple of 16 the identity does not hold (torch redraws the last 16 values of
 a draw whose size is not a multiple of 16), so :class:`InitialNoise` falls back to drawing the full
 tensor at once and holding it, as the official code does.
+
+Bounds: positioning time grows with ``B*F*CHW`` (a generator cannot jump ahead), so
+:class:`InitialNoise` refuses more than :data:`MAX_INITIAL_NOISE_VALUES` (2**36, about 6.9e10 values:
+a few minutes of drawing; a 24-hour 480x832 video is 3.4e10) instead of starting a run that would
+spend hours before its first frame. Positioning runs in Python-level pieces, so Ctrl-C stops it.
+Seeds are unsigned 64-bit: :func:`check_seed` accepts ``0 <= seed <= 2**64 - 1`` and
+:func:`seeded_generator` makes the CPU generator of a seed.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["InitialNoise", "discard"]
+__all__ = ["MAX_INITIAL_NOISE_VALUES", "MAX_SEED", "InitialNoise", "check_seed", "discard", "seeded_generator"]
 
 #: Largest temporary buffer used to discard values (bytes).
 DISCARD_PIECE_BYTES = 64 * 2**20
@@ -41,6 +48,10 @@ DISCARD_PIECE_BYTES = 64 * 2**20
 EAGER_WARN_BYTES = 256 * 2**20
 #: torch draws normal values in blocks of this many elements.
 NORMAL_BLOCK = 16
+#: Most values (``B*F*C*H*W``) an :class:`InitialNoise` draws or positions past (a few minutes).
+MAX_INITIAL_NOISE_VALUES = 2**36
+#: Largest seed (torch generators take unsigned 64-bit seeds).
+MAX_SEED = 2**64 - 1
 
 _LAZY = "lazy"
 _EAGER = "eager"
@@ -100,6 +111,28 @@ def discard(
         total -= part.numel()
 
 
+def check_seed(seed: object, name: str = "seed") -> int:
+    """``seed`` if it is an int in ``[0, 2**64 - 1]`` (what a torch generator takes unchanged).
+
+    Raises:
+        TypeError: ``seed`` is not an int (``bool`` included).
+        ValueError: ``seed`` is outside ``[0, 2**64 - 1]``.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"{name} must be an int in [0, 2**64 - 1], got {type(seed).__name__} {seed!r}")
+    if not 0 <= seed <= MAX_SEED:
+        raise ValueError(
+            f"{name} must be in [0, 2**64 - 1] = [0, {MAX_SEED}] (torch generators take unsigned 64-bit "
+            f"seeds), got {seed}"
+        )
+    return seed
+
+
+def seeded_generator(seed: int) -> torch.Generator:
+    """A CPU generator seeded with ``seed`` (checked by :func:`check_seed`)."""
+    return torch.Generator("cpu").manual_seed(check_seed(seed))
+
+
 def _clone_generator(generator: torch.Generator) -> torch.Generator:
     clone = torch.Generator("cpu")
     clone.set_state(generator.get_state())
@@ -133,6 +166,9 @@ class InitialNoise:
     once and held, and :meth:`state_dict` holds the frames not used yet, so both grow with ``F``.
     A :class:`UserWarning` says so when the drawn tensor exceeds ``EAGER_WARN_BYTES`` (256 MiB).
 
+    Either mode refuses ``B*F*C*H*W`` above :data:`MAX_INITIAL_NOISE_VALUES` (a ``ValueError`` naming
+    the longest ``num_frames`` allowed) rather than draw for hours before the first frame.
+
     Args:
         generator: CPU generator at the state the full draw would start from; it is advanced.
         batch: ``B``.
@@ -157,6 +193,15 @@ class InitialNoise:
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
             raise ValueError(f"dtype must be a floating torch.dtype, got {dtype!r}")
         self._set_layout(batch, num_frames, frame_shape, dtype)
+        values = self.batch * self.num_frames * self.frame_numel
+        if values > MAX_INITIAL_NOISE_VALUES:
+            longest = MAX_INITIAL_NOISE_VALUES // (self.batch * self.frame_numel)
+            raise ValueError(
+                f"num_frames={num_frames} is too long: its initial noise is {values:.3g} values "
+                f"(batch {self.batch} x {num_frames} frames x {self.frame_numel}), more than the "
+                f"{MAX_INITIAL_NOISE_VALUES:.3g} (2**36) drawn before the first frame (minutes of drawing; "
+                f"more would take hours); use num_frames <= {longest} for this batch and frame shape"
+            )
         self.frames_used = 0
         self._generators: list[torch.Generator] = []
         self._remaining: torch.Tensor | None = None
