@@ -21,7 +21,8 @@ import time
 import torch
 
 from memrope import components
-from memrope.presets import FPS, get_preset, latent_frames_for_seconds
+from memrope.presets import FPS, get_preset
+from memrope.schedule import latent_frames_at_least
 from memrope.video import Mp4Writer, to_uint8
 
 
@@ -38,7 +39,8 @@ def main(argv: list[str] | None = None) -> None:
 
     preset = get_preset("tiny" if args.tiny else f"{args.model}-60s")
     device = components.default_device() if args.device is None else torch.device(args.device)
-    num_frames = latent_frames_for_seconds(args.seconds)  # 4 latent frames per second: 60 s = 240
+    # the shortest whole-chunk video at least this long (60 s -> 243 latent frames, 969 frames at 16 fps)
+    num_frames = latent_frames_at_least(args.seconds, chunk_frames=preset.cache.chunk_frames)
 
     # 1. the prompt, then free the text encoder (umT5-XXL is 10.6 GiB in bf16) before the DiT loads
     encoder = components.load_text_encoder(preset, device=device)

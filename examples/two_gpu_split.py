@@ -21,7 +21,8 @@ import torch
 
 from memrope import components
 from memrope.devices import plan_devices
-from memrope.presets import FPS, get_preset, latent_frames_for_seconds
+from memrope.presets import FPS, get_preset
+from memrope.schedule import latent_frames_at_least
 from memrope.video import Mp4Writer, to_uint8
 
 
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     decoder = components.load_decoder(preset, device=plan.vae_device, offload=plan.offload_vae)
     pipeline = components.make_pipeline(preset, model, device=plan.primary_device, decoder=decoder)
 
-    num_frames = latent_frames_for_seconds(args.seconds)
+    num_frames = latent_frames_at_least(args.seconds, chunk_frames=preset.cache.chunk_frames)
     chunks = pipeline.stream(prompt, num_frames=num_frames, seed=args.seed, latent_hw=preset.latent_hw)
     latents = []
     with Mp4Writer(args.output, fps=FPS) as writer:

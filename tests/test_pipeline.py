@@ -423,3 +423,8 @@ def test_frames_not_a_multiple_of_16_values_fall_back_to_the_full_draw(
     monkeypatch.setattr(noise_module, "EAGER_WARN_BYTES", 100)
     with pytest.warns(UserWarning, match="eagerly"):
         _pipeline(model3).stream(_prompt(), num_frames=6, seed=7, latent_hw=LATENT_HW)
+
+
+def test_seed_outside_the_generator_range_is_named(model: CausalWanModel) -> None:
+    with pytest.raises(ValueError, match=r"seed must be in \[0, 2\*\*64 - 1\]"):
+        _pipeline(model).generate(_prompt(), num_frames=2, seed=2**64, latent_hw=LATENT_HW)

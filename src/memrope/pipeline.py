@@ -59,7 +59,7 @@ from memrope.config import MemRoPEConfig
 from memrope.errors import NonFiniteError
 from memrope.flow_matching import FlowMatchScheduler
 from memrope.loading import check_safetensors_file, nonfinite_summary
-from memrope.noise import InitialNoise
+from memrope.noise import InitialNoise, check_seed
 from memrope.vae import VideoDecoder
 
 DEFAULT_LATENT_HW = (60, 104)
@@ -789,6 +789,8 @@ def _make_generator(generator: torch.Generator | None, seed: int | None) -> torc
         return generator
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise ValueError(f"seed must be an int or None, got {seed!r}")
+    if seed is not None:
+        check_seed(seed)
     fresh = torch.Generator("cpu")
     if seed is None:
         fresh.seed()
