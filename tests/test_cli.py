@@ -461,3 +461,11 @@ def test_torchrun_ranks_share_the_prompts_file(tmp_path: Path) -> None:
     alone = tmp_path / "alone.safetensors"
     assert main(tiny_args(tmp_path / "alone.mp4", "--num-frames", "6", "--save-latents", str(alone))) == 0
     assert torch.equal(load_file(tmp_path / "out" / "z_3.safetensors")["latents"], load_file(alone)["latents"])
+
+
+def test_version_prints_the_package_version(capsys: pytest.CaptureFixture[str]) -> None:
+    """``memrope --version`` prints ``memrope <memrope.__version__>`` on stdout and exits 0."""
+    import memrope
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"memrope {memrope.__version__}"

@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import sys
+import tempfile
 import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from memrope import cli
-from memrope.cli import LatentLog, OutputLock, main
+from memrope.cli import LatentLog, OutputLock, latent_log, loading, main
 from memrope.video import Mp4Writer
 
 pytestmark = pytest.mark.skipif(
@@ -381,7 +382,7 @@ def test_a_folder_that_takes_no_file_is_refused_up_front(
     def read_only(*args: Any, **kwargs: Any) -> Any:
         raise OSError(errno.EROFS, "Read-only file system")
 
-    monkeypatch.setattr(cli.tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
     assert main(tiny_args(output)) == 2
     line = one_line_error(capsys.readouterr().err)
     assert f"--output {output}: cannot create files in the folder {tmp_path} (Read-only file system)" in line
@@ -441,7 +442,7 @@ def test_save_latents_streams_with_bounded_memory(tmp_path: Path, dtype: torch.d
     path = tmp_path / "z.safetensors"
     tracemalloc.start()
     try:
-        cli._save_latents(log, frames - 3, path, piece_bytes=2**16)
+        latent_log._save_latents(log, frames - 3, path, piece_bytes=2**16)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -464,7 +465,7 @@ def test_save_latents_streams_with_bounded_memory(tmp_path: Path, dtype: torch.d
 
 def _poison_model(monkeypatch: pytest.MonkeyPatch, after_calls: int) -> None:
     """The DiT's output turns NaN after ``after_calls`` calls (as with NaN weights or a poisoned memory)."""
-    load = cli._load_model
+    load = loading._load_model
 
     def load_poisoned(plan: Any) -> torch.nn.Module:
         model = load(plan)
@@ -477,7 +478,7 @@ def _poison_model(monkeypatch: pytest.MonkeyPatch, after_calls: int) -> None:
         model.register_forward_hook(hook)
         return model
 
-    monkeypatch.setattr(cli, "_load_model", load_poisoned)
+    monkeypatch.setattr(loading, "_load_model", load_poisoned)
 
 
 def test_nan_output_fails_and_keeps_the_existing_video(
@@ -507,7 +508,7 @@ def test_nan_text_embeddings_fail_before_anything_is_written(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     output = existing_video(tmp_path)
-    load = cli._load_text_encoder
+    load = loading._load_text_encoder
 
     def load_poisoned(plan: Any) -> Any:
         encoder = load(plan)
@@ -515,7 +516,7 @@ def test_nan_text_embeddings_fail_before_anything_is_written(
         monkeypatch.setattr(encoder, "encode", lambda prompts: encode(prompts) * float("nan"))
         return encoder
 
-    monkeypatch.setattr(cli, "_load_text_encoder", load_poisoned)
+    monkeypatch.setattr(loading, "_load_text_encoder", load_poisoned)
     assert main(tiny_args(output)) == 1
     assert "text embeddings of the prompt 'a red fox' hold NaN" in one_line_error(capsys.readouterr().err)
     assert untouched(output) and hidden_files(tmp_path) == []
