@@ -1,12 +1,35 @@
-"""Drop-in adapters that make upstream video DiT code generate with a :class:`~memrope.MemRoPECache`.
+"""Adapters that make foreign video DiT code generate with a :class:`~memrope.MemRoPECache`.
 
-:func:`attach` takes a Self-Forcing / LongLive / official-MemRoPE causal inference pipeline, its
-``WanDiffusionWrapper`` generator, or the causal Wan model itself (PEFT-wrapped or not), and returns
-an :class:`Attachment` that undoes everything on :meth:`Attachment.remove` or on leaving a ``with``
-block. The official MemRoPE pipeline's own cache settings are used unless overridden; pipeline
-features not supported yet are refused with a message naming them. See :mod:`memrope.adapters.upstream`.
+:func:`attach` hands an object to the registered adapter that recognises it (see
+:mod:`memrope.adapters.registry`; a new adapter is one module that calls :func:`register_adapter`).
+Built in, ``upstream`` (:mod:`memrope.adapters.upstream`): a Self-Forcing / LongLive /
+official-MemRoPE causal inference pipeline, its ``WanDiffusionWrapper`` generator, or the causal Wan
+model itself (PEFT-wrapped or not); it returns an :class:`Attachment` that undoes everything on
+:meth:`Attachment.remove` or on leaving a ``with`` block. The official MemRoPE pipeline's own cache
+settings are used unless overridden; pipeline features not supported yet are refused with a message
+naming them.
 """
 
-from memrope.adapters.upstream import Attachment, attach
+from memrope.adapters.registry import (
+    Adapter,
+    AttachmentLike,
+    attach,
+    available_adapters,
+    find_adapter,
+    get_adapter,
+    register_adapter,
+    unregister_adapter,
+)
+from memrope.adapters.upstream import Attachment
 
-__all__ = ["Attachment", "attach"]
+__all__ = [
+    "Adapter",
+    "Attachment",
+    "AttachmentLike",
+    "attach",
+    "available_adapters",
+    "find_adapter",
+    "get_adapter",
+    "register_adapter",
+    "unregister_adapter",
+]

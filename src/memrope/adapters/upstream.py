@@ -1,6 +1,6 @@
 """Make Self-Forcing / LongLive / official-MemRoPE inference code generate with a MemRoPE cache.
 
-Upstream code (SPEC §12) holds a causal inference *pipeline* whose ``generator`` (a
+Upstream code (docs/design.md §12) holds a causal inference *pipeline* whose ``generator`` (a
 ``WanDiffusionWrapper``) wraps a causal Wan DiT (``generator.model``; LongLive wraps it with PEFT,
 the Wan model then sits at ``generator.model.base_model.model``). The pipeline allocates per-block
 cache dicts (``_initialize_kv_cache``, ``_initialize_crossattn_cache``) and calls the wrapper once per
@@ -10,11 +10,11 @@ denoising step and once more on the clean chunk, passing ``current_start`` as a 
 
 * the Wan model's ``forward``: calls that carry a cache (a list per block, or ``kv_cache=True`` with
   the lists kept on the model as ``_kv_cache_attr`` / ``_crossattn_cache_attr``, as the official
-  MemRoPE 2-GPU mode does) run :func:`memrope.models.wan.run_block` / :func:`run_head` on the
-  upstream modules' own parameters (nothing is copied; LoRA layers are called as they are, so a
-  PEFT ``Linear`` computes ``base + scale * B(A(x))`` itself) with a :class:`MemRoPECache` created
-  lazily for the batch size and latent size of the call. Calls without a cache (training, the
-  bidirectional model) go to the original ``forward``.
+  MemRoPE 2-GPU mode does) run :func:`memrope.models.wan_forward.wan_forward`, the forward pass of
+  memrope's own ``CausalWanModel``, on the upstream modules' own parameters (nothing is copied;
+  LoRA layers are called as they are, so a PEFT ``Linear`` computes ``base + scale * B(A(x))``
+  itself) with a :class:`MemRoPECache` created lazily for the batch size and latent size of the
+  call. Calls without a cache (training, the bidirectional model) go to the original ``forward``.
 * when a pipeline is given, its ``_initialize_kv_cache`` and ``_initialize_crossattn_cache``: they
   store small placeholder dicts with the upstream keys (``k``/``v`` with 0 tokens,
   ``global_end_index``, ``local_end_index``; ``k``/``v``/``is_init`` for text), so no upstream
@@ -43,27 +43,38 @@ chunk of ``cache_config.chunk_frames`` frames, ``cache_start`` other than ``curr
 image-to-video inputs (``clip_fea`` / ``y``). The modules must be on real devices (accelerate's
 meta-device offloading hooks are bypassed; a model dispatched over several GPUs works, each layer's
 cache lives beside its block).
+
+This module registers itself as the adapter ``upstream`` of :func:`memrope.attach` (see
+:mod:`memrope.adapters.registry`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
+import warnings
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal
 
 import torch
-from einops import rearrange
 from torch import nn
 
+from memrope.adapters.peft_lora import lora_layers, merge_lora_layer, unmerge_lora_layer
+from memrope.adapters.registry import Adapter, register_adapter
 from memrope.cache import MemRoPECache
 from memrope.config import MemRoPEConfig
-from memrope.models.wan import CrossAttentionContext, run_block, run_head, sinusoidal_embedding
-from memrope.parity import cache_config_from_official
-from memrope.rope import RotaryEmbedding
+from memrope.models.wan_config import WAN_MODULES, WanConfig
+from memrope.models.wan_forward import (
+    CrossAttentionContext,
+    encode_text,
+    new_wan_cache,
+    token_grid,
+    wan_forward,
+)
+
+__all__ = ["DESCRIPTION", "UPSTREAM_ADAPTER", "Attachment", "attach", "recognises"]
 
 Kind = Literal["pipeline", "wrapper", "model"]
 _CONFIG_FIELDS = frozenset(field.name for field in dataclasses.fields(MemRoPEConfig))
@@ -71,7 +82,6 @@ _ADAPTER_OPTIONS = frozenset({"merge_lora", "key_workspace"})
 _CALL_ARGUMENTS = (
     "x", "t", "context", "seq_len", "clip_fea", "y", "kv_cache", "crossattn_cache", "current_start", "cache_start",
 )
-_WAN_MODULES = ("patch_embedding", "text_embedding", "time_embedding", "time_projection", "blocks", "head")
 _ATTACHED: weakref.WeakKeyDictionary[nn.Module, Attachment] = weakref.WeakKeyDictionary()
 _MISSING = object()
 _NOT_YET = "is not supported yet by memrope.attach"
@@ -97,7 +107,7 @@ def _is_wan(module: object) -> bool:
     if not isinstance(module, nn.Module):
         return False
     children = module.__dict__.get("_modules", {})
-    return all(name in children for name in _WAN_MODULES)
+    return all(name in children for name in WAN_MODULES)
 
 
 def _resolve_wan(module: object) -> nn.Module | None:
@@ -117,66 +127,41 @@ def _resolve_wan(module: object) -> nn.Module | None:
     return None
 
 
-def _classify(obj: object) -> tuple[Kind, Any, object | None, object | None]:
-    """``(kind, wan model, wrapper, pipeline)`` of what the user handed to :func:`attach`."""
+_TAKES = (
+    "a causal inference pipeline (with .generator.model), its WanDiffusionWrapper (with .model) or the causal "
+    "Wan model itself (with patch_embedding, text_embedding, time_embedding, time_projection, blocks, head; "
+    "PEFT-wrapped at .base_model.model)"
+)
+DESCRIPTION = f"Self-Forcing / LongLive / official-MemRoPE code: {_TAKES}"
+
+
+def _find(obj: object) -> tuple[Kind, Any, object | None, object | None] | None:
+    """``(kind, wan model, wrapper, pipeline)`` of an upstream object, ``None`` for anything else."""
     generator = getattr(obj, "generator", None)
-    if generator is not None and _resolve_wan(getattr(generator, "model", None)) is not None:
-        return "pipeline", _resolve_wan(generator.model), generator, obj  # type: ignore[return-value]
+    if generator is not None:
+        wan = _resolve_wan(getattr(generator, "model", None))
+        if wan is not None:
+            return "pipeline", wan, generator, obj
     wan = _resolve_wan(obj)
     if wan is not None:
         return "model", wan, None, None
     wan = _resolve_wan(getattr(obj, "model", None))
     if wan is not None:
         return "wrapper", wan, obj, None
-    raise TypeError(
-        "attach() needs a causal inference pipeline (with .generator.model), a WanDiffusionWrapper "
-        "(with .model) or a causal Wan model (with patch_embedding, text_embedding, time_embedding, "
-        f"time_projection, blocks, head; PEFT-wrapped at .base_model.model), got {type(obj).__name__}"
-    )
+    return None
 
 
-def _linear_features(module: Any) -> tuple[int, int]:
-    """``(in_features, out_features)`` of a Linear, LoRA-wrapped or not."""
-    base = getattr(module, "base_layer", module)
-    return int(base.in_features), int(base.out_features)
+def recognises(obj: object) -> bool:
+    """Whether ``obj`` is an upstream pipeline, generator wrapper or causal Wan model (see :data:`DESCRIPTION`)."""
+    return _find(obj) is not None
 
 
-@dataclass(frozen=True)
-class _Geometry:
-    """Sizes of the upstream Wan model, read from its modules (SPEC §9 names)."""
-
-    dim: int
-    num_heads: int
-    head_dim: int
-    num_layers: int
-    patch_size: tuple[int, int, int]
-    out_dim: int
-    text_dim: int
-    text_len: int
-    freq_dim: int
-
-    @classmethod
-    def of(cls, wan: Any) -> _Geometry:
-        patch = wan.patch_embedding
-        patch_size = tuple(int(p) for p in patch.kernel_size)
-        if len(patch_size) != 3 or patch_size[0] != 1:
-            raise ValueError(f"the Wan model's patch size must be (1, ph, pw), got {patch_size}")
-        attention = wan.blocks[0].self_attn
-        num_heads = int(attention.num_heads)
-        dim = int(patch.out_channels)
-        head_dim = int(getattr(attention, "head_dim", dim // num_heads))
-        out_features = _linear_features(wan.head.head)[1]
-        return cls(
-            dim=dim,
-            num_heads=num_heads,
-            head_dim=head_dim,
-            num_layers=len(wan.blocks),
-            patch_size=patch_size,  # type: ignore[arg-type]
-            out_dim=int(getattr(wan, "out_dim", out_features // math.prod(patch_size))),
-            text_dim=_linear_features(wan.text_embedding[0])[0],
-            text_len=int(getattr(wan, "text_len", 512)),
-            freq_dim=int(getattr(wan, "freq_dim", _linear_features(wan.time_embedding[0])[0])),
-        )
+def _classify(obj: object) -> tuple[Kind, Any, object | None, object | None]:
+    """:func:`_find`, or ``TypeError`` saying what :func:`attach` takes."""
+    found = _find(obj)
+    if found is None:
+        raise TypeError(f"attach() needs {_TAKES}, got {type(obj).__name__}")
+    return found
 
 
 # ------------------------------------------------------------------------------ change detection
@@ -244,63 +229,6 @@ def _same_context(a: tuple[object, ...] | None, b: tuple[object, ...]) -> bool:
     return a is not None and len(a) == len(b) and all(x[0] is y[0] and x[1] == y[1] for x, y in zip(a, b))  # type: ignore[index]
 
 
-# ------------------------------------------------------------------------------------------ LoRA
-def _lora_layers(wan: Any) -> list[Any]:
-    return [m for m in wan.modules() if hasattr(m, "base_layer") and hasattr(m, "lora_A") and hasattr(m, "lora_B")]
-
-
-def _active_adapters(layer: Any) -> list[str]:
-    active: Any = getattr(layer, "active_adapters", None)
-    if active is None:
-        active = getattr(layer, "active_adapter", "default")
-    names: list[str] = [active] if isinstance(active, str) else list(active)
-    return [name for name in names if name in layer.lora_A and name in layer.lora_B]
-
-
-def _lora_delta(layer: Any, name: str) -> torch.Tensor:
-    """``scale * B @ A`` of adapter ``name`` in float32 ``[out, in]``."""
-    if getattr(layer, "use_dora", {}).get(name, False):
-        raise NotImplementedError(f"merging DoRA adapters is not supported ({name!r})")
-    lora_a, lora_b = layer.lora_A[name], layer.lora_B[name]
-    if not (isinstance(lora_a, nn.Linear) and isinstance(lora_b, nn.Linear)):
-        raise NotImplementedError(f"only Linear LoRA adapters can be merged, got {type(lora_a).__name__}")
-    delta = lora_b.weight.float() @ lora_a.weight.float()
-    delta = delta * float(layer.scaling[name])
-    if getattr(layer, "fan_in_fan_out", False):
-        delta = delta.T
-    return delta
-
-
-@torch.no_grad()
-def _merge(layer: Any) -> tuple[Any, list[str]] | None:
-    """Merge the active adapters of one LoRA layer into its base weight; ``None`` if nothing to do."""
-    if getattr(layer, "merged", False) or getattr(layer, "merged_adapters", None):
-        return None
-    if callable(getattr(layer, "merge", None)) and callable(getattr(layer, "unmerge", None)):
-        layer.merge()
-        return layer, []
-    names = _active_adapters(layer)
-    weight = layer.base_layer.weight
-    for name in names:
-        weight.copy_((weight.float() + _lora_delta(layer, name).to(weight.device)).to(weight.dtype))
-    merged = getattr(layer, "merged_adapters", None)
-    if merged is None:
-        layer.merged_adapters = merged = []
-    merged.extend(names)
-    return layer, names
-
-
-@torch.no_grad()
-def _unmerge(layer: Any, names: list[str]) -> None:
-    if not names:
-        layer.unmerge()
-        return
-    weight = layer.base_layer.weight
-    for name in reversed(names):
-        weight.copy_((weight.float() - _lora_delta(layer, name).to(weight.device)).to(weight.dtype))
-        layer.merged_adapters.remove(name)
-
-
 # ------------------------------------------------------------------------------------ attachment
 @dataclass
 class _TextState:
@@ -337,7 +265,7 @@ class Attachment:
         self.cache_config = cache_config
         self.config_source = config_source
         self.key_workspace = key_workspace
-        self.geometry = _Geometry.of(wan)
+        self.model_config = WanConfig.from_module(wan)
         self._cache: MemRoPECache | None = None
         self._cache_key: tuple[object, ...] | None = None
         self._kv: tuple[object, int | None] | None = None
@@ -350,6 +278,12 @@ class Attachment:
         self.active = False
 
     # ----------------------------------------------------------------------------- public API
+    @property
+    def geometry(self) -> WanConfig:
+        """Deprecated: :attr:`model_config` (the upstream model's sizes, read by :meth:`WanConfig.from_module`)."""
+        warnings.warn("Attachment.geometry is deprecated; use Attachment.model_config", DeprecationWarning, stacklevel=2)
+        return self.model_config
+
     @property
     def cache(self) -> MemRoPECache | None:
         """The MemRoPE cache of the current video (``None`` before the first cached call)."""
@@ -380,7 +314,7 @@ class Attachment:
         self._patches.clear()
         while self._merged:
             layer, names = self._merged.pop()
-            _unmerge(layer, names)
+            unmerge_lora_layer(layer, names)
         holders: list[tuple[object, tuple[str, str]]] = [
             (self.pipeline, ("kv_cache1", "crossattn_cache")),
             (self.model, ("_kv_cache_attr", "_crossattn_cache_attr")),
@@ -424,8 +358,8 @@ class Attachment:
         self.active = True
         try:
             if merge_lora:
-                for layer in _lora_layers(self.model):
-                    record = _merge(layer)
+                for layer in lora_layers(self.model):
+                    record = merge_lora_layer(layer)
                     if record is not None:
                         self._merged.append(record)
 
@@ -450,15 +384,15 @@ class Attachment:
 
     def _block_devices(self, device: torch.device | str | None) -> list[torch.device | str | None]:
         devices = getattr(self.pipeline, "block_devices", None)
-        if devices is not None and len(devices) == self.geometry.num_layers:
+        if devices is not None and len(devices) == self.model_config.num_layers:
             return list(devices)
-        return [device] * self.geometry.num_layers
+        return [device] * self.model_config.num_layers
 
     def _placeholder_kv_cache(
         self, batch_size: int, dtype: torch.dtype, device: torch.device | str | None = None, *args: Any, **kwargs: Any
     ) -> None:
         """Stand-in for the pipeline's ``_initialize_kv_cache``: tiny dicts with the upstream keys."""
-        heads, head_dim = self.geometry.num_heads, self.geometry.head_dim
+        heads, head_dim = self.model_config.num_heads, self.model_config.head_dim
         caches = [
             {
                 "k": torch.zeros([batch_size, 0, heads, head_dim], dtype=dtype, device=d),
@@ -476,7 +410,7 @@ class Attachment:
         self, batch_size: int, dtype: torch.dtype, device: torch.device | str | None = None, *args: Any, **kwargs: Any
     ) -> None:
         """Stand-in for the pipeline's ``_initialize_crossattn_cache``: tiny dicts with ``is_init``."""
-        heads, head_dim = self.geometry.num_heads, self.geometry.head_dim
+        heads, head_dim = self.model_config.num_heads, self.model_config.head_dim
         caches = [
             {
                 "k": torch.zeros([batch_size, 0, heads, head_dim], dtype=dtype, device=d),
@@ -550,17 +484,14 @@ class Attachment:
         )
 
     def _cached_forward(self, call: dict[str, Any], kv_cache: object, crossattn_cache: object) -> torch.Tensor:
-        wan, geometry = self.model, self.geometry
+        config = self.model_config
         x = call.get("x")
         if isinstance(x, (list, tuple)):
             x = torch.stack(list(x))
         if not isinstance(x, torch.Tensor) or x.ndim != 5:
             raise ValueError(f"x must be latents [B, C, F, H, W] (or a list of [C, F, H, W]), got {type(x).__name__}")
         batch, _, frames, height, width = x.shape
-        _, patch_h, patch_w = geometry.patch_size
-        if height % patch_h or width % patch_w:
-            raise ValueError(f"latent height/width must be multiples of the patch size {(patch_h, patch_w)}, got {(height, width)}")
-        grid = (height // patch_h, width // patch_w)
+        grid = token_grid(config, (height, width))
         frame_seqlen = grid[0] * grid[1]
         timesteps = call.get("t")
         if not isinstance(timesteps, torch.Tensor):
@@ -579,43 +510,15 @@ class Attachment:
         if current_start % frame_seqlen:
             raise ValueError(
                 f"current_start={current_start} is not a whole number of frames of {frame_seqlen} tokens "
-                f"(latents {height}x{width}, patch {(patch_h, patch_w)})"
+                f"(latents {height}x{width}, patch {config.patch_size[1:]})"
             )
         start_frame = current_start // frame_seqlen
-        dtype = wan.patch_embedding.weight.dtype
+        dtype = self.model.patch_embedding.weight.dtype
         cache = self._cache_for(batch, grid, dtype, kv_cache, start_frame)
         context = self._text_context(call.get("context"), crossattn_cache, batch)
-
-        tokens = wan.patch_embedding(x.to(dtype)).flatten(2).transpose(1, 2)
-        time_embedding, modulation = self._embed_time(timesteps, tokens.dtype)
-        for index, block in enumerate(wan.blocks):
-            device = block.modulation.device
-            tokens = run_block(
-                block,
-                tokens.to(device),
-                modulation.to(device),
-                context.keys[index],
-                context.values[index],
-                cache=cache,
-                layer=index,
-                start_frame=start_frame,
-            )
-        head_device = wan.head.modulation.device
-        out = run_head(wan.head, tokens.to(head_device), time_embedding.to(head_device))
-        return rearrange(
-            out,
-            "b (f h w) (pf ph pw c) -> b c (f pf) (h ph) (w pw)",
-            f=frames, h=grid[0], w=grid[1], pf=1, ph=patch_h, pw=patch_w, c=geometry.out_dim,
+        return wan_forward(
+            self.model, x, timesteps, context, cache=cache, start_frame=start_frame, config=config, channels_first=True
         )
-
-    def _embed_time(self, timesteps: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """Time embedding ``[B, F, 1, dim]`` and block modulation ``[B, F, 6, dim]`` (as CausalWanModel)."""
-        wan = self.model
-        sinusoid = sinusoidal_embedding(self.geometry.freq_dim, timesteps.flatten()).to(dtype)
-        sinusoid = sinusoid.to(next(wan.time_embedding.parameters()).device)
-        embedding = wan.time_embedding(sinusoid)
-        modulation = wan.time_projection(embedding).unflatten(1, (6, self.geometry.dim))
-        return embedding.unflatten(0, timesteps.shape).unsqueeze(2), modulation.unflatten(0, timesteps.shape)
 
     # ---------------------------------------------------------------------------------- caches
     def _cache_for(
@@ -635,17 +538,13 @@ class Attachment:
             # only the small end-index marker is remembered, never a whole upstream cache list
             self._previous_kv = self._kv if self._kv is not None and isinstance(self._kv[0], torch.Tensor) else None
         if self._cache is None or self._cache_key != key:
-            geometry = self.geometry
-            self._cache = MemRoPECache(
+            self._cache = new_wan_cache(
+                self.model_config,
                 self.cache_config,
-                num_layers=geometry.num_layers,
-                batch_size=batch,
-                num_heads=geometry.num_heads,
-                head_dim=geometry.head_dim,
-                frame_shape=grid,
+                batch,
+                grid,
                 dtype=dtype,
                 layer_devices=layer_devices,
-                rope=RotaryEmbedding(geometry.head_dim, max_positions=self.cache_config.max_positions),
                 key_workspace=self.key_workspace,  # type: ignore[arg-type]
             )
             self._cache_key = key
@@ -665,43 +564,12 @@ class Attachment:
             flag = _flag_token(crossattn_cache)
             if flag is None or (text.flag is not None and flag[0] is text.flag[0] and flag[1] == text.flag[1]):
                 return text.context
-        encoded = self._encode_text(context)
+        encoded = encode_text(self.model, context, self.model_config, argument="context")  # type: ignore[arg-type]
         if encoded.batch_size != batch:
             raise ValueError(f"context batch {encoded.batch_size} does not match latents batch {batch}")
         _mark_text_cache_initialised(crossattn_cache)
         self._text = _TextState(encoded, source, _flag_token(crossattn_cache))
         return encoded
-
-    def _encode_text(self, context: object) -> CrossAttentionContext:
-        """Cross-attention keys/values of every block for ``[B, L, text_dim]`` or a list of ``[L_i, text_dim]``."""
-        wan, geometry = self.model, self.geometry
-        first = wan.text_embedding[0]
-        weight = getattr(first, "base_layer", first).weight
-        if isinstance(context, torch.Tensor):
-            if context.ndim != 3 or context.shape[-1] != geometry.text_dim or context.shape[1] > geometry.text_len:
-                raise ValueError(
-                    f"context must have shape [B, L <= {geometry.text_len}, {geometry.text_dim}], got {list(context.shape)}"
-                )
-            padding = context.new_zeros(context.shape[0], geometry.text_len - context.shape[1], context.shape[2])
-            padded = torch.cat([context, padding], dim=1)
-        elif isinstance(context, Sequence) and context and all(isinstance(u, torch.Tensor) for u in context):
-            rows = []
-            for u in context:
-                if u.ndim != 2 or u.shape[-1] != geometry.text_dim or u.shape[0] > geometry.text_len:
-                    raise ValueError(f"each context item must be [L <= {geometry.text_len}, {geometry.text_dim}], got {list(u.shape)}")
-                rows.append(torch.cat([u, u.new_zeros(geometry.text_len - u.shape[0], u.shape[1])]))
-            padded = torch.stack(rows)
-        else:
-            raise ValueError(f"context must be a tensor [B, L, {geometry.text_dim}] or a list of [L, {geometry.text_dim}] tensors")
-        embedded = wan.text_embedding(padded.to(device=weight.device, dtype=weight.dtype))
-        keys, values = [], []
-        heads, head_dim = geometry.num_heads, geometry.head_dim
-        for block in wan.blocks:
-            attention = block.cross_attn
-            source = embedded.to(block.modulation.device)
-            keys.append(attention.norm_k(attention.k(source)).unflatten(-1, (heads, head_dim)))
-            values.append(attention.v(source).unflatten(-1, (heads, head_dim)))
-        return CrossAttentionContext(tuple(keys), tuple(values))
 
 
 # ------------------------------------------------------------------------- unsupported pipelines
@@ -764,7 +632,7 @@ def _official_settings(wan: Any, pipeline: object | None) -> tuple[dict[str, obj
 
 
 def _config_from_official_settings(settings: dict[str, object], where: str, chunk_frames: int) -> MemRoPEConfig:
-    """Map official settings onto a :class:`MemRoPEConfig` with :func:`memrope.parity.cache_config_from_official`."""
+    """Map official settings onto a :class:`MemRoPEConfig` with :meth:`MemRoPEConfig.from_official`."""
     official = {
         "mode": settings["compression_method"],
         "local_attn_size": settings["local_attn_size"],
@@ -774,7 +642,7 @@ def _config_from_official_settings(settings: dict[str, object], where: str, chun
         "per_position_pooling_and_adaptive_alpha": settings["ema_adaptive"],
     }
     try:
-        return cache_config_from_official(official, chunk_frames)
+        return MemRoPEConfig.from_official(official, chunk_frames)
     except (TypeError, ValueError) as error:
         shown = ", ".join(f"{name}={value!r}" for name, value in settings.items())
         raise ValueError(
@@ -872,3 +740,8 @@ def attach(obj: object, cache_config: MemRoPEConfig | None = None, **options: An
     )
     attachment._install(bool(options.get("merge_lora", False)))
     return attachment
+
+
+UPSTREAM_ADAPTER = register_adapter(
+    Adapter(name="upstream", description=DESCRIPTION, recognises=recognises, attach=attach)
+)
