@@ -22,8 +22,8 @@ import torch
 
 from memrope import components
 from memrope.presets import FPS, get_preset
-from memrope.schedule import latent_frames_at_least
 from memrope.video import Mp4Writer, to_uint8
+from memrope.video_lengths import latent_frames_at_least
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -22,7 +22,7 @@ import argparse
 
 from memrope import components
 from memrope.presets import FPS, get_preset
-from memrope.schedule import latent_frames_at_least, parse_prompt_schedule, video_seconds
+from memrope.prompt_schedule import latent_frames_at_least, parse_prompt_schedule, video_seconds
 from memrope.video import Mp4Writer, to_uint8
 
 STORY = (

@@ -26,8 +26,8 @@ from safetensors.torch import save_file
 
 from memrope.cache import CacheContext, CallKind, MemRoPECache
 from memrope.flow_matching import FlowMatchScheduler
-from memrope.parity import cache_config_from_official, load_parity_set
 from memrope.rope import frame_grid_positions
+from memrope.testing.parity import cache_config_from_official, load_parity_set
 
 OFFICIAL_FRAME_TOKENS = 1560  # the official code sizes max_attention_size with this constant
 OFFICIAL_GLOBAL_ATTENTION_TOKENS = 32760

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from memrope.parity import PARITY_DIR_ENV, collect_parity_sets
+from memrope.testing.parity import PARITY_DIR_ENV, collect_parity_sets
 
 BUNDLED_PARITY_DIR = Path(__file__).resolve().parent / "data" / "parity"
 EXTRA_PARITY_DIR = os.environ.get(PARITY_DIR_ENV) or None

@@ -29,7 +29,7 @@ import torch
 from parity_sets import PARITY_SETS
 
 from memrope.adapters import attach
-from memrope.parity import ParitySet, load_parity_set
+from memrope.testing.parity import ParitySet, load_parity_set
 from memrope.testing.upstream import VARIANTS, LoraLinearStandin, build_pipeline
 
 pytestmark = pytest.mark.filterwarnings("ignore:alpha_short=0.3 with adaptive_short_rate=True:UserWarning")

@@ -22,7 +22,7 @@ import torch
 from official_reference import OfficialReferenceCache, write_reference_set
 from parity_sets import BUNDLED_PARITY_DIR
 
-from memrope.parity import PARITY_DIR_ENV, load_parity_set
+from memrope.testing.parity import PARITY_DIR_ENV, load_parity_set
 
 TOLERANCE = 1e-4
 TESTS = Path(__file__).resolve().parent

@@ -13,7 +13,7 @@ import pytest
 import torch
 from parity_sets import BUNDLED_PARITY_DIR, PARITY_IDS, PARITY_SETS
 
-from memrope.parity import ParitySet, load_parity_set
+from memrope.testing.parity import ParitySet, load_parity_set
 
 TOLERANCE = 1e-4
 

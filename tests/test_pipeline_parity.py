@@ -15,8 +15,8 @@ import pytest
 import torch
 from parity_sets import PARITY_IDS, PARITY_SETS
 
-from memrope.parity import ParitySet, load_parity_set
 from memrope.pipeline import CausalInferencePipeline
+from memrope.testing.parity import ParitySet, load_parity_set
 
 TOLERANCE = 1e-4
 

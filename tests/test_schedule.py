@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from memrope.schedule import (
+from memrope.prompt_schedule import (
     ScheduledPrompt,
     format_prompt_schedule,
     latent_frames_at_least,
@@ -54,9 +54,9 @@ def test_round_up_to_chunk(frames: int, chunk: int) -> None:
 def test_lengths_that_cannot_be_meant_are_refused(seconds: object) -> None:
     with pytest.raises(ValueError, match="seconds must be"):
         latent_frames_at_least(seconds, chunk_frames=3)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="chunk_frames must be a positive int"):
+    with pytest.raises(ValueError, match="chunk_frames must be an int >= 1"):
         latent_frames_at_least(4, chunk_frames=0)
-    with pytest.raises(ValueError, match="frames must be a positive int"):
+    with pytest.raises(ValueError, match=r"frames must be an int >= 1 \(latent frames\)"):
         round_up_to_chunk(0, chunk_frames=3)
 
 

@@ -21,7 +21,7 @@ from memrope import MemRoPEConfig
 from memrope.adapters import attach
 from memrope.models.wan import CausalWanModel, WanConfig
 from memrope.models.wan_forward import unpatchify, wan_forward
-from memrope.parity import find_parity_sets, load_parity_set
+from memrope.testing.parity import find_parity_sets, load_parity_set
 from memrope.testing.upstream import VARIANTS, LoraLinearStandin, build_pipeline
 
 TINY = WanConfig(

@@ -12,6 +12,14 @@ import torch.nn.functional as F
 if TYPE_CHECKING:
     from memrope.cache import MemRoPECache
 
+__all__ = [
+    "FLASH_DTYPES",
+    "FLASH_MAX_HEAD_DIM",
+    "AttentionFn",
+    "attend",
+    "rope_on_the_fly",
+]
+
 AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 FLASH_DTYPES = (torch.float16, torch.bfloat16)
 FLASH_MAX_HEAD_DIM = 256

@@ -35,6 +35,9 @@ from typing import Any, Protocol, TypeVar
 import torch
 from torch import nn
 
+from memrope._device_spec import parse_device
+from memrope._validation import check_int
+
 __all__ = [
     "PLACEABLE_MODULES_ATTRIBUTE",
     "PLAN_MODES",
@@ -205,7 +208,7 @@ class StaticMemoryProbe:
     """A probe answering from fixed numbers: ``StaticMemoryProbe({"cuda:0": 80 * 2**30, ...})``."""
 
     def __init__(self, free: Mapping[DeviceLike, int]) -> None:
-        self._free = {_as_device(spec, "free"): int(count) for spec, count in free.items()}
+        self._free = {parse_device(spec, "free"): int(count) for spec, count in free.items()}
 
     def accelerators(self) -> list[torch.device]:
         return list(self._free)
@@ -340,24 +343,6 @@ def _block_index(name: str) -> int | None:
 
 
 # ---------------------------------------------------------------------- argument checks
-def _as_device(spec: object, argument: str) -> torch.device:
-    """``"cuda:1"``, ``torch.device(...)`` or an int (a CUDA index) as a ``torch.device``."""
-    if isinstance(spec, bool) or not isinstance(spec, (torch.device, str, int)):
-        raise TypeError(
-            f"{argument} must hold devices (torch.device, 'cpu', 'cuda:N' or an int), got {spec!r}"
-        )
-    if isinstance(spec, int):
-        if spec < 0:
-            raise ValueError(f"{argument}: a CUDA index must be >= 0, got {spec}")
-        return torch.device("cuda", spec)
-    try:
-        return torch.device(spec)
-    except RuntimeError:
-        raise ValueError(
-            f"{argument}: unknown device {spec!r}; use 'cpu', 'cuda', 'cuda:N', 'mps' or 'meta'"
-        ) from None
-
-
 def _check_available(device: torch.device, probe: MemoryProbe) -> None:
     if device.type in ("cpu", "meta"):
         return
@@ -380,16 +365,14 @@ def _check_devices(devices: object, probe: MemoryProbe) -> tuple[torch.device, .
         raise TypeError(
             f"devices must be a sequence of devices such as ['cuda:0', 'cuda:1'], got {devices!r}"
         )
-    checked = tuple(_as_device(spec, "devices") for spec in devices)
+    checked = tuple(parse_device(spec, "devices") for spec in devices)
     for device in checked:
         _check_available(device, probe)
     return checked
 
 
 def _check_num_layers(num_layers: object) -> int:
-    if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
-        raise ValueError(f"num_layers must be an int >= 1 (the model's block count), got {num_layers!r}")
-    return num_layers
+    return check_int(num_layers, "num_layers", meaning="the model's block count")
 
 
 def _even_boundaries(num_layers: int, parts: int) -> tuple[int, ...]:
@@ -783,8 +766,8 @@ def offloaded(
     if not enabled:
         yield module
         return
-    module.to(_as_device(device, "device"))
+    module.to(parse_device(device, "device"))
     try:
         yield module
     finally:
-        module.to(_as_device(home, "home"))
+        module.to(parse_device(home, "home"))

@@ -26,6 +26,8 @@ import torch
 import torch.distributed as dist
 from typing_extensions import Self
 
+from memrope._validation import check_int
+
 __all__ = ["BACKENDS", "DistributedContext", "DistributedEnv", "shard_indices"]
 
 BACKENDS = ("gloo", "nccl", "mpi", "ucc")
@@ -75,8 +77,7 @@ class DistributedEnv:
         for name in ("rank", "world_size", "local_rank", "local_world_size"):
             value = getattr(self, name)
             minimum = 1 if name.endswith("size") else 0
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+            check_int(value, name, minimum)
         _check_rank("RANK", self.rank, "WORLD_SIZE", self.world_size)
         _check_rank("LOCAL_RANK", self.local_rank, "LOCAL_WORLD_SIZE", self.local_world_size)
         if self.local_world_size > self.world_size:
@@ -128,8 +129,7 @@ def shard_indices(count: int, rank: int, world_size: int) -> range:
     past ``count`` get none.
     """
     for name, value, minimum in (("count", count, 0), ("rank", rank, 0), ("world_size", world_size, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+        check_int(value, name, minimum)
     _check_rank("rank", rank, "world_size", world_size)
     return range(rank, count, world_size)
 

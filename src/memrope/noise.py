@@ -40,6 +40,8 @@ from typing import Any
 
 import torch
 
+from memrope._dtypes import dtype_name, parse_dtype
+
 __all__ = ["MAX_INITIAL_NOISE_VALUES", "MAX_SEED", "InitialNoise", "check_seed", "discard", "seeded_generator"]
 
 #: Largest temporary buffer used to discard values (bytes).
@@ -137,17 +139,6 @@ def _clone_generator(generator: torch.Generator) -> torch.Generator:
     clone = torch.Generator("cpu")
     clone.set_state(generator.get_state())
     return clone
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
-def _dtype_of(name: object) -> torch.dtype:
-    dtype = getattr(torch, name, None) if isinstance(name, str) else None
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise ValueError(f"initial noise state: dtype must name a floating torch dtype, got {name!r}")
-    return dtype
 
 
 class InitialNoise:
@@ -315,7 +306,7 @@ class InitialNoise:
             "num_frames": self.num_frames,
             "frames_used": self.frames_used,
             "frame_shape": list(self.frame_shape),
-            "dtype": _dtype_name(self.dtype),
+            "dtype": dtype_name(self.dtype),
         }
         if self._remaining is None:
             state["generator_states"] = torch.stack([g.get_state() for g in self._generators])
@@ -342,7 +333,7 @@ class InitialNoise:
         num_frames: Any = state.get("num_frames")
         used: Any = state.get("frames_used")
         frame_shape: Any = state.get("frame_shape")
-        dtype = _dtype_of(state.get("dtype"))
+        dtype = parse_dtype(state.get("dtype"), "initial noise state: dtype")
         problem = None
         if not isinstance(tensor, torch.Tensor) or tensor.ndim == 0:
             problem = f"{mode} mode needs the tensor {tensor_name!r}, got {tensor!r:.60}"

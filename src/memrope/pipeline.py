@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +53,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from memrope._dtypes import dtype_name
+from memrope._files import atomic_replace
+from memrope._validation import as_int
 from memrope.cache import MemRoPECache
 from memrope.config import MemRoPEConfig
 from memrope.errors import NonFiniteError
@@ -61,6 +63,17 @@ from memrope.flow_matching import FlowMatchScheduler
 from memrope.loading import check_safetensors_file, nonfinite_summary
 from memrope.noise import InitialNoise, check_seed
 from memrope.vae import VideoDecoder
+
+__all__ = [
+    "DEFAULT_LATENT_HW",
+    "STATE_FORMAT",
+    "STATE_VERSION",
+    "CausalInferencePipeline",
+    "CausalVideoModel",
+    "ChunkResult",
+    "PathLike",
+    "PromptSwitch",
+]
 
 DEFAULT_LATENT_HW = (60, 104)
 STATE_FORMAT = "memrope.pipeline_state"
@@ -434,7 +447,7 @@ class CausalInferencePipeline:
             "timesteps": self._timestep_values,
             "shift": self.scheduler.shift,
             "context_noise": self.context_noise,
-            "dtype": str(self.dtype).removeprefix("torch."),
+            "dtype": dtype_name(self.dtype),
         }
 
     def _check_state(self, state: dict[str, Any]) -> None:
@@ -751,7 +764,7 @@ def _upgrade_state(state: dict[str, Any]) -> dict[str, Any]:
         "num_frames": meta.get("num_frames"),
         "frames_used": frames_used,
         "frame_shape": list(noise.shape[2:]),
-        "dtype": str(noise.dtype).removeprefix("torch."),
+        "dtype": dtype_name(noise.dtype),
         "remaining": noise,
     }
     return {**state, "noise": initial, "meta": {**meta, "version": STATE_VERSION}}
@@ -816,7 +829,7 @@ def _check_checkpointing(save_every: int | None, checkpoint_path: PathLike | Non
         if checkpoint_path is not None:
             raise ValueError("checkpoint_path needs save_every (a positive int: chunks between checkpoints)")
         return
-    if isinstance(save_every, bool) or not isinstance(save_every, int) or save_every < 1:
+    if (as_int(save_every) or 0) < 1:
         raise ValueError(
             f"save_every must be a positive int (chunks between checkpoints) or None, got {save_every!r}"
         )
@@ -825,13 +838,7 @@ def _check_checkpointing(save_every: int | None, checkpoint_path: PathLike | Non
 
 
 def _atomic_save(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: Path) -> None:
-    """Write a safetensors file next to ``path`` and move it into place with ``os.replace``."""
+    """Write a safetensors file next to ``path`` and move it into place (:func:`memrope._files.atomic_replace`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
+    with atomic_replace(path) as temporary:
         save_file(tensors, temporary, metadata=metadata)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

@@ -27,7 +27,6 @@ Video length: ``N`` latent frames decode to ``4N - 3`` frames at 16 fps (``30 s`
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -35,11 +34,13 @@ from typing import Any
 
 import torch
 
+from memrope._dtypes import dtype_name
 from memrope.config import MemRoPEConfig
 from memrope.encoders import UMT5_TEXT_DIM, UMT5_TEXT_LEN, WAN21_DIFFUSERS_REPO, HashTextEncoder
 from memrope.loading import CHECKPOINTS, CheckpointKind
 from memrope.models.wan import CausalWanModel, WanConfig
-from memrope.vae import TinyDecoder, video_frame_count
+from memrope.vae import TinyDecoder
+from memrope.video_lengths import FPS, TEMPORAL_FACTOR, latent_frames_for_seconds, video_frame_count
 
 __all__ = [
     "FPS",
@@ -59,8 +60,6 @@ __all__ = [
     "tiny_text_encoder",
 ]
 
-FPS = 16
-TEMPORAL_FACTOR = 4
 SPATIAL_FACTOR = 8
 GIB = 1024**3
 
@@ -128,23 +127,6 @@ def tiny_decoder() -> TinyDecoder:
     return TinyDecoder(
         TINY_MODEL_CONFIG.out_dim, spatial_factor=SPATIAL_FACTOR, temporal_factor=TEMPORAL_FACTOR
     )
-
-
-def latent_frames_for_seconds(seconds: float) -> int:
-    """Latent frames of a ``seconds`` long video: ``4 * seconds`` (16 fps, 4 video frames per latent).
-
-    Raises:
-        ValueError: ``seconds`` is not positive or not a multiple of 0.25 s.
-    """
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds):
-        raise ValueError(f"seconds must be a positive number, got {seconds!r}")
-    latent = seconds * FPS / TEMPORAL_FACTOR
-    if seconds <= 0 or abs(latent - round(latent)) > 1e-9:
-        raise ValueError(
-            f"seconds must be a positive multiple of {TEMPORAL_FACTOR / FPS} (one latent frame is "
-            f"{TEMPORAL_FACTOR} frames at {FPS} fps), got {seconds}"
-        )
-    return round(latent)
 
 
 @dataclass(frozen=True)
@@ -309,7 +291,7 @@ class Preset:
             "context_noise": self.context_noise,
             "text_encoder": self.text_encoder,
             "vae": self.vae,
-            "default_dtype": str(self.default_dtype).removeprefix("torch."),
+            "default_dtype": dtype_name(self.default_dtype),
             "gpu_memory_estimate_bytes": estimate.to_dict(),
         }
 

@@ -17,6 +17,19 @@ from typing import Literal
 
 import torch
 
+from memrope._validation import check_int
+
+__all__ = [
+    "DEFAULT_THETA",
+    "PAIRINGS",
+    "ROTARY_BLOCK_ELEMENTS",
+    "Pairing",
+    "RotaryEmbedding",
+    "apply_rotary",
+    "frame_grid_positions",
+    "wan_axis_pairs",
+]
+
 Pairing = Literal["interleaved", "rotate_half"]
 PAIRINGS: tuple[str, ...] = ("interleaved", "rotate_half")
 DEFAULT_THETA = 10000.0
@@ -69,8 +82,7 @@ class RotaryEmbedding:
             raise ValueError(f"head_dim must be a positive even int, got {head_dim!r}")
         if pairing not in PAIRINGS:
             raise ValueError(f"pairing must be one of {PAIRINGS}, got {pairing!r}")
-        if isinstance(max_positions, bool) or not isinstance(max_positions, int) or max_positions < 1:
-            raise ValueError(f"max_positions must be an int >= 1, got {max_positions!r}")
+        max_positions = check_int(max_positions, "max_positions")
         if not (isinstance(theta, (int, float)) and theta > 0):
             raise ValueError(f"theta must be a positive number, got {theta!r}")
         pairs = tuple(wan_axis_pairs(head_dim) if axis_pairs is None else axis_pairs)

@@ -26,13 +26,9 @@ from torch import Tensor, nn
 
 from memrope.devices import default_device, offloaded
 from memrope.encoders import WAN21_DIFFUSERS_REPO, component_location
+from memrope.video_lengths import video_frame_count
 
 __all__ = ["TinyDecoder", "VideoDecoder", "WanVAEDecoder", "video_frame_count"]
-
-
-def video_frame_count(latent_frames: int, temporal_factor: int = 4) -> int:
-    """Video frames decoded from ``latent_frames`` latent frames: ``temporal_factor * (N - 1) + 1``."""
-    return 0 if latent_frames == 0 else temporal_factor * (latent_frames - 1) + 1
 
 
 @runtime_checkable

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 from typing_extensions import Self
 
+from memrope._files import move_into_place
 from memrope.errors import NonFiniteError
 
 if TYPE_CHECKING:
@@ -181,7 +182,7 @@ class Mp4Writer:
             if self.frames_written == 0:
                 self._temporary.unlink(missing_ok=True)
             else:
-                os.replace(self._temporary, self.path)
+                move_into_place(self._temporary, self.path)
                 self.committed = True
 
     def abort(self) -> None:

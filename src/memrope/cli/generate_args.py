@@ -7,20 +7,14 @@ import math
 
 import torch
 
+from memrope._dtypes import parse_dtype
 from memrope.config import POLICIES
 from memrope.noise import check_seed
 
 __all__ = ["DTYPES", "GENERATE_DESCRIPTION", "PLACEMENTS", "configure_generate"]
 
-
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-}
+#: What ``--dtype`` accepts (by any name :func:`memrope._dtypes.parse_dtype` reads: ``bf16``, ...).
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 PLACEMENTS = ("single", "split", "auto")
 
 GENERATE_DESCRIPTION = """\
@@ -96,8 +90,8 @@ def _finite_float(text: str) -> float:
 
 def _dtype(text: str) -> torch.dtype:
     try:
-        return DTYPES[text.lower()]
-    except KeyError:
+        return parse_dtype(text, "--dtype", allowed=DTYPES)
+    except ValueError:
         raise argparse.ArgumentTypeError(
             f"unknown dtype {text!r}; choose float32, bfloat16 or float16 (or fp32, bf16, fp16)"
         ) from None

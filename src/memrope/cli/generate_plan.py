@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from memrope._device_spec import parse_device
+from memrope._dtypes import dtype_name
 from memrope.cli.console import _note
 from memrope.cli.lengths import _latent_frames, _made
 from memrope.config import MemRoPEConfig
@@ -20,7 +22,7 @@ from memrope.devices import DevicePlan, NotEnoughMemoryError, plan_devices
 from memrope.distributed import DistributedEnv, shard_indices
 from memrope.errors import EXIT_FAILURE, CLIError
 from memrope.presets import PRESETS, Preset
-from memrope.schedule import ScheduledPrompt, parse_prompt_schedule
+from memrope.prompt_schedule import ScheduledPrompt, parse_prompt_schedule
 
 __all__ = ["Plan", "Video", "plan_generate"]
 
@@ -126,7 +128,7 @@ class Plan:
             "num_frames": self.num_frames,
             "latent_hw": list(self.preset.latent_hw),
             "cache": self.cache.to_dict(),
-            "dtype": _dtype_name(self.dtype),
+            "dtype": dtype_name(self.dtype),
             "denoising_steps": list(self.preset.denoising_steps),
             "shift": self.preset.shift,
         }
@@ -134,10 +136,6 @@ class Plan:
 
 def _beside(path: Path, suffix: str) -> Path:
     return path.with_name(path.name + suffix)
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
 
 
 def _resolve_preset(name: str) -> Preset:
@@ -216,8 +214,8 @@ def _cache_config(args: argparse.Namespace, preset: Preset) -> MemRoPEConfig:
 
 def _device(text: str) -> torch.device:
     try:
-        device = torch.device(text)
-    except (RuntimeError, ValueError):
+        device = parse_device(text, "--device")
+    except ValueError:
         raise CLIError(f"unknown --device {text!r}; use cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():

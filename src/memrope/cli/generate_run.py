@@ -14,15 +14,14 @@ from typing import Any
 
 import torch
 
+from memrope._files import atomic_write_text
 from memrope.cli.console import _note
-from memrope.cli.files import _atomic_write_text
 from memrope.cli.generate_plan import Plan, Video
 from memrope.cli.latent_log import LatentLog, _save_latents
-from memrope.cli.lengths import _seconds_of, _video_frames
 from memrope.cli.outputs import RUN_FORMAT
 from memrope.cli.report import _cache_info, _cuda_devices, _report, _write_report
 from memrope.errors import EXIT_FAILURE, CLIError, NonFiniteError
-from memrope.presets import FPS
+from memrope.video_lengths import FPS, seconds_of_latent_frames, video_frame_count, video_seconds
 
 __all__ = ["_StopRequest", "_generate_video"]
 
@@ -81,11 +80,11 @@ def _progress_bar(plan: Plan, video: Video, initial: int, count: int) -> Any:
 
 def _progress_postfix(plan: Plan, frames_done: int, started: float, generated: int) -> str:
     elapsed = max(time.perf_counter() - started, 1e-9)
-    speed = _seconds_of(generated * plan.cache.chunk_frames) / elapsed
+    speed = seconds_of_latent_frames(generated * plan.cache.chunk_frames) / elapsed
     return (
-        f"latent {frames_done}/{plan.num_frames}, frames {_video_frames(frames_done)}/"
-        f"{_video_frames(plan.num_frames)}, video {_video_frames(frames_done) / FPS:.1f}/"
-        f"{_video_frames(plan.num_frames) / FPS:.1f} s, {speed:.3g} video-s/s"
+        f"latent {frames_done}/{plan.num_frames}, frames {video_frame_count(frames_done)}/"
+        f"{video_frame_count(plan.num_frames)}, video {video_seconds(frames_done):.1f}/"
+        f"{video_seconds(plan.num_frames):.1f} s, {speed:.3g} video-s/s"
     )
 
 
@@ -116,7 +115,7 @@ def _save_checkpoint(pipeline: Any, video: Video, log: LatentLog, run_info: dict
     log.sync()
     records: list[dict[str, Any]] = run_info["latents"]["checkpoints"]
     records[:] = [*records[-(KEPT_LOG_FINGERPRINTS - 1):], {"frames": frames, "blake2b": log.hexdigest()}]
-    _atomic_write_text(video.run_file, json.dumps(run_info, indent=2))
+    atomic_write_text(video.run_file, json.dumps(run_info, indent=2))
     pipeline.save_state(video.state)
 
 
@@ -236,7 +235,7 @@ class _VideoRun:
         if log is not None:
             self.run_info = _run_info(self.signature, self.frame_shape, self.weights, log, start_record)
         if plan.save_every is not None:
-            _atomic_write_text(video.run_file, json.dumps(self.run_info, indent=2))
+            atomic_write_text(video.run_file, json.dumps(self.run_info, indent=2))
         decoder.reset()
         for offset in range(0, self.start_frame, self.chunk):  # re-decode the frames of the interrupted run
             latents = log.read(offset, min(self.chunk, self.start_frame - offset)).unsqueeze(0)  # type: ignore[union-attr]
@@ -362,7 +361,7 @@ class _VideoRun:
             self._finish()
         if not plan.progress or self.interrupted:
             status = "complete" if self.complete else f"stopped at latent frame {self.frames_done}/{plan.num_frames}"
-            _note(f"{video.output}: {status}, {_video_frames(self.frames_done)} frames")
+            _note(f"{video.output}: {status}, {video_frame_count(self.frames_done)} frames")
         return self.complete
 
 

@@ -6,13 +6,13 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import BinaryIO
 
 import torch
 
-from memrope.cli.files import COPY_PIECE_BYTES, _default_mode
+from memrope._files import atomic_replace
+from memrope.cli.files import COPY_PIECE_BYTES
 from memrope.errors import EXIT_FAILURE, CLIError
 
 __all__ = ["COPY_PIECE_BYTES", "SAFETENSORS_DTYPES", "LatentLog", "_save_latents"]
@@ -129,14 +129,7 @@ def _save_latents(log: LatentLog, frames: int, path: Path, piece_bytes: int = CO
     }
     encoded = json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % 8)  # the data starts 8-byte aligned, as safetensors writes it
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(len(encoded).to_bytes(8, "little"))
-            file.write(encoded)
-            log.copy_to(file, frames, piece_bytes)
-        os.chmod(temporary, _default_mode())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_replace(path) as temporary, temporary.open("wb") as file:
+        file.write(len(encoded).to_bytes(8, "little"))
+        file.write(encoded)
+        log.copy_to(file, frames, piece_bytes)

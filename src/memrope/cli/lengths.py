@@ -7,28 +7,13 @@ from typing import Any
 
 from memrope.errors import CLIError
 from memrope.presets import Preset
-from memrope.schedule import (
-    LATENT_FRAMES_PER_SECOND,
-    latent_frames_at_least,
-    round_up_to_chunk,
-    video_frame_count,
-    video_seconds,
-)
+from memrope.video_lengths import latent_frames_at_least, round_up_to_chunk, video_frame_count, video_seconds
 
-__all__ = ["MAX_SECONDS", "_latent_frames", "_made", "_number", "_seconds_of", "_video_frames"]
+__all__ = ["MAX_SECONDS", "_latent_frames", "_made", "_number"]
 
 #: Longest video one ``memrope generate`` run makes (seconds): the initial noise is positioned before
 #: the first frame, which takes longer the longer the video (~90 s for 24 h at 480x832 on one core).
 MAX_SECONDS = 24 * 3600
-
-
-def _seconds_of(latent_frames: int) -> float:
-    """Seconds of video that ``latent_frames`` stand for at 4 latent frames per second (speeds)."""
-    return latent_frames / LATENT_FRAMES_PER_SECOND
-
-
-def _video_frames(latent_frames: int) -> int:
-    return video_frame_count(latent_frames)
 
 
 def _made(latent_frames: int) -> str:

@@ -9,12 +9,11 @@ from typing import Any
 
 import torch
 
+from memrope._dtypes import dtype_name
+from memrope._files import atomic_write_text
 from memrope.cli.console import _note
-from memrope.cli.files import _atomic_write_text
-from memrope.cli.generate_plan import Plan, Video, _dtype_name
-from memrope.cli.lengths import _video_frames
-from memrope.presets import FPS
-from memrope.schedule import video_frame_count, video_seconds
+from memrope.cli.generate_plan import Plan, Video
+from memrope.video_lengths import FPS, video_frame_count, video_seconds
 
 __all__ = ["REPORT_FORMAT", "_cache_info", "_cuda_devices", "_report", "_write_report"]
 
@@ -29,7 +28,7 @@ def _peak_rss_bytes() -> int:
 def _write_report(video: Video, report: dict[str, Any], *, quiet: bool) -> None:
     """Write the report; with ``quiet`` (a failure is on its way already) a write error is only noted."""
     try:
-        _atomic_write_text(video.report, json.dumps(report, indent=2) + "\n")
+        atomic_write_text(video.report, json.dumps(report, indent=2) + "\n")
     except OSError as error:
         if not quiet:
             raise
@@ -68,8 +67,8 @@ def _report_lengths(plan: Plan, video: Video, frames_done: int, start_frame: int
         },
         "latent_frames": frames_done,
         "latent_frames_requested": plan.num_frames,
-        "video_frames": _video_frames(frames_done),
-        "seconds_of_video": _video_frames(frames_done) / FPS,
+        "video_frames": video_frame_count(frames_done),
+        "seconds_of_video": video_seconds(frames_done),
         "chunk_frames": plan.cache.chunk_frames,
         "chunks": frames_done // plan.cache.chunk_frames,
         "chunks_this_run": generated,
@@ -108,7 +107,7 @@ def _report(
         "placement": plan.placement.to_dict(),
         "rank": plan.rank,
         "world_size": plan.world_size,
-        "dtype": _dtype_name(plan.dtype),
+        "dtype": dtype_name(plan.dtype),
         "fps": FPS,
         "width": plan.preset.width,
         "height": plan.preset.height,
