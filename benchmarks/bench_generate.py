@@ -150,17 +150,34 @@ def run(
 
 
 def table(results: list[dict[str, Any]], on_cuda: bool) -> str:
-    header = ["chunks", "latent", "video s", "wall s", "chunks/s", "ms/chunk first10%", "ms/chunk last10%",
-              "RSS@10% MiB", "RSS end MiB", "peak RSS MiB", "cache MiB"]
+    header = [
+        "chunks",
+        "latent",
+        "video s",
+        "wall s",
+        "chunks/s",
+        "ms/chunk first10%",
+        "ms/chunk last10%",
+        "RSS@10% MiB",
+        "RSS end MiB",
+        "peak RSS MiB",
+        "cache MiB",
+    ]
     if on_cuda:
         header += ["CUDA max MiB"]
     rows = [header]
     for r in results:
         row = [
-            str(r["chunks"]), str(r["latent_frames"]), f"{r['seconds_of_video']:.1f}", f"{r['wall_seconds']:.2f}",
-            f"{r['chunks_per_second']:.2f}", f"{r['first_10pct_ms_per_chunk']:.1f}",
-            f"{r['last_10pct_ms_per_chunk']:.1f}", f"{r['rss_after_first_10pct_bytes'] / MIB:.1f}",
-            f"{r['rss_at_end_bytes'] / MIB:.1f}", f"{r['peak_rss_so_far_bytes'] / MIB:.1f}",
+            str(r["chunks"]),
+            str(r["latent_frames"]),
+            f"{r['seconds_of_video']:.1f}",
+            f"{r['wall_seconds']:.2f}",
+            f"{r['chunks_per_second']:.2f}",
+            f"{r['first_10pct_ms_per_chunk']:.1f}",
+            f"{r['last_10pct_ms_per_chunk']:.1f}",
+            f"{r['rss_after_first_10pct_bytes'] / MIB:.1f}",
+            f"{r['rss_at_end_bytes'] / MIB:.1f}",
+            f"{r['peak_rss_so_far_bytes'] / MIB:.1f}",
             f"{(r['cache_resident_bytes'] or 0) / MIB:.2f}",
         ]
         if on_cuda:
@@ -176,8 +193,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--chunks", type=int, nargs="+", default=[10, 100, 1000])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default=None,
-                        help="default: bfloat16 with --full-size, else float32")
+    parser.add_argument(
+        "--dtype",
+        choices=sorted(DTYPES),
+        default=None,
+        help="default: bfloat16 with --full-size, else float32",
+    )
     parser.add_argument("--policy", choices=("memrope", "sink"), default="memrope")
     parser.add_argument("--full-size", action="store_true", help="Wan2.1-1.3B shape, random weights, 480x832")
     parser.add_argument("--decode", action="store_true", help="decode every chunk too")
@@ -196,8 +217,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for chunks in args.chunks:
         result = run(pipeline, text, latent_hw, decoder, chunks, device)
         results.append(result)
-        print(f"{chunks} chunks: {result['wall_seconds']:.2f} s, {result['chunks_per_second']:.2f} chunks/s",
-              file=sys.stderr, flush=True)
+        print(
+            f"{chunks} chunks: {result['wall_seconds']:.2f} s, {result['chunks_per_second']:.2f} chunks/s",
+            file=sys.stderr,
+            flush=True,
+        )
     report = {
         "benchmark": "generate",
         "model": "wan2.1-1.3b-shape (random weights)" if args.full_size else "tiny",

@@ -29,7 +29,9 @@ from memrope.video_lengths import latent_frames_at_least
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=["self-forcing", "longlive"], default="self-forcing")
-    parser.add_argument("--tiny", action="store_true", help="the built-in tiny model instead (CPU, no download)")
+    parser.add_argument(
+        "--tiny", action="store_true", help="the built-in tiny model instead (CPU, no download)"
+    )
     parser.add_argument("--prompt", default="a red fox running through snow, cinematic, golden hour")
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--seed", type=int, default=0)

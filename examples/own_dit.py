@@ -30,10 +30,16 @@ class ToyBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
 
-    def forward(self, x: torch.Tensor, cache: memrope.MemRoPECache, layer: int, start_frame: int) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cache: memrope.MemRoPECache, layer: int, start_frame: int
+    ) -> torch.Tensor:
         # x: [B, L, dim] tokens of one chunk; q, k, v: un-roped [B, L, heads, head_dim]
-        query, key, value = self.qkv(self.norm1(x)).unflatten(-1, (3, self.num_heads, self.head_dim)).unbind(2)
-        attended = memrope.rope_on_the_fly(query, key, value, cache=cache, layer=layer, start_frame=start_frame)
+        query, key, value = (
+            self.qkv(self.norm1(x)).unflatten(-1, (3, self.num_heads, self.head_dim)).unbind(2)
+        )
+        attended = memrope.rope_on_the_fly(
+            query, key, value, cache=cache, layer=layer, start_frame=start_frame
+        )
         x = x + self.out(attended.flatten(2))
         return x + self.mlp(self.norm2(x))
 
@@ -48,14 +54,22 @@ class ToyVideoDiT(nn.Module):
         self.blocks = nn.ModuleList(ToyBlock(dim, num_heads) for _ in range(num_layers))
         self.unembed = nn.Linear(dim, channels)
 
-    def new_cache(self, config: memrope.MemRoPEConfig, batch: int, latent_hw: tuple[int, int]) -> memrope.MemRoPECache:
+    def new_cache(
+        self, config: memrope.MemRoPEConfig, batch: int, latent_hw: tuple[int, int]
+    ) -> memrope.MemRoPECache:
         block = self.blocks[0]
         return memrope.MemRoPECache(
-            config, num_layers=len(self.blocks), batch_size=batch, num_heads=block.num_heads,
-            head_dim=block.head_dim, frame_shape=latent_hw,
+            config,
+            num_layers=len(self.blocks),
+            batch_size=batch,
+            num_heads=block.num_heads,
+            head_dim=block.head_dim,
+            frame_shape=latent_hw,
         )
 
-    def forward(self, latents: torch.Tensor, sigma: float, cache: memrope.MemRoPECache, start_frame: int) -> torch.Tensor:
+    def forward(
+        self, latents: torch.Tensor, sigma: float, cache: memrope.MemRoPECache, start_frame: int
+    ) -> torch.Tensor:
         batch, frames, channels, height, width = latents.shape
         # one token per latent pixel, in (frame, row, column) order as the cache expects
         tokens = latents.permute(0, 1, 3, 4, 2).reshape(batch, frames * height * width, channels)

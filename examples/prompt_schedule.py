@@ -35,7 +35,9 @@ STORY = (
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="the built-in tiny model (CPU, no download)")
-    parser.add_argument("--schedule", default=STORY, help="START:PROMPT entries separated by ';' (START: frame or 10s)")
+    parser.add_argument(
+        "--schedule", default=STORY, help="START:PROMPT entries separated by ';' (START: frame or 10s)"
+    )
     parser.add_argument("--seconds", type=float, default=30.0, help="at least this long (whole chunks)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default="memrope_schedule.mp4")
@@ -65,7 +67,9 @@ def main(argv: list[str] | None = None) -> None:
             assert chunk.frames is not None
             writer.write(to_uint8(chunk.frames[0]))
     assert pipeline.cache is not None
-    print(f"wrote {args.output} ({writer.frames_written} frames, {num_frames} latent, {video_seconds(num_frames):.2f} s)")
+    print(
+        f"wrote {args.output} ({writer.frames_written} frames, {num_frames} latent, {video_seconds(num_frames):.2f} s)"
+    )
     print(pipeline.cache.summary())  # still 12 frames: switches never grow the cache
 
 

@@ -54,7 +54,9 @@ def use_checkout(upstream: Path) -> None:
     os.chdir(upstream)
 
 
-def self_forcing_pipeline(config_path: Path, checkpoint: Path, device: torch.device, dtype: torch.dtype) -> tuple[Any, Any]:
+def self_forcing_pipeline(
+    config_path: Path, checkpoint: Path, device: torch.device, dtype: torch.dtype
+) -> tuple[Any, Any]:
     """``(pipeline, config)`` exactly as Self-Forcing's inference.py builds them (run from its checkout)."""
     from omegaconf import OmegaConf
     from pipeline import CausalInferencePipeline  # Self-Forcing's own package
@@ -94,11 +96,21 @@ def run_upstream(args: argparse.Namespace) -> None:
 def run_tiny(args: argparse.Namespace) -> None:
     from memrope.testing.upstream import build_pipeline
 
-    config = {"dim": 64, "ffn_dim": 128, "num_heads": 2, "num_layers": 2, "in_dim": 4, "out_dim": 4,
-              "text_dim": 24, "text_len": 8}
+    config = {
+        "dim": 64,
+        "ffn_dim": 128,
+        "num_heads": 2,
+        "num_layers": 2,
+        "in_dim": 4,
+        "out_dim": 4,
+        "text_dim": 24,
+        "text_len": 8,
+    }
     pipeline = build_pipeline("self_forcing", config, chunk_frames=3, latent_hw=(6, 8), seed=args.seed)
     prompt = torch.randn(1, 5, config["text_dim"], generator=torch.Generator().manual_seed(1))
-    noise = torch.randn(1, args.num_frames, config["in_dim"], 6, 8, generator=torch.Generator().manual_seed(2))
+    noise = torch.randn(
+        1, args.num_frames, config["in_dim"], 6, 8, generator=torch.Generator().manual_seed(2)
+    )
     with torch.no_grad():  # the same seed for the noise of the denoising steps: only the caches differ
         with memrope.attach(pipeline) as attachment:  # the one call
             latents = pipeline.inference(noise, prompt, generator=torch.Generator().manual_seed(3))
@@ -106,21 +118,31 @@ def run_tiny(args: argparse.Namespace) -> None:
             print(attachment.cache)
         # detached: the pipeline's own cache again
         upstream = pipeline.inference(noise, prompt, generator=torch.Generator().manual_seed(3))
-    print(f"max difference to the upstream sink + sliding-window cache: {(latents - upstream).abs().max():.3g}")
+    print(
+        f"max difference to the upstream sink + sliding-window cache: {(latents - upstream).abs().max():.3g}"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="stand-in pipeline instead of Self-Forcing (CPU)")
     parser.add_argument("--config", help=f"Self-Forcing config (default: <upstream>/{DEFAULT_CONFIG})")
-    parser.add_argument("--checkpoint", help=f"Self-Forcing checkpoint (default: <upstream>/{DEFAULT_CHECKPOINT})")
+    parser.add_argument(
+        "--checkpoint", help=f"Self-Forcing checkpoint (default: <upstream>/{DEFAULT_CHECKPOINT})"
+    )
     parser.add_argument("--prompt", default="a red fox running through snow")
     parser.add_argument("--num-frames", type=int, default=240, help="latent frames, a multiple of 3")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default="memrope_upstream.mp4")
-    parser.add_argument("--upstream", default=".", help="the Self-Forcing checkout (default: the working directory)")
-    parser.add_argument("--device", default=str(default_device()), help="cpu, cuda, cuda:1, ... (default: %(default)s)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), help="default: bfloat16 on CUDA, float32 on the CPU")
+    parser.add_argument(
+        "--upstream", default=".", help="the Self-Forcing checkout (default: the working directory)"
+    )
+    parser.add_argument(
+        "--device", default=str(default_device()), help="cpu, cuda, cuda:1, ... (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--dtype", choices=sorted(DTYPES), help="default: bfloat16 on CUDA, float32 on the CPU"
+    )
     args = parser.parse_args(argv)
     try:
         torch.device(args.device)

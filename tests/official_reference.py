@@ -146,7 +146,9 @@ class OfficialReferenceCache(MemRoPECache):
             state.global_end, state.local_end = end, local_end
         query_frames = range(query_first, query_first + new // tokens)
         cos, sin = self.rope.cos_sin(frame_grid_positions(query_frames, self.frame_shape))
-        return CacheContext(keys=roped[:, window], values=values[:, :local_end][:, window], query_cos=cos, query_sin=sin)
+        return CacheContext(
+            keys=roped[:, window], values=values[:, :local_end][:, window], query_cos=cos, query_sin=sin
+        )
 
     def _attention_window(self, local_end: int) -> torch.Tensor:
         """Token indices attended to: the sink plus the newest ``max_attention_tokens - sink`` tokens."""
@@ -158,7 +160,13 @@ class OfficialReferenceCache(MemRoPECache):
         return torch.arange(max(0, local_end - self.max_attention_tokens), local_end)
 
     def _roll(
-        self, state: _Layer, keys: torch.Tensor, values: torch.Tensor, key: torch.Tensor, value: torch.Tensor, new: int
+        self,
+        state: _Layer,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        new: int,
     ) -> int:
         """First call of a chunk that overflows the window: evict, compress, insert. Returns local_end."""
         tokens = self.frame_seqlen
@@ -176,7 +184,9 @@ class OfficialReferenceCache(MemRoPECache):
                 "values": self._pool(state.values[:, recent_start : recent_start + evicted]),
             }
             if not state.memory_ready:
-                state.memory = {f"{which}_{name}": pooled[name] for which in ("long", "short") for name in pooled}
+                state.memory = {
+                    f"{which}_{name}": pooled[name] for which in ("long", "short") for name in pooled
+                }
                 state.memory_ready = True
             else:
                 short_rate = self._short_rate(pooled["keys"], state.memory["short_keys"])
@@ -188,8 +198,12 @@ class OfficialReferenceCache(MemRoPECache):
                 keys[:, slot : slot + tokens] = state.memory[f"{which}_keys"]
                 values[:, slot : slot + tokens] = state.memory[f"{which}_values"]
             kept = state.local_end - recent_start - evicted
-            keys[:, recent_start : recent_start + kept] = state.keys[:, recent_start + evicted : state.local_end]
-            values[:, recent_start : recent_start + kept] = state.values[:, recent_start + evicted : state.local_end]
+            keys[:, recent_start : recent_start + kept] = state.keys[
+                :, recent_start + evicted : state.local_end
+            ]
+            values[:, recent_start : recent_start + kept] = state.values[
+                :, recent_start + evicted : state.local_end
+            ]
             local_end = recent_start + kept
         keys[:, local_end : local_end + new] = key
         values[:, local_end : local_end + new] = value
@@ -237,8 +251,12 @@ def write_reference_set(
     model = parity.build_model()
     batch, num_frames, chunk = settings["batch"], settings["num_frames"], settings["frames_per_block"]
     generator = torch.Generator("cpu").manual_seed(settings["seed"])
-    noise = torch.randn([batch, num_frames, settings["channels"], *settings["latent_hw"]], generator=generator)
-    context = torch.stack([torch.randn(5, parity.model_config.text_dim, generator=generator) for _ in range(batch)])
+    noise = torch.randn(
+        [batch, num_frames, settings["channels"], *settings["latent_hw"]], generator=generator
+    )
+    context = torch.stack(
+        [torch.randn(5, parity.model_config.text_dim, generator=generator) for _ in range(batch)]
+    )
     grid = model.token_grid(tuple(settings["latent_hw"]))
     cache = OfficialReferenceCache(
         cache_config,
@@ -258,7 +276,9 @@ def write_reference_set(
     def call(latents: torch.Tensor, timestep: torch.Tensor, start_frame: int) -> torch.Tensor:
         index = len(calls)
         flow = model(latents, timestep, encoded, cache=cache, start_frame=start_frame)
-        tensors.update({f"call{index}.x": latents.clone(), f"call{index}.t": timestep.clone(), f"call{index}.flow": flow})
+        tensors.update(
+            {f"call{index}.x": latents.clone(), f"call{index}.t": timestep.clone(), f"call{index}.flow": flow}
+        )
         calls.append({"index": index, "start_frame": start_frame, "num_frames": latents.shape[1]})
         return flow
 
@@ -271,7 +291,9 @@ def write_reference_set(
                 if step + 1 < len(timesteps):
                     fresh = torch.randn(clean.flatten(0, 1).shape, generator=generator)
                     next_t = torch.full((batch * chunk,), timesteps[step + 1], dtype=torch.float32)
-                    noisy = scheduler.add_noise(clean.flatten(0, 1), fresh, next_t).unflatten(0, clean.shape[:2])
+                    noisy = scheduler.add_noise(clean.flatten(0, 1), fresh, next_t).unflatten(
+                        0, clean.shape[:2]
+                    )
             output[:, start_frame : start_frame + chunk] = clean
             call(clean, torch.full((batch, chunk), settings["context_noise"], dtype=torch.int64), start_frame)
             tensors[f"cache{block}.k0"], tensors[f"cache{block}.v0"] = cache.dump(0)

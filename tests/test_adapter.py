@@ -20,7 +20,17 @@ from memrope.testing.upstream import (
     merged_state_dict,
 )
 
-MODEL = {"dim": 64, "ffn_dim": 128, "num_heads": 2, "num_layers": 2, "in_dim": 4, "out_dim": 4, "text_dim": 24, "text_len": 8, "freq_dim": 32}
+MODEL = {
+    "dim": 64,
+    "ffn_dim": 128,
+    "num_heads": 2,
+    "num_layers": 2,
+    "in_dim": 4,
+    "out_dim": 4,
+    "text_dim": 24,
+    "text_len": 8,
+    "freq_dim": 32,
+}
 LATENT_HW = (6, 8)
 FRAME_SEQLEN = 12
 NUM_FRAMES = 18  # 6 chunks: past the first eviction and into steady state
@@ -47,9 +57,16 @@ def _reference_model(pipe: CausalInferencePipelineStandin) -> CausalWanModel:
     return model.eval()
 
 
-def _reference_video(pipe: CausalInferencePipelineStandin, noise: torch.Tensor, context: torch.Tensor, config: MemRoPEConfig = CONFIG) -> torch.Tensor:
+def _reference_video(
+    pipe: CausalInferencePipelineStandin,
+    noise: torch.Tensor,
+    context: torch.Tensor,
+    config: MemRoPEConfig = CONFIG,
+) -> torch.Tensor:
     ours = CausalInferencePipeline(_reference_model(pipe), config)
-    return ours.generate(context, num_frames=noise.shape[1], noise=noise, generator=torch.Generator().manual_seed(7))
+    return ours.generate(
+        context, num_frames=noise.shape[1], noise=noise, generator=torch.Generator().manual_seed(7)
+    )
 
 
 def _run(pipe: CausalInferencePipelineStandin, noise: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
@@ -135,7 +152,9 @@ def test_parameters_are_shared_not_copied(variant: str, merge_lora: bool) -> Non
         first = _run(pipe, noise, context)
         assert attachment.model is wan
         assert {name: p.data_ptr() for name, p in wan.named_parameters()} == pointers
-        cache_pointers = {t.data_ptr() for state in attachment.cache.layers for t in (state.keys, state.values)}
+        cache_pointers = {
+            t.data_ptr() for state in attachment.cache.layers for t in (state.keys, state.values)
+        }
         assert not cache_pointers & set(pointers.values())
         with torch.no_grad():  # the adapter reads the live parameters: an in-place edit shows up
             wan.head.head.bias.add_(1.0)
@@ -182,7 +201,10 @@ def test_remove_restores_every_patched_attribute(variant: str) -> None:
     assert not attachment.active and attachment.cache is None
     assert "forward" not in wan.__dict__ and wan.forward == original_forward
     assert "_initialize_kv_cache" not in pipe.__dict__ and pipe._initialize_kv_cache == original_init
-    assert "_initialize_crossattn_cache" not in pipe.__dict__ and pipe._initialize_crossattn_cache == original_text_init
+    assert (
+        "_initialize_crossattn_cache" not in pipe.__dict__
+        and pipe._initialize_crossattn_cache == original_text_init
+    )
     own_after = _run(pipe, noise, context)
     torch.testing.assert_close(own_after, own_before, atol=0, rtol=0)
     assert pipe.kv_cache1[0]["k"].shape[1] > 0  # upstream allocates its own cache again
@@ -231,8 +253,12 @@ def test_new_video_detection_without_a_pipeline_reset() -> None:
             for start in range(0, 9, 3):
                 for value in (1000.0, 0.0):
                     flow, _ = pipe.generator(
-                        noise[:, start : start + 3], {"prompt_embeds": context}, torch.full((1, 3), value),
-                        kv_cache=pipe.kv_cache1, crossattn_cache=None, current_start=start * FRAME_SEQLEN,
+                        noise[:, start : start + 3],
+                        {"prompt_embeds": context},
+                        torch.full((1, 3), value),
+                        kv_cache=pipe.kv_cache1,
+                        crossattn_cache=None,
+                        current_start=start * FRAME_SEQLEN,
                     )
                     flows.append(flow)
             outputs.append(torch.cat(flows))
@@ -245,7 +271,11 @@ def test_in_place_index_reset_starts_a_new_video() -> None:
     noise, context = _inputs(1)
     with attach(pipe.generator, CONFIG) as attachment, torch.no_grad():
         pipe._initialize_kv_cache(batch_size=1, dtype=torch.float32, device="cpu")
-        call = {"conditional_dict": {"prompt_embeds": context}, "kv_cache": pipe.kv_cache1, "crossattn_cache": None}
+        call = {
+            "conditional_dict": {"prompt_embeds": context},
+            "kv_cache": pipe.kv_cache1,
+            "crossattn_cache": None,
+        }
         first, _ = pipe.generator(noise[:, :3], timestep=torch.full((1, 3), 1000.0), current_start=0, **call)
         pipe.generator(noise[:, :3], timestep=torch.zeros(1, 3), current_start=0, **call)
         for entry in pipe.kv_cache1:
@@ -339,7 +369,12 @@ def test_errors() -> None:
         with pytest.raises(RuntimeError, match="already attached"):
             attach(pipe.generator, CONFIG)
         pipe._initialize_kv_cache(batch_size=1, dtype=torch.float32, device="cpu")
-        call = {"t": torch.full((1, 3), 1000.0), "context": torch.randn(1, 5, 24), "seq_len": 1000, "kv_cache": pipe.kv_cache1}
+        call = {
+            "t": torch.full((1, 3), 1000.0),
+            "context": torch.randn(1, 5, 24),
+            "seq_len": 1000,
+            "kv_cache": pipe.kv_cache1,
+        }
         x = torch.randn(1, 4, 3, *LATENT_HW)
         with pytest.raises(ValueError, match="whole number of frames"):
             wan(x, current_start=5, **call)
@@ -359,7 +394,12 @@ def test_attaching_twice_is_refused_through_any_of_the_objects(variant: str) -> 
     """PEFT's wrappers forward attributes to the Wan model: the guard must key on the model itself."""
     pipe = build_pipeline(variant, MODEL)
     wan = _wan(pipe)
-    targets = {"pipeline": pipe, "wrapper": pipe.generator, "generator.model": pipe.generator.model, "wan": wan}
+    targets = {
+        "pipeline": pipe,
+        "wrapper": pipe.generator,
+        "generator.model": pipe.generator.model,
+        "wan": wan,
+    }
     for first_name, first in targets.items():
         with attach(first, CONFIG) as attachment:
             assert attachment.model is wan, first_name
@@ -376,7 +416,9 @@ def test_attaching_twice_is_refused_through_any_of_the_objects(variant: str) -> 
 # ------------------------------------------------------------------------------ unsupported upstream features
 def test_cfg_pipeline_with_two_caches_is_refused_at_attach() -> None:
     pipe = build_pipeline("self_forcing", MODEL, pipeline_class="CausalDiffusionInferencePipeline")
-    with pytest.raises(NotImplementedError, match=r"classifier-free guidance.*kv_cache_pos / kv_cache_neg.*not supported yet"):
+    with pytest.raises(
+        NotImplementedError, match=r"classifier-free guidance.*kv_cache_pos / kv_cache_neg.*not supported yet"
+    ):
         attach(pipe)
     assert "forward" not in _wan(pipe).__dict__  # nothing patched
 
@@ -389,7 +431,9 @@ def test_cfg_caches_used_in_turn_are_refused_at_the_first_call_that_would_mix_th
     calls: list[int] = []
     _wan(pipe).patch_embedding.register_forward_hook(lambda *args: calls.append(1))
     with attach(pipe.generator if target == "wrapper" else _wan(pipe), CONFIG) as attachment, torch.no_grad():
-        with pytest.raises(NotImplementedError, match=r"two KV cache lists used in turn.*classifier-free guidance"):
+        with pytest.raises(
+            NotImplementedError, match=r"two KV cache lists used in turn.*classifier-free guidance"
+        ):
             pipe.inference(noise, context, torch.zeros_like(context))
         assert len(calls) == 2  # the conditional and the unconditional call of the first step, nothing more
         assert attachment.cache.layers[0].end_frame == 3
@@ -401,7 +445,9 @@ def test_independent_first_frame_is_refused_at_attach_and_at_the_call() -> None:
         attach(pipe)
     noise, context = _inputs(1)
     with attach(pipe.generator, CONFIG) as attachment, torch.no_grad():  # the wrapper does not show it
-        with pytest.raises(NotImplementedError, match=r"1-frame first block \(Self-Forcing's independent_first_frame"):
+        with pytest.raises(
+            NotImplementedError, match=r"1-frame first block \(Self-Forcing's independent_first_frame"
+        ):
             pipe.inference(noise[:, :10], context)
         assert attachment.cache is None  # refused before a cache was made
     frame_wise = build_pipeline("self_forcing", MODEL, chunk_frames=1, independent_first_frame=True)
@@ -415,8 +461,12 @@ def test_longlive_recache_after_a_prompt_switch_is_refused_at_its_call(variant: 
     noise, context = _inputs(1)
     expected = _reference_video(pipe, noise, context)
     with attach(pipe, CONFIG) as attachment, torch.no_grad():
-        single = pipe.inference(noise, [context], [], generator=torch.Generator().manual_seed(7))  # no switch: fine
-        with pytest.raises(NotImplementedError, match=r"call of 9 latent frames.*LongLive's KV re-cache.*not supported yet"):
+        single = pipe.inference(
+            noise, [context], [], generator=torch.Generator().manual_seed(7)
+        )  # no switch: fine
+        with pytest.raises(
+            NotImplementedError, match=r"call of 9 latent frames.*LongLive's KV re-cache.*not supported yet"
+        ):
             pipe.inference(noise, [context, context.flip(1)], [9], generator=torch.Generator().manual_seed(7))
         assert attachment.cache.layers[0].end_frame == 9  # the refused call changed nothing
     torch.testing.assert_close(single, expected, **_tolerance(variant))
@@ -427,9 +477,18 @@ def test_sink_recache_flag_names_the_longlive_feature() -> None:
     wan = _wan(pipe)
     with attach(wan, CONFIG), torch.no_grad():
         pipe._initialize_kv_cache(batch_size=1, dtype=torch.float32, device="cpu")
-        with pytest.raises(NotImplementedError, match=r"sink_recache_after_switch=True \(LongLive's KV re-cache"):
-            wan(torch.randn(1, 4, 3, *LATENT_HW), t=torch.zeros(1, 3), context=torch.randn(1, 5, 24), seq_len=1000,
-                kv_cache=pipe.kv_cache1, current_start=0, sink_recache_after_switch=True)
+        with pytest.raises(
+            NotImplementedError, match=r"sink_recache_after_switch=True \(LongLive's KV re-cache"
+        ):
+            wan(
+                torch.randn(1, 4, 3, *LATENT_HW),
+                t=torch.zeros(1, 3),
+                context=torch.randn(1, 5, 24),
+                seq_len=1000,
+                kv_cache=pipe.kv_cache1,
+                current_start=0,
+                sink_recache_after_switch=True,
+            )
 
 
 # ------------------------------------------------------------------------------ the official pipeline's own settings
@@ -439,13 +498,21 @@ def test_sink_recache_flag_names_the_longlive_feature() -> None:
         ({}, MemRoPEConfig()),
         ({"compression_method": "eviction"}, MemRoPEConfig(policy="sink")),
         ({"local_attn_size": -1}, MemRoPEConfig(policy="full")),
-        ({"ema_adaptive": True, "ema_alpha_short": 0.15}, MemRoPEConfig(pooling="per_position", adaptive_short_rate=True, alpha_short=0.15)),
-        ({"sink_size": 1, "local_attn_size": 8, "ema_alpha_long": 0.05}, MemRoPEConfig(sink_frames=1, cache_frames=8, alpha_long=0.05)),
+        (
+            {"ema_adaptive": True, "ema_alpha_short": 0.15},
+            MemRoPEConfig(pooling="per_position", adaptive_short_rate=True, alpha_short=0.15),
+        ),
+        (
+            {"sink_size": 1, "local_attn_size": 8, "ema_alpha_long": 0.05},
+            MemRoPEConfig(sink_frames=1, cache_frames=8, alpha_long=0.05),
+        ),
         ({"chunk_frames": 1, "sink_size": 3}, MemRoPEConfig(chunk_frames=1)),
     ],
     ids=["paper", "eviction", "unbounded", "adaptive", "sizes-alpha", "chunk1"],
 )
-def test_official_pipeline_settings_are_read_by_default(settings: dict[str, object], expected: MemRoPEConfig) -> None:
+def test_official_pipeline_settings_are_read_by_default(
+    settings: dict[str, object], expected: MemRoPEConfig
+) -> None:
     pipe = build_pipeline("official", MODEL, **settings)  # type: ignore[arg-type]
     for target in (pipe, pipe.generator, _wan(pipe)):
         with attach(target) as attachment:
@@ -479,7 +546,10 @@ def test_explicit_options_and_config_override_the_official_settings() -> None:
     pipe = build_pipeline("official", MODEL, compression_method="eviction", sink_size=2, ema_alpha_short=0.2)
     with attach(pipe, policy="memrope") as attachment:
         assert attachment.cache_config == MemRoPEConfig(policy="memrope", sink_frames=2, alpha_short=0.2)
-        assert attachment.config_source == "official MemRoPE settings of blocks[*].self_attn, overridden by ['policy']"
+        assert (
+            attachment.config_source
+            == "official MemRoPE settings of blocks[*].self_attn, overridden by ['policy']"
+        )
     with attach(pipe, MemRoPEConfig(alpha_long=0.5)) as attachment:
         assert attachment.cache_config == MemRoPEConfig(alpha_long=0.5)
         assert attachment.config_source == "cache_config argument"
@@ -487,7 +557,9 @@ def test_explicit_options_and_config_override_the_official_settings() -> None:
 
 def test_self_forcing_and_longlive_keep_the_paper_settings() -> None:
     for variant in ("self_forcing", "longlive"):
-        pipe = build_pipeline(variant, MODEL, local_attn_size=-1, sink_size=0)  # upstream's own: a growing cache
+        pipe = build_pipeline(
+            variant, MODEL, local_attn_size=-1, sink_size=0
+        )  # upstream's own: a growing cache
         with attach(pipe) as attachment:
             assert attachment.cache_config == MemRoPEConfig()
             assert attachment.config_source == "MemRoPEConfig defaults"
@@ -500,7 +572,11 @@ def test_official_settings_that_cannot_be_used_are_named() -> None:
         attach(pipe)
     with pytest.raises(ValueError, match=r"compression_method='output_preserve'.*mode must be one of"):
         attach(build_pipeline("official", MODEL, compression_method="output_preserve"))
-    with pytest.raises(ValueError, match=r"local_attn_size=7.*cache_frames must be >= .* = 8.*pass cache_config="):
+    with pytest.raises(
+        ValueError, match=r"local_attn_size=7.*cache_frames must be >= .* = 8.*pass cache_config="
+    ):
         attach(build_pipeline("official", MODEL, local_attn_size=7))
-    with attach(build_pipeline("official", MODEL, local_attn_size=7), MemRoPEConfig(policy="sink", cache_frames=7)) as attachment:
+    with attach(
+        build_pipeline("official", MODEL, local_attn_size=7), MemRoPEConfig(policy="sink", cache_frames=7)
+    ) as attachment:
         assert attachment.cache_config.cache_frames == 7  # an explicit config needs none of them

@@ -23,7 +23,16 @@ import torch
 from memrope.testing.upstream import CausalWanStandin
 
 SCRIPT = Path(__file__).resolve().parent.parent / "examples" / "wrap_upstream_pipeline.py"
-TINY_MODEL = {"dim": 64, "ffn_dim": 128, "num_heads": 2, "num_layers": 2, "in_dim": 4, "out_dim": 4, "text_dim": 24, "text_len": 8}
+TINY_MODEL = {
+    "dim": 64,
+    "ffn_dim": 128,
+    "num_heads": 2,
+    "num_layers": 2,
+    "in_dim": 4,
+    "out_dim": 4,
+    "text_dim": 24,
+    "text_len": 8,
+}
 NUM_FRAMES = 6  # two chunks of 3 latent frames
 needs_video = pytest.mark.skipif(
     importlib.util.find_spec("imageio_ffmpeg") is None or importlib.util.find_spec("imageio") is None,
@@ -170,7 +179,9 @@ def _fake_checkout(root: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(textwrap.dedent(text).lstrip())
     torch.manual_seed(123)
-    weights = {f"model.{name}": tensor for name, tensor in CausalWanStandin(**TINY_MODEL).state_dict().items()}
+    weights = {
+        f"model.{name}": tensor for name, tensor in CausalWanStandin(**TINY_MODEL).state_dict().items()
+    }
     (checkout / "checkpoints").mkdir()
     torch.save({"generator_ema": weights}, checkout / "checkpoints" / "self_forcing_dmd.pt")
     return checkout
@@ -179,7 +190,13 @@ def _fake_checkout(root: Path) -> Path:
 def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
     return subprocess.run(
-        [sys.executable, str(SCRIPT), *args], check=False, cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, str(SCRIPT), *args],
+        check=False,
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -195,8 +212,16 @@ def test_documented_command_from_inside_the_checkout(tmp_path: Path) -> None:
     """The README/docstring command, from the checkout: imports its ``pipeline`` package, runs on the CPU."""
     checkout = _fake_checkout(tmp_path)
     result = _run(
-        "--config", "configs/self_forcing_dmd.yaml", "--checkpoint", "checkpoints/self_forcing_dmd.pt",
-        "--prompt", "a red fox running through snow", "--num-frames", str(NUM_FRAMES), "--output", "fox.mp4",
+        "--config",
+        "configs/self_forcing_dmd.yaml",
+        "--checkpoint",
+        "checkpoints/self_forcing_dmd.pt",
+        "--prompt",
+        "a red fox running through snow",
+        "--num-frames",
+        str(NUM_FRAMES),
+        "--output",
+        "fox.mp4",
         cwd=checkout,
     )
     assert result.returncode == 0, result.stderr
@@ -215,7 +240,9 @@ def _load_script() -> Any:
 
 
 @needs_video
-def test_upstream_option_from_elsewhere_keeps_your_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_upstream_option_from_elsewhere_keeps_your_paths(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """``--upstream DIR``: the checkout's defaults (config, checkpoint) are found, the output lands where you are.
 
     In this process (faster than a fresh one); the checkout's modules are dropped again afterwards.
@@ -225,7 +252,18 @@ def test_upstream_option_from_elsewhere_keeps_your_paths(tmp_path: Path, monkeyp
     monkeypatch.setattr(sys, "path", list(sys.path))
     before = set(sys.modules)
     try:
-        _load_script().main(["--upstream", str(checkout), "--num-frames", str(NUM_FRAMES), "--output", "fox.mp4", "--device", "cpu"])
+        _load_script().main(
+            [
+                "--upstream",
+                str(checkout),
+                "--num-frames",
+                str(NUM_FRAMES),
+                "--output",
+                "fox.mp4",
+                "--device",
+                "cpu",
+            ]
+        )
     finally:
         for name in set(sys.modules) - before:
             if name.split(".")[0] in {"pipeline", "utils", "omegaconf"}:

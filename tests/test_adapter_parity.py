@@ -35,7 +35,9 @@ from memrope.testing.upstream import VARIANTS, LoraLinearStandin, build_pipeline
 pytestmark = pytest.mark.filterwarnings("ignore:alpha_short=0.3 with adaptive_short_rate=True:UserWarning")
 
 TOLERANCE = 1e-4
-CASES = [pytest.param(path, variant, id=f"{path.stem}-{variant}") for path in PARITY_SETS for variant in VARIANTS]
+CASES = [
+    pytest.param(path, variant, id=f"{path.stem}-{variant}") for path in PARITY_SETS for variant in VARIANTS
+]
 
 
 # ------------------------------------------------------------------------------ stand-ins
@@ -100,7 +102,9 @@ def test_call_replay_through_the_adapter(path: Path, variant: str) -> None:
             errors.append((flow - tensors[f"call{call.index}.flow"]).abs().max().item())
         assert attachment.cache is not None and attachment.cache.config == parity.cache_config
     worst = max(errors)
-    assert worst <= TOLERANCE, f"{parity.name}/{variant}: worst flow error {worst:.3e} at call {errors.index(worst)}"
+    assert worst <= TOLERANCE, (
+        f"{parity.name}/{variant}: worst flow error {worst:.3e} at call {errors.index(worst)}"
+    )
 
 
 @pytest.mark.parametrize(("path", "variant"), CASES)

@@ -930,11 +930,15 @@ def test_constructor_errors(kwargs: dict[str, Any], error: type, match: str) -> 
             r"layers.0.counters .* = \[12, 21, 15, 9\] are inconsistent",
         ),
         (
-            lambda s: s.update({"layers.1.slot_frames": torch.tensor([0, 1, 2, -2, -3, 10, 9, 11, 12, 15, 16, 17])}),
+            lambda s: s.update(
+                {"layers.1.slot_frames": torch.tensor([0, 1, 2, -2, -3, 10, 9, 11, 12, 15, 16, 17])}
+            ),
             r"layers.1.slot_frames .* inconsistent: real frames must increase",
         ),
         (
-            lambda s: s.update({"layers.1.slot_frames": torch.tensor([0, 1, 2, -2, -3, 9, 10, 11, 12, 14, 15, 16])}),
+            lambda s: s.update(
+                {"layers.1.slot_frames": torch.tensor([0, 1, 2, -2, -3, 9, 10, 11, 12, 14, 15, 16])}
+            ),
             r"the last 3 slots must hold the chunk's frames \[15, 16, 17\]",
         ),
         (
@@ -1013,7 +1017,9 @@ def test_state_without_a_layout_is_still_checked_structurally() -> None:
     with pytest.raises(ValueError, match=r"holds layers.0.long_keys, which policy 'sink' does not keep"):
         make_cache(policy="sink").load_state_dict(legacy)
     per_position = make_cache(pooling="per_position")
-    with pytest.raises(ValueError, match=r"must have shape \[1, 6, 2, 8\] for policy 'memrope' \(pooling='per_position'\)"):
+    with pytest.raises(
+        ValueError, match=r"must have shape \[1, 6, 2, 8\] for policy 'memrope' \(pooling='per_position'\)"
+    ):
         per_position.load_state_dict(legacy)
     assert per_position.slot_layout() == []
 

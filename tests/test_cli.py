@@ -33,12 +33,24 @@ def read_frames(path: Path) -> torch.Tensor:
 
 
 def tiny_args(output: Path, *extra: str) -> list[str]:
-    return ["generate", "--model", "tiny", "--prompt", "a red fox", "--output", str(output), "--no-progress", *extra]
+    return [
+        "generate",
+        "--model",
+        "tiny",
+        "--prompt",
+        "a red fox",
+        "--output",
+        str(output),
+        "--no-progress",
+        *extra,
+    ]
 
 
 def test_tiny_generation_writes_mp4_and_report(tmp_path: Path) -> None:
     output = tmp_path / "fox.mp4"
-    assert main(tiny_args(output, "--num-frames", "6", "--save-latents", str(tmp_path / "fox.safetensors"))) == 0
+    assert (
+        main(tiny_args(output, "--num-frames", "6", "--save-latents", str(tmp_path / "fox.safetensors"))) == 0
+    )
     frames = read_frames(output)
     assert frames.shape == (4 * 6 - 3, 128, 192, 3)
     assert frames.float().std() > 10  # colourful, not blank
@@ -57,8 +69,23 @@ def test_tiny_generation_writes_mp4_and_report(tmp_path: Path) -> None:
 
 def test_default_length_seconds_and_policy_options(tmp_path: Path) -> None:
     output = tmp_path / "sink.mp4"
-    args = tiny_args(output, "--seconds", "3", "--policy", "sink", "--cache-frames", "6", "--sink-frames", "1",
-                     "--seed", "5", "--dtype", "bf16", "--device", "cpu")
+    args = tiny_args(
+        output,
+        "--seconds",
+        "3",
+        "--policy",
+        "sink",
+        "--cache-frames",
+        "6",
+        "--sink-frames",
+        "1",
+        "--seed",
+        "5",
+        "--dtype",
+        "bf16",
+        "--device",
+        "cpu",
+    )
     assert main(args) == 0
     report = json.loads((tmp_path / "sink.mp4.json").read_text())
     # the shortest whole-chunk video of at least 3 s: 15 latent frames = 57 frames = 3.56 s
@@ -75,7 +102,16 @@ def test_prompts_file_gives_one_video_per_prompt(tmp_path: Path) -> None:
     prompts.write_text("a cat\n\n   \na dog on a beach\n", encoding="utf-8")
     output = tmp_path / "out" / "video.mp4"
     output.parent.mkdir()
-    args = ["generate", "--prompts-file", str(prompts), "--output", str(output), "--num-frames", "3", "--no-progress"]
+    args = [
+        "generate",
+        "--prompts-file",
+        str(prompts),
+        "--output",
+        str(output),
+        "--num-frames",
+        "3",
+        "--no-progress",
+    ]
     assert main(args) == 0
     first, second = output.with_name("video_0.mp4"), output.with_name("video_1.mp4")
     assert sorted(p.name for p in output.parent.glob("*.mp4")) == ["video_0.mp4", "video_1.mp4"]
@@ -145,7 +181,9 @@ def test_empty_prompt_lists_fail(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert output.read_bytes() == SENTINEL
 
 
-def test_unwritable_outputs_fail_before_generating(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_unwritable_outputs_fail_before_generating(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     cases = [
         (tmp_path / "missing" / "video.mp4", "does not exist"),
         (tmp_path, "is a directory"),
@@ -180,8 +218,20 @@ def test_missing_hub_checkpoint_offline_gives_guidance(
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     output = tmp_path / "sf.mp4"
     output.write_bytes(SENTINEL)
-    code = main(["generate", "--model", "self-forcing-30s", "--prompt", "a cat", "--output", str(output),
-                 "--device", "cpu", "--no-progress"])
+    code = main(
+        [
+            "generate",
+            "--model",
+            "self-forcing-30s",
+            "--prompt",
+            "a cat",
+            "--output",
+            str(output),
+            "--device",
+            "cpu",
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1 and "Traceback" not in err
     assert "checkpoint not available" in err and "huggingface-cli download gdhe17/Self-Forcing" in err
@@ -209,8 +259,14 @@ RESUME_FRAMES = "150"  # 50 chunks: a couple of seconds, long enough to interrup
 
 
 def _start(output: Path, latents: Path) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "memrope.cli", *tiny_args(output, "--num-frames", RESUME_FRAMES,
-               "--save-every", "1", "--save-latents", str(latents))]
+    command = [
+        sys.executable,
+        "-m",
+        "memrope.cli",
+        *tiny_args(
+            output, "--num-frames", RESUME_FRAMES, "--save-every", "1", "--save-latents", str(latents)
+        ),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
 
@@ -258,19 +314,24 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(
     assert state.exists() and not latents.exists()
 
     # a resume with other settings is refused and changes nothing
-    assert main(tiny_args(output, "--num-frames", RESUME_FRAMES, "--save-every", "1", "--resume",
-                          "--seed", "1")) == 2
+    assert (
+        main(tiny_args(output, "--num-frames", RESUME_FRAMES, "--save-every", "1", "--resume", "--seed", "1"))
+        == 2
+    )
     assert "other settings" in capsys.readouterr().err and state.exists()
 
-    args = tiny_args(output, "--num-frames", RESUME_FRAMES, "--save-every", "1", "--save-latents", str(latents),
-                     "--resume")
+    args = tiny_args(
+        output, "--num-frames", RESUME_FRAMES, "--save-every", "1", "--save-latents", str(latents), "--resume"
+    )
     assert main(args) == 0
     assert torch.equal(load_file(latents)["latents"], reference[0])
     assert torch.equal(read_frames(output), reference[1])
     report = json.loads((tmp_path / "video.mp4.json").read_text())
     assert report["complete"] and report["resumed_from_latent_frame"] > 0
     assert not state.exists() and not (tmp_path / "video.mp4.resume.latents").exists()
-    assert not list(tmp_path.glob(".*"))  # what the SIGKILLed writer left behind is cleaned, the lock released
+    assert not list(
+        tmp_path.glob(".*")
+    )  # what the SIGKILLed writer left behind is cleaned, the lock released
 
     # resuming a finished video skips it
     before = output.stat().st_mtime_ns
@@ -288,8 +349,20 @@ def test_checkpoint_override_loads_weights_through_the_loader(tmp_path: Path) ->
     save_file(tiny_model(seed=1).state_dict(), weights)
     default, loaded = tmp_path / "default.safetensors", tmp_path / "loaded.safetensors"
     assert main(tiny_args(tmp_path / "a.mp4", "--num-frames", "3", "--save-latents", str(default))) == 0
-    assert main(tiny_args(tmp_path / "b.mp4", "--num-frames", "3", "--save-latents", str(loaded),
-                          "--checkpoint", str(weights))) == 0
+    assert (
+        main(
+            tiny_args(
+                tmp_path / "b.mp4",
+                "--num-frames",
+                "3",
+                "--save-latents",
+                str(loaded),
+                "--checkpoint",
+                str(weights),
+            )
+        )
+        == 0
+    )
     assert not torch.equal(load_file(default)["latents"], load_file(loaded)["latents"])
     bad = tmp_path / "bad.safetensors"
     save_file({"blocks.0.ffn.0.weight": torch.zeros(2, 2)}, bad)
@@ -304,8 +377,19 @@ def test_checkpoint_override_loads_weights_through_the_loader(tmp_path: Path) ->
 
 
 def _schedule_args(output: Path, schedule: str, *extra: str) -> list[str]:
-    return ["generate", "--model", "tiny", "--prompt-schedule", schedule, "--output", str(output),
-            "--num-frames", "18", "--no-progress", *extra]
+    return [
+        "generate",
+        "--model",
+        "tiny",
+        "--prompt-schedule",
+        schedule,
+        "--output",
+        str(output),
+        "--num-frames",
+        "18",
+        "--no-progress",
+        *extra,
+    ]
 
 
 def test_prompt_schedule_switches_after_the_switch_frame_only(tmp_path: Path) -> None:
@@ -328,7 +412,9 @@ def test_prompt_schedule_switches_after_the_switch_frame_only(tmp_path: Path) ->
 
 def test_prompt_schedule_from_a_file_and_resume(tmp_path: Path) -> None:
     schedule = tmp_path / "story.txt"
-    schedule.write_text("0: a harbour at dawn; boats\n\n6: a storm rolls in\n12: calm again\n", encoding="utf-8")
+    schedule.write_text(
+        "0: a harbour at dawn; boats\n\n6: a storm rolls in\n12: calm again\n", encoding="utf-8"
+    )
     reference = tmp_path / "ref.safetensors"
     assert main(_schedule_args(tmp_path / "ref.mp4", f"@{schedule}", "--save-latents", str(reference))) == 0
     report = json.loads((tmp_path / "ref.mp4.json").read_text())
@@ -337,21 +423,52 @@ def test_prompt_schedule_from_a_file_and_resume(tmp_path: Path) -> None:
 
     output, latents = tmp_path / "v.mp4", tmp_path / "v.safetensors"
     state = tmp_path / "v.mp4.resume.safetensors"
-    command = [sys.executable, "-m", "memrope.cli",
-               *_schedule_args(output, f"@{schedule}", "--num-frames", "150", "--save-every", "2")]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    command = [
+        sys.executable,
+        "-m",
+        "memrope.cli",
+        *_schedule_args(output, f"@{schedule}", "--num-frames", "150", "--save-every", "2"),
+    ]
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     _wait_for(state, process)
     process.send_signal(signal.SIGKILL)
     process.communicate(timeout=60)
     full = tmp_path / "full.safetensors"
-    assert main(_schedule_args(tmp_path / "full.mp4", f"@{schedule}", "--num-frames", "150",
-                               "--save-latents", str(full))) == 0
+    assert (
+        main(
+            _schedule_args(
+                tmp_path / "full.mp4", f"@{schedule}", "--num-frames", "150", "--save-latents", str(full)
+            )
+        )
+        == 0
+    )
     # another schedule is other settings: refused
-    assert main(_schedule_args(output, "0:a harbour at dawn; boats", "--num-frames", "150", "--save-every", "2",
-                               "--resume")) == 2
-    assert main(_schedule_args(output, f"@{schedule}", "--num-frames", "150", "--save-every", "2", "--resume",
-                               "--save-latents", str(latents))) == 0
+    assert (
+        main(
+            _schedule_args(
+                output, "0:a harbour at dawn; boats", "--num-frames", "150", "--save-every", "2", "--resume"
+            )
+        )
+        == 2
+    )
+    assert (
+        main(
+            _schedule_args(
+                output,
+                f"@{schedule}",
+                "--num-frames",
+                "150",
+                "--save-every",
+                "2",
+                "--resume",
+                "--save-latents",
+                str(latents),
+            )
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "v.mp4.json").read_text())["resumed_from_latent_frame"] > 0
     assert torch.equal(load_file(latents)["latents"], load_file(full)["latents"])
 
@@ -359,10 +476,19 @@ def test_prompt_schedule_from_a_file_and_resume(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--prompt-schedule", "0:a;2:b;3:c"], "entry 2 ('3') does not start after the previous entry (latent frame 3)"),
+        (
+            ["--prompt-schedule", "0:a;2:b;3:c"],
+            "entry 2 ('3') does not start after the previous entry (latent frame 3)",
+        ),
         (["--prompt-schedule", "3:a"], "must start at frame 0"),
-        (["--prompt-schedule", "0:a;30:b"], "entry 1 ('30') starts at or after the video's end (latent frame 24)"),
-        (["--prompt-schedule", "0:a;5.9s:b"], "entry 1 ('5.9s' -> latent frame 24) starts at or after the video's end"),
+        (
+            ["--prompt-schedule", "0:a;30:b"],
+            "entry 1 ('30') starts at or after the video's end (latent frame 24)",
+        ),
+        (
+            ["--prompt-schedule", "0:a;5.9s:b"],
+            "entry 1 ('5.9s' -> latent frame 24) starts at or after the video's end",
+        ),
         (["--prompt-schedule", "@/nonexistent/story.txt"], "cannot read --prompt-schedule file"),
         (["--prompt-schedule", "0:a;6:b", "--prompts-file", "p.txt"], "do not combine it with --prompt"),
     ],
@@ -404,8 +530,25 @@ def test_attention_stats_are_recorded_and_plotted(tmp_path: Path) -> None:
 def test_split_placement_over_two_cpu_devices_gives_the_same_video(tmp_path: Path) -> None:
     single, split = tmp_path / "single.safetensors", tmp_path / "split.safetensors"
     assert main(tiny_args(tmp_path / "a.mp4", "--num-frames", "15", "--save-latents", str(single))) == 0
-    assert main(tiny_args(tmp_path / "b.mp4", "--num-frames", "15", "--save-latents", str(split),
-                          "--placement", "split", "--devices", "cpu,cpu", "--split-at", "1", "--offload")) == 0
+    assert (
+        main(
+            tiny_args(
+                tmp_path / "b.mp4",
+                "--num-frames",
+                "15",
+                "--save-latents",
+                str(split),
+                "--placement",
+                "split",
+                "--devices",
+                "cpu,cpu",
+                "--split-at",
+                "1",
+                "--offload",
+            )
+        )
+        == 0
+    )
     assert torch.equal(load_file(single)["latents"], load_file(split)["latents"])
     placement = json.loads((tmp_path / "b.mp4.json").read_text())["placement"]
     assert placement["mode"] == "split"
@@ -445,22 +588,51 @@ def test_torchrun_ranks_share_the_prompts_file(tmp_path: Path) -> None:
     prompts_file.write_text("\n".join(prompts) + "\n", encoding="utf-8")
     output = tmp_path / "out" / "v.mp4"
     output.parent.mkdir()
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "memrope.cli", "generate", "--prompts-file", str(prompts_file), "--num-frames", "6",
-               "--output", str(output), "--no-progress", "--save-latents", str(tmp_path / "out" / "z.safetensors")]
-    result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "memrope.cli",
+        "generate",
+        "--prompts-file",
+        str(prompts_file),
+        "--num-frames",
+        "6",
+        "--output",
+        str(output),
+        "--no-progress",
+        "--save-latents",
+        str(tmp_path / "out" / "z.safetensors"),
+    ]
+    result = subprocess.run(
+        command,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert result.returncode == 0, result.stderr
     assert "2 ranks, every rank finished" in result.stderr
-    reports = {int(path.name.split("_")[1].split(".")[0]): json.loads(path.read_text())
-               for path in output.parent.glob("v_*.mp4.json")}
+    reports = {
+        int(path.name.split("_")[1].split(".")[0]): json.loads(path.read_text())
+        for path in output.parent.glob("v_*.mp4.json")
+    }
     assert sorted(reports) == list(range(5))  # every prompt once: no gap, no duplicate
     assert {index: report["rank"] for index, report in reports.items()} == {0: 0, 1: 1, 2: 0, 3: 1, 4: 0}
-    assert all(report["world_size"] == 2 and report["prompt"] == prompts[index] for index, report in reports.items())
+    assert all(
+        report["world_size"] == 2 and report["prompt"] == prompts[index] for index, report in reports.items()
+    )
     # rank 1's video of "a red fox" equals the single-process generation of that prompt
     alone = tmp_path / "alone.safetensors"
     assert main(tiny_args(tmp_path / "alone.mp4", "--num-frames", "6", "--save-latents", str(alone))) == 0
-    assert torch.equal(load_file(tmp_path / "out" / "z_3.safetensors")["latents"], load_file(alone)["latents"])
+    assert torch.equal(
+        load_file(tmp_path / "out" / "z_3.safetensors")["latents"], load_file(alone)["latents"]
+    )
 
 
 def test_version_prints_the_package_version(capsys: pytest.CaptureFixture[str]) -> None:

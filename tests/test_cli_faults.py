@@ -38,8 +38,19 @@ FRAMES = "12"  # 4 chunks of the tiny model: a fraction of a second
 
 
 def tiny_args(output: Path, *extra: str) -> list[str]:
-    return ["generate", "--model", "tiny", "--prompt", "a red fox", "--output", str(output), "--no-progress",
-            "--num-frames", FRAMES, *extra]
+    return [
+        "generate",
+        "--model",
+        "tiny",
+        "--prompt",
+        "a red fox",
+        "--output",
+        str(output),
+        "--no-progress",
+        "--num-frames",
+        FRAMES,
+        *extra,
+    ]
 
 
 def existing_video(folder: Path) -> Path:
@@ -120,8 +131,13 @@ def test_disk_full_mid_run_keeps_the_existing_video_and_report(
     assert hidden_files(tmp_path) == []  # no partial video, no temporary latents log, no lock
     kept = sorted(path.name for path in tmp_path.iterdir())
     if "--save-every" in extra:  # the checkpoint of the chunk before the failure stays resumable
-        assert kept == ["v.mp4", "v.mp4.json", "v.mp4.resume.json", "v.mp4.resume.latents",
-                        "v.mp4.resume.safetensors"]
+        assert kept == [
+            "v.mp4",
+            "v.mp4.json",
+            "v.mp4.resume.json",
+            "v.mp4.resume.latents",
+            "v.mp4.resume.safetensors",
+        ]
     else:
         assert kept == ["v.mp4", "v.mp4.json"]
 
@@ -145,9 +161,15 @@ def test_files_a_killed_run_left_are_removed_by_the_next_run(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     output = tmp_path / "v.mp4"
-    orphans = [".v.mp4.0123abcd.partial.mp4", ".v.mp4.k3x_9q2a.tmp", ".v.mp4.json.ab12cd34.tmp",
-               ".v.mp4.deadbeef.latents.tmp", ".v.mp4.resume.safetensors.zz_zz_zz.tmp",
-               "v.mp4.resume.latents", "v.mp4.resume.json"]  # a log and run file without a checkpoint
+    orphans = [
+        ".v.mp4.0123abcd.partial.mp4",
+        ".v.mp4.k3x_9q2a.tmp",
+        ".v.mp4.json.ab12cd34.tmp",
+        ".v.mp4.deadbeef.latents.tmp",
+        ".v.mp4.resume.safetensors.zz_zz_zz.tmp",
+        "v.mp4.resume.latents",
+        "v.mp4.resume.json",
+    ]  # a log and run file without a checkpoint
     others = [".other.mp4.0123abcd.partial.mp4", ".v.mp4.notours.tmp", "v.mp4.notes.txt"]
     for name in orphans + others:
         (tmp_path / name).write_bytes(b"left over")
@@ -191,8 +213,23 @@ def test_outputs_that_are_one_file_are_refused_before_anything_is_written(
         assert "are the same file" in line and role in line, (extra, line)
         assert untouched(output) and sorted(path.name for path in tmp_path.iterdir()) == before
     # an output over an input of the run
-    assert main(["generate", "--prompt-schedule", "@prompts.txt", "--output", "p.mp4", "--save-latents",
-                 "./prompts.txt", "--no-progress", "--num-frames", FRAMES]) == 2
+    assert (
+        main(
+            [
+                "generate",
+                "--prompt-schedule",
+                "@prompts.txt",
+                "--output",
+                "p.mp4",
+                "--save-latents",
+                "./prompts.txt",
+                "--no-progress",
+                "--num-frames",
+                FRAMES,
+            ]
+        )
+        == 2
+    )
     assert "--prompt-schedule prompts.txt" in one_line_error(capsys.readouterr().err)
     assert (tmp_path / "prompts.txt").read_text(encoding="utf-8") == "0:a cat\n"
 
@@ -270,7 +307,11 @@ def _tamper(kind: str, log: Path) -> None:
     ],
 )
 def test_resume_refuses_a_damaged_latents_log(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], kind: str, message: str
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    kind: str,
+    message: str,
 ) -> None:
     output = interrupted_run(tmp_path, monkeypatch)
     partial_video = output.read_bytes()
@@ -308,14 +349,19 @@ def test_an_unreadable_checkpoint_is_one_line(
 # --------------------------------------------------------------------------------------------------
 
 
-def test_a_run_refuses_an_output_another_run_holds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_run_refuses_an_output_another_run_holds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     output = existing_video(tmp_path)
     lock = OutputLock(tmp_path / ".v.mp4.lock", output)
     lock.acquire()  # flock locks are per open file: this holds it against main() below as another process would
     try:
         assert main(tiny_args(output, "--save-every", "1")) == 1
         line = one_line_error(capsys.readouterr().err)
-        assert f"being written by another memrope run (pid {os.getpid()}" in line and "choose another --output" in line
+        assert (
+            f"being written by another memrope run (pid {os.getpid()}" in line
+            and "choose another --output" in line
+        )
         assert untouched(output)
         assert sorted(path.name for path in tmp_path.iterdir()) == [".v.mp4.lock", "v.mp4", "v.mp4.json"]
     finally:
@@ -342,7 +388,9 @@ def test_a_second_process_is_refused_while_the_first_holds_the_lock(tmp_path: Pa
     output = tmp_path / "v.mp4"
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLD_LOCK, str(tmp_path / ".v.mp4.lock"), str(output)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
@@ -415,13 +463,39 @@ def test_ffmpeg_failing_to_write_is_one_line(
 def test_a_bom_is_not_part_of_the_prompt(tmp_path: Path) -> None:
     prompts = tmp_path / "prompts.txt"
     prompts.write_bytes("\ufeffa cat\na dog\n".encode())
-    assert main(["generate", "--prompts-file", str(prompts), "--output", str(tmp_path / "v.mp4"),
-                 "--num-frames", "3", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--prompts-file",
+                str(prompts),
+                "--output",
+                str(tmp_path / "v.mp4"),
+                "--num-frames",
+                "3",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "v_0.mp4.json").read_text())["prompt"] == "a cat"
     story = tmp_path / "story.txt"
     story.write_bytes("\ufeff0: a harbour\n6: a storm\n".encode())
-    assert main(["generate", "--prompt-schedule", f"@{story}", "--output", str(tmp_path / "s.mp4"),
-                 "--num-frames", "9", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--prompt-schedule",
+                f"@{story}",
+                "--output",
+                str(tmp_path / "s.mp4"),
+                "--num-frames",
+                "9",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     schedule = json.loads((tmp_path / "s.mp4.json").read_text())["prompt_schedule"]
     assert schedule == [{"frame": 0, "prompt": "a harbour"}, {"frame": 6, "prompt": "a storm"}]
 

@@ -25,7 +25,17 @@ SENTINEL = b"an existing video that must survive"
 
 
 def args_for(output: Path, *extra: str) -> list[str]:
-    return ["generate", "--model", "tiny", "--prompt", "a red ball", "--output", str(output), "--no-progress", *extra]
+    return [
+        "generate",
+        "--model",
+        "tiny",
+        "--prompt",
+        "a red ball",
+        "--output",
+        str(output),
+        "--no-progress",
+        *extra,
+    ]
 
 
 def plan_frames(tmp_path: Path, *extra: str) -> int:
@@ -39,7 +49,9 @@ def test_the_issue_command_makes_a_4_second_video_and_says_so(
     output = tmp_path / "ball.mp4"
     assert main(args_for(output, "--seconds", "4")) == 0
     err = capsys.readouterr().err
-    assert "memrope: note: --seconds 4 -> 18 latent frames = 69 video frames = 4.31 s (whole chunks of 3)" in err
+    assert (
+        "memrope: note: --seconds 4 -> 18 latent frames = 69 video frames = 4.31 s (whole chunks of 3)" in err
+    )
     report = json.loads((tmp_path / "ball.mp4.json").read_text())
     assert report["complete"] and report["requested"] == {"seconds": 4.0}
     assert report["produced"] == {"latent_frames": 18, "video_frames": 69, "seconds": 69 / 16}
@@ -63,10 +75,17 @@ def test_num_frames_round_up_to_whole_chunks(tmp_path: Path, capsys: pytest.Capt
 @pytest.mark.parametrize(
     ("extra", "frames"),
     [
-        (["--seconds", "5"], 21), (["--seconds", "10"], 42), (["--seconds", "20"], 81),
-        (["--seconds", "3"], 15), (["--seconds", "0.01"], 3), (["--seconds", "86400"], 345603),
-        (["--num-frames", "1"], 3), (["--num-frames", "12"], 12), (["--num-frames", "13"], 15),
-        (["--seconds", "6", "--policy", "full"], 27), (["--num-frames", "1023", "--policy", "full"], 1023),
+        (["--seconds", "5"], 21),
+        (["--seconds", "10"], 42),
+        (["--seconds", "20"], 81),
+        (["--seconds", "3"], 15),
+        (["--seconds", "0.01"], 3),
+        (["--seconds", "86400"], 345603),
+        (["--num-frames", "1"], 3),
+        (["--num-frames", "12"], 12),
+        (["--num-frames", "13"], 15),
+        (["--seconds", "6", "--policy", "full"], 27),
+        (["--num-frames", "1023", "--policy", "full"], 1023),
         ([], 24),  # the tiny preset's own length
     ],
 )
@@ -83,14 +102,29 @@ def test_prompt_schedule_seconds_move_to_the_next_chunk_boundary(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     output = tmp_path / "v.mp4"
-    command = ["generate", "--model", "tiny", "--prompt-schedule", "0:a cat;4:a bird;2.5s:a dog", "--seconds", "4",
-               "--output", str(output), "--no-progress"]
+    command = [
+        "generate",
+        "--model",
+        "tiny",
+        "--prompt-schedule",
+        "0:a cat;4:a bird;2.5s:a dog",
+        "--seconds",
+        "4",
+        "--output",
+        str(output),
+        "--no-progress",
+    ]
     assert main(command) == 0
     err = capsys.readouterr().err
-    assert "--prompt-schedule starts moved to the next chunk boundary (latent frames): 4 -> 6, 10 -> 12" in err
+    assert (
+        "--prompt-schedule starts moved to the next chunk boundary (latent frames): 4 -> 6, 10 -> 12" in err
+    )
     schedule = json.loads((tmp_path / "v.mp4.json").read_text())["prompt_schedule"]
-    assert schedule == [{"frame": 0, "prompt": "a cat"}, {"frame": 6, "prompt": "a bird"},
-                        {"frame": 12, "prompt": "a dog"}]
+    assert schedule == [
+        {"frame": 0, "prompt": "a cat"},
+        {"frame": 6, "prompt": "a bird"},
+        {"frame": 12, "prompt": "a dog"},
+    ]
 
 
 @pytest.mark.parametrize(
@@ -100,16 +134,28 @@ def test_prompt_schedule_seconds_move_to_the_next_chunk_boundary(
         (["--seconds", "-1"], "--seconds -1: the length must be > 0 seconds"),
         (["--seconds", "inf"], "expected a finite number"),
         (["--num-frames", "0"], "expected a positive integer"),
-        (["--seconds", "1e9"], ("--seconds 1000000000 is too long: memrope generate makes at most 24 h of video "
-                               "per run (--seconds 86400 = --num-frames 345603)")),
+        (
+            ["--seconds", "1e9"],
+            (
+                "--seconds 1000000000 is too long: memrope generate makes at most 24 h of video "
+                "per run (--seconds 86400 = --num-frames 345603)"
+            ),
+        ),
         (["--seconds", "1.5e9"], "--seconds 1500000000 is too long"),
         (["--seconds", "86400.1"], "--seconds 86400.1 is too long"),
         (["--num-frames", "345606"], "--num-frames 345606 is too long"),
-        (["--seconds", "256", "--policy", "full"], ("--policy full keeps every frame and supports at most 1024 "
-                                                   "latent frames (the RoPE table); --seconds 256 needs 1026. "
-                                                   "The longest in whole chunks is --num-frames 1023")),
-        (["--prompt-schedule", "0:a;5s:b", "--seconds", "4"],
-         "entry 1 ('5s' -> latent frame 21) starts at or after the video's end (latent frame 18)"),
+        (
+            ["--seconds", "256", "--policy", "full"],
+            (
+                "--policy full keeps every frame and supports at most 1024 "
+                "latent frames (the RoPE table); --seconds 256 needs 1026. "
+                "The longest in whole chunks is --num-frames 1023"
+            ),
+        ),
+        (
+            ["--prompt-schedule", "0:a;5s:b", "--seconds", "4"],
+            "entry 1 ('5s' -> latent frame 21) starts at or after the video's end (latent frame 18)",
+        ),
     ],
 )
 def test_what_cannot_be_meant_is_refused_at_once(

@@ -26,7 +26,10 @@ def test_tiny_model_is_the_seeded_one_in_eval_mode() -> None:
     assert not model.training and not any(p.requires_grad for p in model.parameters())
     for name, tensor in reference.state_dict().items():
         assert torch.equal(model.state_dict()[name], tensor), name
-    assert components.load_model(TINY, device="cpu", dtype=torch.bfloat16).patch_embedding.weight.dtype == torch.bfloat16
+    assert (
+        components.load_model(TINY, device="cpu", dtype=torch.bfloat16).patch_embedding.weight.dtype
+        == torch.bfloat16
+    )
 
 
 def test_checkpoint_weights_are_loaded_strictly(tmp_path: Path) -> None:
@@ -50,8 +53,11 @@ def test_damaged_and_nonfinite_checkpoints_are_refused_by_name(tmp_path: Path) -
     weights["blocks.0.self_attn.k.weight"][0, 0] = float("nan")
     poisoned = tmp_path / "nan.safetensors"
     save_file(weights, poisoned)
-    with pytest.raises(NonFiniteError, match=r"nan\.safetensors: 1 tensor with NaN or infinite values: "
-                                             r"'blocks\.0\.self_attn\.k\.weight' \(1 NaN of \d+ elements\)"):
+    with pytest.raises(
+        NonFiniteError,
+        match=r"nan\.safetensors: 1 tensor with NaN or infinite values: "
+        r"'blocks\.0\.self_attn\.k\.weight' \(1 NaN of \d+ elements\)",
+    ):
         components.load_model(TINY, checkpoint=poisoned, device="cpu")
     truncated = tmp_path / "cut.safetensors"
     truncated.write_bytes(poisoned.read_bytes()[:-10])
@@ -93,8 +99,14 @@ def test_placement_puts_each_module_on_its_planned_device(tmp_path: Path) -> Non
     split = plan_devices("split", ("cpu", "meta"), num_layers=TINY_MODEL_CONFIG.num_layers)
     for checkpoint in (None, weights):
         model = components.load_model(TINY, checkpoint=checkpoint, placement=split)
-        assert model.blocks[0].ffn[0].weight.device.type == "cpu" and model.patch_embedding.weight.device.type == "cpu"
-        assert model.blocks[1].ffn[0].weight.device.type == "meta" and model.head.head.weight.device.type == "meta"
+        assert (
+            model.blocks[0].ffn[0].weight.device.type == "cpu"
+            and model.patch_embedding.weight.device.type == "cpu"
+        )
+        assert (
+            model.blocks[1].ffn[0].weight.device.type == "meta"
+            and model.head.head.weight.device.type == "meta"
+        )
     same = plan_devices("split", ("cpu", "cpu"), num_layers=TINY_MODEL_CONFIG.num_layers)
     placed = components.load_model(TINY, checkpoint=weights, placement=same)
     assert torch.equal(placed.blocks[1].ffn[0].weight, tiny_model(seed=3).blocks[1].ffn[0].weight)
@@ -118,6 +130,7 @@ def test_a_checkpoint_with_a_lora_is_read_as_the_family_says(
     from memrope.presets import MODEL_FAMILIES
 
     seen: list[str] = []
+
     def record_kind(model: object, source: object, *, kind: str, lora: object) -> None:
         seen.append(kind)
 

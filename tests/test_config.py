@@ -189,7 +189,9 @@ def test_adaptive_rate_above_one_is_accepted_with_a_warning() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         MemRoPEConfig(adaptive_short_rate=True, pooling="per_position", alpha_short=0.2)
-    with pytest.warns(UserWarning, match=r"alpha_short=0.3 with adaptive_short_rate=True lets .* reach 1.5 > 1"):
+    with pytest.warns(
+        UserWarning, match=r"alpha_short=0.3 with adaptive_short_rate=True lets .* reach 1.5 > 1"
+    ):
         config = MemRoPEConfig(adaptive_short_rate=True, pooling="per_position", alpha_short=0.3)
     assert config.alpha_short == 0.3
     with pytest.raises(ValueError, match=r"alpha_short must be a float in \[0, 1\], got 1.5"):
@@ -258,10 +260,19 @@ def test_valid_iff_the_parts_fit(policy: str, cache_frames: int, sink_frames: in
     ("settings", "expected"),
     [
         ({"mode": "ema", "local_attn_size": 12, "sink_size": 3}, {"policy": "memrope", "cache_frames": 12}),
-        ({"compression_method": "eviction", "local_attn_size": 9, "sink_size": 2}, {"policy": "sink", "sink_frames": 2}),
+        (
+            {"compression_method": "eviction", "local_attn_size": 9, "sink_size": 2},
+            {"policy": "sink", "sink_frames": 2},
+        ),
         ({"mode": "ema", "local_attn_size": -1, "sink_size": 3}, {"policy": "full"}),
         (
-            {"mode": "ema", "local_attn_size": 12, "sink_size": 3, "ema_adaptive": True, "ema_alpha_short": 0.2},
+            {
+                "mode": "ema",
+                "local_attn_size": 12,
+                "sink_size": 3,
+                "ema_adaptive": True,
+                "ema_alpha_short": 0.2,
+            },
             {"pooling": "per_position", "adaptive_short_rate": True, "alpha_short": 0.2},
         ),
     ],
@@ -273,7 +284,10 @@ def test_official_settings_map_onto_a_config(settings: dict, expected: dict) -> 
 
 
 def test_official_settings_errors_name_the_setting() -> None:
-    with pytest.raises(ValueError, match=r"official mode must be one of \['ema', 'eviction'\] \(compression_method\), got 'pool'"):
+    with pytest.raises(
+        ValueError,
+        match=r"official mode must be one of \['ema', 'eviction'\] \(compression_method\), got 'pool'",
+    ):
         MemRoPEConfig.from_official({"mode": "pool", "local_attn_size": 12, "sink_size": 3}, 3)
     with pytest.raises(ValueError, match=r"official cache settings lack 'sink_size'"):
         MemRoPEConfig.from_official({"mode": "ema", "local_attn_size": 12}, 3)

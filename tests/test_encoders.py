@@ -41,8 +41,15 @@ def train_sentencepiece(path: Path) -> None:
     sentences = [" ".join(WORDS[start:] + WORDS[:start]) for start in range(len(WORDS))]
     model = io.BytesIO()
     sentencepiece.SentencePieceTrainer.train(
-        sentence_iterator=iter(sentences), model_writer=model, model_type="unigram", vocab_size=30,
-        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, minloglevel=2,
+        sentence_iterator=iter(sentences),
+        model_writer=model,
+        model_type="unigram",
+        vocab_size=30,
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+        minloglevel=2,
     )
     path.write_bytes(model.getvalue())
 
@@ -54,13 +61,23 @@ def tiny_umt5(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ``text_encoder`` (a randomly initialised 2-layer ``UMT5EncoderModel``)."""
     spiece = tmp_path_factory.mktemp("spiece")
     train_sentencepiece(spiece / "spiece.model")
-    (spiece / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "T5Tokenizer", "extra_ids": 0}))
+    (spiece / "tokenizer_config.json").write_text(
+        json.dumps({"tokenizer_class": "T5Tokenizer", "extra_ids": 0})
+    )
     root = tmp_path_factory.mktemp("umt5")
     tokenizer = transformers.AutoTokenizer.from_pretrained(spiece)
     tokenizer.save_pretrained(root / "tokenizer")
     config = transformers.UMT5Config(
-        vocab_size=len(tokenizer), d_model=D_MODEL, d_kv=4, d_ff=32, num_layers=2, num_heads=4,
-        relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+        vocab_size=len(tokenizer),
+        d_model=D_MODEL,
+        d_kv=4,
+        d_ff=32,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
     )
     torch.manual_seed(0)
     transformers.UMT5EncoderModel(config).save_pretrained(root / "text_encoder")
@@ -128,7 +145,10 @@ def test_umt5_prompts_are_cleaned_and_independent_of_the_batch(tiny_umt5: Path) 
 
 @pytest.mark.parametrize(
     ("dtype", "hint"),
-    [(torch.float32, "its weights are damaged"), (torch.float16, "umT5 overflows in float16: load it in bfloat16")],
+    [
+        (torch.float32, "its weights are damaged"),
+        (torch.float16, "umT5 overflows in float16: load it in bfloat16"),
+    ],
 )
 def test_umt5_nonfinite_embeddings_name_the_prompt(tiny_umt5: Path, dtype: torch.dtype, hint: str) -> None:
     encoder = load(tiny_umt5, dtype=dtype)
@@ -137,9 +157,12 @@ def test_umt5_nonfinite_embeddings_name_the_prompt(tiny_umt5: Path, dtype: torch
         encoder.model.get_input_embeddings().weight[dog] = float("nan")
     assert torch.isfinite(encoder.encode(["a cat runs"])).all()
     name = str(dtype).removeprefix("torch.")
-    with pytest.raises(NonFiniteError, match=(
-        rf"the umT5 embeddings of prompt 1 \('the dog runs'\) hold NaN or infinity \(encoder dtype {name}\); {hint}"
-    )):
+    with pytest.raises(
+        NonFiniteError,
+        match=(
+            rf"the umT5 embeddings of prompt 1 \('the dog runs'\) hold NaN or infinity \(encoder dtype {name}\); {hint}"
+        ),
+    ):
         encoder.encode(["a cat runs", "the dog runs"])
 
 
@@ -175,7 +198,9 @@ def test_umt5_offload_visits_the_device_only_while_encoding(
     encoder = load(tiny_umt5, offload=True)
     moves = record_moves(encoder.model)
     moves_before_forward: list[int] = []
-    hook = encoder.model.register_forward_pre_hook(lambda module, args: moves_before_forward.append(len(moves)))
+    hook = encoder.model.register_forward_pre_hook(
+        lambda module, args: moves_before_forward.append(len(moves))
+    )
     encoder.encode(["a cat"])
     encoder.encode(["a dog"])
     cpu = torch.device("cpu")
@@ -211,11 +236,15 @@ def test_umt5_refuses_a_non_positive_text_len(tiny_umt5: Path) -> None:
 
 def test_component_location_reads_the_diffusers_layout_or_a_component_folder(tiny_umt5: Path) -> None:
     assert component_location(tiny_umt5, "tokenizer") == {
-        "pretrained_model_name_or_path": str(tiny_umt5 / "tokenizer")}
+        "pretrained_model_name_or_path": str(tiny_umt5 / "tokenizer")
+    }
     assert component_location(tiny_umt5 / "text_encoder", "text_encoder") == {
-        "pretrained_model_name_or_path": str(tiny_umt5 / "text_encoder")}
+        "pretrained_model_name_or_path": str(tiny_umt5 / "text_encoder")
+    }
     assert component_location("Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "vae") == {
-        "pretrained_model_name_or_path": "Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "subfolder": "vae"}
+        "pretrained_model_name_or_path": "Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
+        "subfolder": "vae",
+    }
 
 
 def test_umt5_loads_a_folder_holding_both_tokenizer_and_encoder(tiny_umt5: Path, tmp_path: Path) -> None:
@@ -239,7 +268,9 @@ def test_missing_transformers_names_the_extra(monkeypatch: pytest.MonkeyPatch) -
 def test_transformers_without_torch_support_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
     # by its dotted name: transformers replaces its module in sys.modules as it loads models
     monkeypatch.setattr("transformers.is_torch_available", lambda: False)
-    with pytest.raises(ImportError, match=rf"transformers {transformers.__version__} does not work with torch"):
+    with pytest.raises(
+        ImportError, match=rf"transformers {transformers.__version__} does not work with torch"
+    ):
         UMT5TextEncoder.from_pretrained()
 
 
@@ -261,7 +292,9 @@ def test_hash_encoder_is_deterministic_and_tells_prompts_apart() -> None:
     others = encoder.encode(["a dog runs", "runs a cat", "A cat runs"])
     for other in others:
         assert not torch.equal(other, same[0])
-    assert not torch.equal(HashTextEncoder(text_len=16, text_dim=32, seed=8).encode(["a cat runs"])[0], same[0])
+    assert not torch.equal(
+        HashTextEncoder(text_len=16, text_dim=32, seed=8).encode(["a cat runs"])[0], same[0]
+    )
     # the same token gives the same row wherever it stands
     torch.testing.assert_close(others[1, 1], same[0, 0])
 

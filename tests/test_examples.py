@@ -20,7 +20,13 @@ needs_video = pytest.mark.skipif(
 def run_example(name: str, *args: str, cwd: Path) -> str:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(
-        [sys.executable, str(EXAMPLES / name), *args], check=False, cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, str(EXAMPLES / name), *args],
+        check=False,
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr
     return result.stdout
@@ -34,7 +40,13 @@ def frame_count(path: Path) -> int:
 
 
 def test_every_example_is_tested() -> None:
-    tested = {"wrap_upstream_pipeline.py", "generate_60s.py", "own_dit.py", "two_gpu_split.py", "prompt_schedule.py"}
+    tested = {
+        "wrap_upstream_pipeline.py",
+        "generate_60s.py",
+        "own_dit.py",
+        "two_gpu_split.py",
+        "prompt_schedule.py",
+    }
     assert {path.name for path in EXAMPLES.glob("*.py")} == tested
 
 
@@ -70,10 +82,21 @@ def test_two_gpu_split(tmp_path: Path) -> None:
 @needs_video
 def test_prompt_schedule(tmp_path: Path) -> None:
     out = run_example(
-        "prompt_schedule.py", "--tiny", "--seconds", "6", "--schedule", "0:a cat;3s:a dog;18:a bird",
-        "--output", "story.mp4", cwd=tmp_path,
+        "prompt_schedule.py",
+        "--tiny",
+        "--seconds",
+        "6",
+        "--schedule",
+        "0:a cat;3s:a dog;18:a bird",
+        "--output",
+        "story.mp4",
+        cwd=tmp_path,
     )
-    assert out.splitlines()[:3] == ["latent frame 0: 'a cat'", "latent frame 12: 'a dog'", "latent frame 18: 'a bird'"]
+    assert out.splitlines()[:3] == [
+        "latent frame 0: 'a cat'",
+        "latent frame 12: 'a dog'",
+        "latent frame 18: 'a bird'",
+    ]
     # at least 6 s in whole chunks: 27 latent frames = 105 frames = 6.56 s
     assert "wrote story.mp4 (105 frames, 27 latent, 6.56 s)" in out and "filled 12/12 frames" in out
     assert frame_count(tmp_path / "story.mp4") == 105
@@ -84,7 +107,9 @@ def test_prompt_schedule_with_its_defaults(tmp_path: Path) -> None:
     """The default story's "10s" and "20s" (latent frames 40 and 80) fall inside chunks: next boundary."""
     out = run_example("prompt_schedule.py", "--tiny", cwd=tmp_path)
     assert [line.split(":")[0] for line in out.splitlines()[:3]] == [
-        "latent frame 0", "latent frame 42", "latent frame 81",
+        "latent frame 0",
+        "latent frame 42",
+        "latent frame 81",
     ]
     assert "wrote memrope_schedule.mp4 (489 frames, 123 latent, 30.56 s)" in out
     assert frame_count(tmp_path / "memrope_schedule.mp4") == 489

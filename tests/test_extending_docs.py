@@ -84,7 +84,11 @@ def test_each_python_block_runs_in_a_fresh_namespace(line: int, code: str) -> No
     before = (dict(policy_registry._POLICIES), dict(presets._PRESETS), dict(adapter_registry._ADAPTERS))
     with registries_as_shipped():
         _run(code, line)
-    assert (dict(policy_registry._POLICIES), dict(presets._PRESETS), dict(adapter_registry._ADAPTERS)) == before
+    assert (
+        dict(policy_registry._POLICIES),
+        dict(presets._PRESETS),
+        dict(adapter_registry._ADAPTERS),
+    ) == before
 
 
 def test_a_registered_family_shows_in_memrope_presets(capsys: pytest.CaptureFixture[str]) -> None:

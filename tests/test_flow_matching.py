@@ -95,6 +95,9 @@ def test_old_module_name_still_works_with_a_deprecation_warning() -> None:
     import sys
 
     sys.modules.pop("memrope.scheduler", None)
-    with pytest.warns(DeprecationWarning, match="memrope.scheduler is deprecated: import FlowMatchScheduler from memrope.flow_matching"):
+    with pytest.warns(
+        DeprecationWarning,
+        match="memrope.scheduler is deprecated: import FlowMatchScheduler from memrope.flow_matching",
+    ):
         old = importlib.import_module("memrope.scheduler")
     assert old.FlowMatchScheduler is FlowMatchScheduler

@@ -27,8 +27,17 @@ from memrope.models.wan import CausalWanModel, WanConfig
 DIM = 32
 FFN_DIM = 64
 NUM_BLOCKS = 2
-TINY_CONFIG = WanConfig(dim=DIM, ffn_dim=FFN_DIM, num_heads=2, num_layers=NUM_BLOCKS, in_dim=4, out_dim=4,
-                        text_dim=16, text_len=8, freq_dim=32)
+TINY_CONFIG = WanConfig(
+    dim=DIM,
+    ffn_dim=FFN_DIM,
+    num_heads=2,
+    num_layers=NUM_BLOCKS,
+    in_dim=4,
+    out_dim=4,
+    text_dim=16,
+    text_len=8,
+    freq_dim=32,
+)
 LORA_RANK = 3
 LINEAR_NAMES = [
     f"blocks.{block}.{module}"
@@ -57,8 +66,10 @@ def random_weights(seed: int) -> dict[str, torch.Tensor]:
 
 def wrapper_names(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Rename like Self-Forcing's FSDP-wrapped training wrapper does."""
-    return {f"model._fsdp_wrapped_module.{name}".replace("blocks.1.", "blocks.1._fsdp_wrapped_module."): t
-            for name, t in weights.items()}
+    return {
+        f"model._fsdp_wrapped_module.{name}".replace("blocks.1.", "blocks.1._fsdp_wrapped_module."): t
+        for name, t in weights.items()
+    }
 
 
 def assert_model_holds(model: nn.Module, expected: dict[str, torch.Tensor]) -> None:
@@ -74,8 +85,10 @@ def lora_factors(seed: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     model_weights = make_model().state_dict()
     shapes = {name: model_weights[f"{name}.weight"].shape for name in LINEAR_NAMES}
     return {
-        name: (torch.randn(LORA_RANK, shape[1], generator=generator),
-               torch.randn(shape[0], LORA_RANK, generator=generator))
+        name: (
+            torch.randn(LORA_RANK, shape[1], generator=generator),
+            torch.randn(shape[0], LORA_RANK, generator=generator),
+        )
         for name, shape in shapes.items()
     }
 
@@ -93,8 +106,9 @@ def peft_lora_state_dict(factors: dict[str, tuple[torch.Tensor, torch.Tensor]]) 
     return state_dict
 
 
-def expected_merge(base: dict[str, torch.Tensor], factors: dict[str, tuple[torch.Tensor, torch.Tensor]],
-                   scale: float) -> dict[str, torch.Tensor]:
+def expected_merge(
+    base: dict[str, torch.Tensor], factors: dict[str, tuple[torch.Tensor, torch.Tensor]], scale: float
+) -> dict[str, torch.Tensor]:
     merged = dict(base)
     for name, (down, up) in factors.items():
         weight = base[f"{name}.weight"]
@@ -164,8 +178,11 @@ def test_kind_must_match_the_file_structure(tmp_path: Path) -> None:
         read_state_dict(bare, kind="self_forcing")
     with pytest.raises(CheckpointFormatError, match="is a training checkpoint"):
         read_state_dict(training, kind="state_dict")
-    with pytest.raises(ValueError, match="kind must be one of 'auto', 'self_forcing', 'longlive', "
-                                         "'safetensors', 'state_dict', got 'pickle'"):
+    with pytest.raises(
+        ValueError,
+        match="kind must be one of 'auto', 'self_forcing', 'longlive', "
+        "'safetensors', 'state_dict', got 'pickle'",
+    ):
         read_state_dict(bare, kind="pickle")  # type: ignore[arg-type]
 
 
@@ -180,7 +197,7 @@ def write_shards(directory: Path, weights: dict[str, torch.Tensor]) -> dict[str,
     """Two shards split by name; returns the weight map name -> shard file."""
     names = sorted(weights)
     weight_map = {}
-    for shard, shard_names in enumerate((names[: len(names) // 2], names[len(names) // 2:]), start=1):
+    for shard, shard_names in enumerate((names[: len(names) // 2], names[len(names) // 2 :]), start=1):
         filename = f"diffusion_pytorch_model-0000{shard}-of-00002.safetensors"
         save_file({name: weights[name] for name in shard_names}, directory / filename)
         weight_map.update(dict.fromkeys(shard_names, filename))
@@ -245,8 +262,11 @@ def safetensors_bytes(tmp_path: Path, weights: dict[str, torch.Tensor]) -> bytes
 def test_an_empty_file_is_named_and_explained(tmp_path: Path, suffix: str) -> None:
     path = tmp_path / f"empty{suffix}"
     path.write_bytes(b"")
-    with pytest.raises(CheckpointFormatError, match=rf"{path} is empty \(0 bytes\): a download or save into it did "
-                                                    r"not finish; fetch it again"):
+    with pytest.raises(
+        CheckpointFormatError,
+        match=rf"{path} is empty \(0 bytes\): a download or save into it did "
+        r"not finish; fetch it again",
+    ):
         load_wan_weights(make_model(), path)
 
 
@@ -254,10 +274,13 @@ def test_an_empty_file_is_named_and_explained(tmp_path: Path, suffix: str) -> No
 def test_random_bytes_are_not_a_checkpoint(tmp_path: Path, suffix: str) -> None:
     path = tmp_path / f"noise{suffix}"
     path.write_bytes(RANDOM_BYTES)
-    with pytest.raises(CheckpointFormatError, match=(
-        rf"{path} is not a PyTorch checkpoint \(torch\.save\) or a safetensors file \(it starts with "
-        r"b'\\r\\xb4\[\\x02.*'\); check that the path names the weights file"
-    )):
+    with pytest.raises(
+        CheckpointFormatError,
+        match=(
+            rf"{path} is not a PyTorch checkpoint \(torch\.save\) or a safetensors file \(it starts with "
+            r"b'\\r\\xb4\[\\x02.*'\); check that the path names the weights file"
+        ),
+    ):
         load_wan_weights(make_model(), path)
 
 
@@ -272,15 +295,22 @@ def test_a_truncated_safetensors_file_says_how_many_bytes_are_missing(tmp_path: 
     whole = safetensors_bytes(tmp_path, random_weights(40))
     path = tmp_path / "cut.safetensors"
     path.write_bytes(whole[:-100])
-    with pytest.raises(CheckpointFormatError, match=(
-        rf"{path} is truncated: expected {len(whole)} bytes, got {len(whole) - 100} \(100 missing\); fetch it again"
-    )):
+    with pytest.raises(
+        CheckpointFormatError,
+        match=(
+            rf"{path} is truncated: expected {len(whole)} bytes, got {len(whole) - 100} \(100 missing\); fetch it again"
+        ),
+    ):
         load_wan_weights(make_model(), path)
     path.write_bytes(whole[:40])
-    with pytest.raises(CheckpointFormatError, match=r"is truncated: its safetensors header alone needs \d+ bytes, got 40"):
+    with pytest.raises(
+        CheckpointFormatError, match=r"is truncated: its safetensors header alone needs \d+ bytes, got 40"
+    ):
         read_state_dict(path)
     path.write_bytes(whole + b"\0" * 3)
-    with pytest.raises(CheckpointFormatError, match=r"is corrupted: expected \d+ bytes, got \d+ \(3 more than its header"):
+    with pytest.raises(
+        CheckpointFormatError, match=r"is corrupted: expected \d+ bytes, got \d+ \(3 more than its header"
+    ):
         read_state_dict(path)
 
 
@@ -289,13 +319,18 @@ def test_a_truncated_torch_checkpoint_is_named(tmp_path: Path) -> None:
     torch.save({"generator": random_weights(41)}, whole_path)
     path = tmp_path / "cut.pt"
     path.write_bytes(whole_path.read_bytes()[:-1000])
-    with pytest.raises(CheckpointFormatError, match=rf"{path} is truncated: it is a PyTorch \(zip\) checkpoint of "
-                                                    r"\d+ bytes whose end, the zip directory, is missing"):
+    with pytest.raises(
+        CheckpointFormatError,
+        match=rf"{path} is truncated: it is a PyTorch \(zip\) checkpoint of "
+        r"\d+ bytes whose end, the zip directory, is missing",
+    ):
         load_wan_weights(make_model(), path)
     legacy = tmp_path / "legacy.pt"
     torch.save(random_weights(41), legacy, _use_new_zipfile_serialization=False)
     legacy.write_bytes(legacy.read_bytes()[:5000])
-    with pytest.raises(CheckpointFormatError, match=rf"{legacy} cannot be read: it is truncated or corrupted"):
+    with pytest.raises(
+        CheckpointFormatError, match=rf"{legacy} cannot be read: it is truncated or corrupted"
+    ):
         read_state_dict(legacy)
 
 
@@ -304,12 +339,16 @@ def test_safetensors_data_under_another_suffix_is_read_as_safetensors(tmp_path: 
     path = tmp_path / "weights.pt"
     path.write_bytes(safetensors_bytes(tmp_path, weights))
     assert_model_holds(load_wan_weights(make_model(), path), weights)
-    with pytest.raises(CheckpointFormatError, match="holds safetensors data, not a torch.save checkpoint: read it "
-                                                    "with kind='safetensors'"):
+    with pytest.raises(
+        CheckpointFormatError,
+        match="holds safetensors data, not a torch.save checkpoint: read it with kind='safetensors'",
+    ):
         read_state_dict(path, kind="state_dict")
     wrong = tmp_path / "weights.safetensors"
     torch.save(weights, wrong)
-    with pytest.raises(CheckpointFormatError, match="holds a torch.save checkpoint, not safetensors: name it"):
+    with pytest.raises(
+        CheckpointFormatError, match="holds a torch.save checkpoint, not safetensors: name it"
+    ):
         read_state_dict(wrong)
 
 
@@ -360,8 +399,9 @@ def test_strict_load_rejects_before_touching_the_model() -> None:
 # --- LongLive and LoRA ---------------------------------------------------------------------------
 
 
-def write_longlive(tmp_path: Path, base: dict[str, torch.Tensor],
-                   factors: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> tuple[Path, Path]:
+def write_longlive(
+    tmp_path: Path, base: dict[str, torch.Tensor], factors: dict[str, tuple[torch.Tensor, torch.Tensor]]
+) -> tuple[Path, Path]:
     base_path, lora_path = tmp_path / "longlive_base.pt", tmp_path / "lora.pt"
     torch.save({"generator": wrapper_names(base)}, base_path)
     torch.save({"generator_lora": peft_lora_state_dict(factors)}, lora_path)
@@ -411,19 +451,25 @@ def test_lora_for_absent_weights_lists_the_keys() -> None:
     lora = peft_lora_state_dict(factors)
     lora["base_model.model.blocks.5.self_attn.q.lora_A.weight"] = torch.zeros(LORA_RANK, DIM)
     lora["base_model.model.blocks.5.self_attn.q.lora_B.weight"] = torch.zeros(DIM, LORA_RANK)
-    with pytest.raises(CheckpointKeyError, match=(
-        r"LoRA adapts weights that are not in the base state dict; 2 unexpected keys: "
-        r"base_model\.model\.blocks\.5\.self_attn\.q\.lora_A\.weight, "
-        r"base_model\.model\.blocks\.5\.self_attn\.q\.lora_B\.weight$"
-    )):
+    with pytest.raises(
+        CheckpointKeyError,
+        match=(
+            r"LoRA adapts weights that are not in the base state dict; 2 unexpected keys: "
+            r"base_model\.model\.blocks\.5\.self_attn\.q\.lora_A\.weight, "
+            r"base_model\.model\.blocks\.5\.self_attn\.q\.lora_B\.weight$"
+        ),
+    ):
         merge_lora(random_weights(22), lora)
 
 
 def test_lora_shape_mismatch_is_listed() -> None:
     lora = peft_lora_state_dict(lora_factors(23))
     lora["base_model.model.blocks.0.ffn.0.lora_A.weight"] = torch.zeros(LORA_RANK, FFN_DIM)
-    with pytest.raises(CheckpointKeyError, match=r"1 shape mismatch: .*blocks\.0\.ffn\.0\.lora_A\.weight "
-                                                 r"\[3, 64\] \(checkpoint \[64, 64\], target \[64, 32\]\)"):
+    with pytest.raises(
+        CheckpointKeyError,
+        match=r"1 shape mismatch: .*blocks\.0\.ffn\.0\.lora_A\.weight "
+        r"\[3, 64\] \(checkpoint \[64, 64\], target \[64, 32\]\)",
+    ):
         merge_lora(random_weights(24), lora)
 
 
@@ -471,10 +517,15 @@ def test_longlive_registry_entry_merges_its_lora(offline_hub: Path) -> None:
     base, factors = random_weights(29), lora_factors(30)
     entry = CHECKPOINTS["longlive"]
     assert entry.lora is not None
-    put_in_cache(offline_hub, entry.weights.repo_id, entry.weights.filename,
-                 {"generator": wrapper_names(base)})
-    put_in_cache(offline_hub, entry.lora.repo_id, entry.lora.filename,
-                 {"generator_lora": peft_lora_state_dict(factors)})
+    put_in_cache(
+        offline_hub, entry.weights.repo_id, entry.weights.filename, {"generator": wrapper_names(base)}
+    )
+    put_in_cache(
+        offline_hub,
+        entry.lora.repo_id,
+        entry.lora.filename,
+        {"generator_lora": peft_lora_state_dict(factors)},
+    )
 
     model = load_wan_weights(make_model(), "longlive", cache_dir=offline_hub)
     assert_model_holds(model, expected_merge(base, factors, scale=1.0))
@@ -495,8 +546,9 @@ def test_local_paths_come_first_and_unknown_sources_are_explained(tmp_path: Path
     local.touch()
     assert resolve_checkpoint(local) == local
     assert resolve_checkpoint(str(local)) == local
-    with pytest.raises(FileNotFoundError, match="not a registered name \\(one of: longlive, self-forcing, "
-                                                "wan2.1-t2v-1.3b\\)"):
+    with pytest.raises(
+        FileNotFoundError, match="not a registered name \\(one of: longlive, self-forcing, wan2.1-t2v-1.3b\\)"
+    ):
         resolve_checkpoint(tmp_path / "absent.pt")
     with pytest.raises(ValueError, match="source must look like 'hf://owner/name/path/in/repo'"):
         resolve_checkpoint("hf://owner/name")

@@ -207,7 +207,9 @@ def test_absurd_lengths_are_refused_at_once_naming_the_bound() -> None:
     before = generator.get_state()
     started = time.perf_counter()
     longest = MAX_INITIAL_NOISE_VALUES // 6144
-    with pytest.raises(ValueError, match=rf"num_frames=6000000000 is too long: .*use num_frames <= {longest}"):
+    with pytest.raises(
+        ValueError, match=rf"num_frames=6000000000 is too long: .*use num_frames <= {longest}"
+    ):
         InitialNoise(generator, 1, 6_000_000_000, (16, 16, 24))
     assert time.perf_counter() - started < 1.0
     assert torch.equal(generator.get_state(), before)  # nothing drawn

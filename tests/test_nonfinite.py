@@ -76,7 +76,10 @@ def _poisoned_key(model: CausalWanModel, call: int) -> Iterator[None]:
 # ---------------------------------------------------------------- weights and LoRA
 def _weights(seed: int) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
-    return {name: torch.randn(t.shape, generator=generator) for name, t in CausalWanModel(TINY).state_dict().items()}
+    return {
+        name: torch.randn(t.shape, generator=generator)
+        for name, t in CausalWanModel(TINY).state_dict().items()
+    }
 
 
 def test_nan_in_one_checkpoint_weight_names_the_key_and_the_file(tmp_path: Path) -> None:
@@ -87,10 +90,13 @@ def test_nan_in_one_checkpoint_weight_names_the_key_and_the_file(tmp_path: Path)
     save_file(weights, path)
     target = CausalWanModel(TINY)
     before = {name: tensor.clone() for name, tensor in target.state_dict().items()}
-    with pytest.raises(NonFiniteError, match=(
-        rf"checkpoint {path}: 2 tensors with NaN or infinite values: 'blocks\.0\.ffn\.0\.bias' \(1 inf of 64 "
-        rf"elements\), '{POISONED_KEY}' \(1 NaN of 1024 elements\); the file is damaged"
-    )):
+    with pytest.raises(
+        NonFiniteError,
+        match=(
+            rf"checkpoint {path}: 2 tensors with NaN or infinite values: 'blocks\.0\.ffn\.0\.bias' \(1 inf of 64 "
+            rf"elements\), '{POISONED_KEY}' \(1 NaN of 1024 elements\); the file is damaged"
+        ),
+    ):
         load_wan_weights(target, path)
     assert all(torch.equal(before[name], tensor) for name, tensor in target.state_dict().items())
 
@@ -98,8 +104,12 @@ def test_nan_in_one_checkpoint_weight_names_the_key_and_the_file(tmp_path: Path)
 def _lora(rank: int = 2) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(5)
     return {
-        "base_model.model.blocks.0.self_attn.q.lora_A.weight": torch.randn(rank, TINY.dim, generator=generator),
-        "base_model.model.blocks.0.self_attn.q.lora_B.weight": torch.randn(TINY.dim, rank, generator=generator),
+        "base_model.model.blocks.0.self_attn.q.lora_A.weight": torch.randn(
+            rank, TINY.dim, generator=generator
+        ),
+        "base_model.model.blocks.0.self_attn.q.lora_B.weight": torch.randn(
+            TINY.dim, rank, generator=generator
+        ),
     }
 
 
@@ -109,25 +119,34 @@ def test_nan_in_a_lora_factor_names_the_factor_and_the_file(tmp_path: Path) -> N
     lora = _lora()
     lora["base_model.model.blocks.0.self_attn.q.lora_B.weight"][5, 1] = float("nan")
     torch.save({"generator_lora": lora}, lora_path)
-    with pytest.raises(NonFiniteError, match=(
-        rf"LoRA {lora_path}: 1 tensor with NaN or infinite values: "
-        r"'base_model\.model\.blocks\.0\.self_attn\.q\.lora_B\.weight' \(1 NaN of 64 elements\)"
-    )):
+    with pytest.raises(
+        NonFiniteError,
+        match=(
+            rf"LoRA {lora_path}: 1 tensor with NaN or infinite values: "
+            r"'base_model\.model\.blocks\.0\.self_attn\.q\.lora_B\.weight' \(1 NaN of 64 elements\)"
+        ),
+    ):
         load_wan_weights(CausalWanModel(TINY), base_path, lora=lora_path, use_ema=False)
-    with pytest.raises(NonFiniteError, match=(
-        r"merging the LoRA into blocks\.0\.self_attn\.q\.weight gives 32 NaN of 1024 elements: LoRA factor "
-        r"'base_model\.model\.blocks\.0\.self_attn\.q\.lora_B\.weight' holds 1 NaN of 64 elements"
-    )):
+    with pytest.raises(
+        NonFiniteError,
+        match=(
+            r"merging the LoRA into blocks\.0\.self_attn\.q\.weight gives 32 NaN of 1024 elements: LoRA factor "
+            r"'base_model\.model\.blocks\.0\.self_attn\.q\.lora_B\.weight' holds 1 NaN of 64 elements"
+        ),
+    ):
         merge_lora(_weights(1), lora)
 
 
 def test_a_merge_that_overflows_the_weight_dtype_is_named() -> None:
     base = {name: tensor.to(torch.float16) for name, tensor in _weights(2).items()}
     lora = {name: tensor * 300 for name, tensor in _lora().items()}  # B @ A reaches ~1e5 > float16's 65504
-    with pytest.raises(NonFiniteError, match=(
-        r"merging the LoRA into blocks\.0\.self_attn\.q\.weight gives \d+ inf of 1024 elements: the weight and "
-        r"the factors are finite, but W \+ 1 \* B @ A overflows torch\.float16"
-    )):
+    with pytest.raises(
+        NonFiniteError,
+        match=(
+            r"merging the LoRA into blocks\.0\.self_attn\.q\.weight gives \d+ inf of 1024 elements: the weight and "
+            r"the factors are finite, but W \+ 1 \* B @ A overflows torch\.float16"
+        ),
+    ):
         merge_lora(base, lora)
 
 
@@ -143,8 +162,11 @@ def test_nan_text_embeddings_are_refused_when_the_run_starts(model: CausalWanMod
     prompt = _prompt(batch=3)
     prompt[1, 2, 0] = float("nan")
     pipe = CausalInferencePipeline(model, CACHE)
-    with pytest.raises(NonFiniteError, match=r"text_embeds holds 1 NaN of 72 elements \(batch items \[1\]\); "
-                                             r"check the text encoder"):
+    with pytest.raises(
+        NonFiniteError,
+        match=r"text_embeds holds 1 NaN of 72 elements \(batch items \[1\]\); "
+        r"check the text encoder",
+    ):
         pipe.stream(prompt, num_frames=4, seed=0, latent_hw=LATENT_HW)
     switch = _prompt(batch=1)
     switch[0, 0, 0] = float("inf")
@@ -163,10 +185,13 @@ def test_a_nan_key_in_a_denoising_step_stops_at_that_chunk_before_it_is_checkpoi
     clean = list(_stream(model))
     path = tmp_path / "run.safetensors"
     yielded: list[ChunkResult] = []
-    with _poisoned_key(model, call=2 * CALLS_PER_CHUNK + 1), pytest.raises(
-        NonFiniteError,
-        match=r"the clean latents \(x0\) of chunk 2 \(latent frames 4-5\) holds \d+ NaN of 192 elements; nothing "
-        r"of this chunk was yielded or checkpointed",
+    with (
+        _poisoned_key(model, call=2 * CALLS_PER_CHUNK + 1),
+        pytest.raises(
+            NonFiniteError,
+            match=r"the clean latents \(x0\) of chunk 2 \(latent frames 4-5\) holds \d+ NaN of 192 elements; nothing "
+            r"of this chunk was yielded or checkpointed",
+        ),
     ):
         _collect(_stream(model, save_every=1, checkpoint_path=path), yielded)
     assert [chunk.index for chunk in yielded] == [0, 1]
@@ -175,14 +200,19 @@ def test_a_nan_key_in_a_denoising_step_stops_at_that_chunk_before_it_is_checkpoi
     assert all(torch.equal(got.latents, want.latents) for got, want in zip(resumed, clean[2:], strict=True))
 
 
-def test_a_nan_key_written_by_the_clean_context_call_stops_that_chunk(model: CausalWanModel, tmp_path: Path) -> None:
+def test_a_nan_key_written_by_the_clean_context_call_stops_that_chunk(
+    model: CausalWanModel, tmp_path: Path
+) -> None:
     path = tmp_path / "run.safetensors"
     yielded: list[ChunkResult] = []
     context_call_of_chunk_1 = 2 * CALLS_PER_CHUNK - 1
-    with _poisoned_key(model, call=context_call_of_chunk_1), pytest.raises(
-        NonFiniteError,
-        match=r"the output of the clean context call of chunk 1 \(latent frames 2-3\) .* holds \d+ NaN .*the "
-        r"cache now holds non-finite keys or values",
+    with (
+        _poisoned_key(model, call=context_call_of_chunk_1),
+        pytest.raises(
+            NonFiniteError,
+            match=r"the output of the clean context call of chunk 1 \(latent frames 2-3\) .* holds \d+ NaN .*the "
+            r"cache now holds non-finite keys or values",
+        ),
     ):
         _collect(_stream(model, save_every=1, checkpoint_path=path), yielded)
     assert [chunk.index for chunk in yielded] == [0]
@@ -206,8 +236,15 @@ class _MemoryPoisoner:
     def parameters(self) -> Iterator[nn.Parameter]:
         return self.inner.parameters()
 
-    def __call__(self, latents: torch.Tensor, timesteps: torch.Tensor, context: Any, *, cache: MemRoPECache,
-                 start_frame: int) -> torch.Tensor:
+    def __call__(
+        self,
+        latents: torch.Tensor,
+        timesteps: torch.Tensor,
+        context: Any,
+        *,
+        cache: MemRoPECache,
+        start_frame: int,
+    ) -> torch.Tensor:
         output = self.inner(latents, timesteps, context, cache=cache, start_frame=start_frame)
         if start_frame == self.chunk * CACHE.chunk_frames and bool((timesteps == 0).all()):
             cache.layers[1].memory["long_keys"].view(-1)[0] = float("inf")
@@ -216,8 +253,11 @@ class _MemoryPoisoner:
 
 def test_a_nonfinite_memory_stops_the_chunk_that_made_it(model: CausalWanModel) -> None:
     yielded: list[ChunkResult] = []
-    with pytest.raises(NonFiniteError, match=r"after chunk 5 \(latent frames 10-11\): the long keys memory of "
-                                             r"cache layer 1 holds NaN or infinity"):
+    with pytest.raises(
+        NonFiniteError,
+        match=r"after chunk 5 \(latent frames 10-11\): the long keys memory of "
+        r"cache layer 1 holds NaN or infinity",
+    ):
         _collect(_stream(_MemoryPoisoner(model, chunk=5)), yielded)
     assert [chunk.index for chunk in yielded] == [0, 1, 2, 3, 4]
 
@@ -231,8 +271,11 @@ def test_nonfinite_decoded_frames_are_refused(model: CausalWanModel) -> None:
             return torch.full_like(latents, float("nan"))
 
     pipe = CausalInferencePipeline(model, CACHE, decoder=BrokenDecoder())
-    with pytest.raises(NonFiniteError, match=r"the decoded frames of chunk 0 \(latent frames 0-1\) .*check the "
-                                             r"decoder"):
+    with pytest.raises(
+        NonFiniteError,
+        match=r"the decoded frames of chunk 0 \(latent frames 0-1\) .*check the "
+        r"decoder",
+    ):
         next(pipe.stream(_prompt(), num_frames=4, seed=0, latent_hw=LATENT_HW))
 
 
@@ -255,7 +298,9 @@ def _metadata(path: Path) -> dict[str, str]:
         return dict(handle.metadata())
 
 
-def test_the_checks_do_not_change_a_finite_run(model: CausalWanModel, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_checks_do_not_change_a_finite_run(
+    model: CausalWanModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
     checked = [chunk.latents for chunk in _stream(model)]
     monkeypatch.setattr(pipeline_module, "_check_finite", lambda *args, **kwargs: None)
     monkeypatch.setattr(MemRoPECache, "check_finite", lambda self: None)

@@ -30,7 +30,9 @@ BASE_SET = BUNDLED_PARITY_DIR / "ema.json"
 PARITY_MODULES = ("test_parity_calls.py", "test_pipeline_parity.py", "test_adapter_parity.py")
 
 
-def _official(mode: str, size: int, sink: int = 3, *, adaptive: bool = False, alpha_short: float = 0.1) -> dict:
+def _official(
+    mode: str, size: int, sink: int = 3, *, adaptive: bool = False, alpha_short: float = 0.1
+) -> dict:
     return {
         "mode": mode,
         "local_attn_size": size,
@@ -46,7 +48,10 @@ REFERENCE_SETS: dict[str, tuple[dict, dict]] = {
     "reference_chunk1_sink3_ema": (_official("ema", 12), {"frames_per_block": 1, "num_frames": 18}),
     "reference_chunk1_sink3_eviction": (_official("eviction", 8), {"frames_per_block": 1, "num_frames": 14}),
     "reference_chunk2_sink3_ema": (_official("ema", 12), {"frames_per_block": 2, "num_frames": 20}),
-    "reference_chunk2_sink3_eviction_small": (_official("eviction", 5), {"frames_per_block": 2, "num_frames": 14}),
+    "reference_chunk2_sink3_eviction_small": (
+        _official("eviction", 5),
+        {"frames_per_block": 2, "num_frames": 14},
+    ),
     "reference_chunk2_cache7_ema": (_official("ema", 7), {"frames_per_block": 2, "num_frames": 16}),
     "reference_chunk3_cache10_ema": (_official("ema", 10), {"num_frames": 21}),
     "reference_adaptive_alpha03": (
@@ -59,8 +64,13 @@ REFERENCE_SETS: dict[str, tuple[dict, dict]] = {
     ),
     "reference_unwarped_two_steps_shift3": (
         _official("eviction", 9),
-        {"frames_per_block": 2, "num_frames": 16, "denoising_step_list": [1000, 400], "warp_denoising_step": False,
-         "timestep_shift": 3.0},
+        {
+            "frames_per_block": 2,
+            "num_frames": 16,
+            "denoising_step_list": [1000, 400],
+            "warp_denoising_step": False,
+            "timestep_shift": 3.0,
+        },
     ),
     "reference_batch2_chunk1": (_official("ema", 8), {"frames_per_block": 1, "num_frames": 12, "batch": 2}),
     "reference_unbounded_chunk1": (_official("ema", -1), {"frames_per_block": 1, "num_frames": 10}),
@@ -87,10 +97,18 @@ def test_the_reference_reproduces_the_official_vectors(name: str) -> None:
     chunk = 0
     with torch.no_grad():
         for position, call in enumerate(parity.calls):
-            flow = model(tensors[f"call{call.index}.x"], tensors[f"call{call.index}.t"], context,
-                         cache=cache, start_frame=call.start_frame)
+            flow = model(
+                tensors[f"call{call.index}.x"],
+                tensors[f"call{call.index}.t"],
+                context,
+                cache=cache,
+                start_frame=call.start_frame,
+            )
             torch.testing.assert_close(flow, tensors[f"call{call.index}.flow"], rtol=0, atol=TOLERANCE)
-            if position + 1 == len(parity.calls) or parity.calls[position + 1].start_frame != call.start_frame:
+            if (
+                position + 1 == len(parity.calls)
+                or parity.calls[position + 1].start_frame != call.start_frame
+            ):
                 keys, values = cache.dump(0)
                 torch.testing.assert_close(keys, tensors[f"cache{chunk}.k0"], rtol=0, atol=TOLERANCE)
                 torch.testing.assert_close(values, tensors[f"cache{chunk}.v0"], rtol=0, atol=TOLERANCE)
@@ -120,8 +138,19 @@ def test_sink_protection_is_what_the_reference_sets_need(reference_dir: Path, na
         context = model.encode_context(tensors["context"])
         with torch.no_grad():
             errors[protect] = max(
-                (model(tensors[f"call{c.index}.x"], tensors[f"call{c.index}.t"], context, cache=cache,
-                       start_frame=c.start_frame) - tensors[f"call{c.index}.flow"]).abs().max().item()
+                (
+                    model(
+                        tensors[f"call{c.index}.x"],
+                        tensors[f"call{c.index}.t"],
+                        context,
+                        cache=cache,
+                        start_frame=c.start_frame,
+                    )
+                    - tensors[f"call{c.index}.flow"]
+                )
+                .abs()
+                .max()
+                .item()
                 for c in parity.calls
             )
     assert errors[True] < TOLERANCE < 100 * TOLERANCE < errors[False], errors
@@ -130,13 +159,28 @@ def test_sink_protection_is_what_the_reference_sets_need(reference_dir: Path, na
 def test_every_parity_level_replays_the_reference_sets(reference_dir: Path) -> None:
     """What happens to unseen official sets: the parity modules run with ``$MEMROPE_PARITY_DIR`` set."""
     environment = {**os.environ, PARITY_DIR_ENV: str(reference_dir)}
-    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rA", "-k", "reference_",
-               *[str(TESTS / module) for module in PARITY_MODULES]]
-    result = subprocess.run(command, cwd=TESTS.parent, env=environment, capture_output=True, text=True, timeout=900,
-                            check=False)
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        "-q",
+        "-rA",
+        "-k",
+        "reference_",
+        *[str(TESTS / module) for module in PARITY_MODULES],
+    ]
+    result = subprocess.run(
+        command, cwd=TESTS.parent, env=environment, capture_output=True, text=True, timeout=900, check=False
+    )
     report = result.stdout + result.stderr
     assert result.returncode == 0, report[-6000:]
     passed = re.findall(r"^PASSED (\S+)", result.stdout, flags=re.MULTILINE)
     for name in REFERENCE_SETS:
         for module in PARITY_MODULES:
-            assert any(test.startswith(f"tests/{module}") and name in test for test in passed), (name, module, report[-3000:])
+            assert any(test.startswith(f"tests/{module}") and name in test for test in passed), (
+                name,
+                module,
+                report[-3000:],
+            )

@@ -35,17 +35,27 @@ def _replay(parity: ParitySet) -> tuple[list[float], list[tuple[int, float, floa
     with torch.no_grad():
         for position, call in enumerate(parity.calls):
             flow = model(
-                tensors[f"call{call.index}.x"], tensors[f"call{call.index}.t"], context,
-                cache=cache, start_frame=call.start_frame,
+                tensors[f"call{call.index}.x"],
+                tensors[f"call{call.index}.t"],
+                context,
+                cache=cache,
+                start_frame=call.start_frame,
             )
             flow_errors.append((flow - tensors[f"call{call.index}.flow"]).abs().max().item())
-            last_of_chunk = position + 1 == len(parity.calls) or parity.calls[position + 1].start_frame != call.start_frame
+            last_of_chunk = (
+                position + 1 == len(parity.calls)
+                or parity.calls[position + 1].start_frame != call.start_frame
+            )
             if last_of_chunk:
                 keys, values = cache.layer_contents(0)
                 expected_keys, expected_values = tensors[f"cache{chunk}.k0"], tensors[f"cache{chunk}.v0"]
                 assert keys.shape == expected_keys.shape, f"chunk {chunk}: cache holds {tuple(keys.shape)}"
                 cache_errors.append(
-                    (chunk, (keys - expected_keys).abs().max().item(), (values - expected_values).abs().max().item())
+                    (
+                        chunk,
+                        (keys - expected_keys).abs().max().item(),
+                        (values - expected_values).abs().max().item(),
+                    )
                 )
                 chunk += 1
     return flow_errors, cache_errors
@@ -57,9 +67,13 @@ def test_call_replay_matches_official(path: Path) -> None:
     flow_errors, cache_errors = _replay(parity)
     assert len(flow_errors) == len(parity.calls)
     worst_call = max(range(len(flow_errors)), key=flow_errors.__getitem__)
-    assert flow_errors[worst_call] < TOLERANCE, f"call {worst_call}: flow max abs error {flow_errors[worst_call]:.3g}"
+    assert flow_errors[worst_call] < TOLERANCE, (
+        f"call {worst_call}: flow max abs error {flow_errors[worst_call]:.3g}"
+    )
     for chunk, key_error, value_error in cache_errors:
-        assert key_error < TOLERANCE and value_error < TOLERANCE, f"chunk {chunk}: cache error k={key_error:.3g} v={value_error:.3g}"
+        assert key_error < TOLERANCE and value_error < TOLERANCE, (
+            f"chunk {chunk}: cache error k={key_error:.3g} v={value_error:.3g}"
+        )
 
 
 @pytest.mark.parametrize("path", PARITY_SETS, ids=PARITY_IDS)

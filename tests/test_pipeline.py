@@ -238,7 +238,9 @@ def test_damaged_checkpoints_are_named(model: CausalWanModel, tmp_path: Path) ->
     pipe.save_state(whole)
     cut = tmp_path / "cut.safetensors"
     cut.write_bytes(whole.read_bytes()[:-64])
-    with pytest.raises(CheckpointFormatError, match=rf"{cut} is truncated: expected \d+ bytes, got \d+ \(64 missing\)"):
+    with pytest.raises(
+        CheckpointFormatError, match=rf"{cut} is truncated: expected \d+ bytes, got \d+ \(64 missing\)"
+    ):
         _pipeline(model).stream(resume_from=cut)
     empty = tmp_path / "empty.safetensors"
     empty.write_bytes(b"")

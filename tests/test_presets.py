@@ -26,7 +26,9 @@ EXPECTED_LENGTHS = {"30s": 120, "60s": 240, "120s": 480, "240s": 960, "480s": 19
 
 def test_official_presets_cover_both_families_and_all_lengths() -> None:
     assert dict(OFFICIAL_LENGTHS) == EXPECTED_LENGTHS
-    expected = {"tiny"} | {f"{family}-{suffix}" for family in ("self-forcing", "longlive") for suffix in EXPECTED_LENGTHS}
+    expected = {"tiny"} | {
+        f"{family}-{suffix}" for family in ("self-forcing", "longlive") for suffix in EXPECTED_LENGTHS
+    }
     assert set(PRESETS) == expected
 
 

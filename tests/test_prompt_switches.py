@@ -31,13 +31,22 @@ def _prompt(seed: int, batch: int = 1, length: int = 3) -> torch.Tensor:
 
 
 def _run(
-    model: CausalWanModel, switches: list[tuple[int, torch.Tensor]] | None, *, config: MemRoPEConfig = CACHE,
-    num_frames: int = 16, batch: int = 1, **kwargs: object,
+    model: CausalWanModel,
+    switches: list[tuple[int, torch.Tensor]] | None,
+    *,
+    config: MemRoPEConfig = CACHE,
+    num_frames: int = 16,
+    batch: int = 1,
+    **kwargs: object,
 ) -> tuple[CausalInferencePipeline, list[ChunkResult]]:
     pipe = CausalInferencePipeline(model, config)
     chunks = list(
         pipe.stream(
-            _prompt(1, batch), num_frames=num_frames, seed=5, latent_hw=LATENT_HW, prompt_switches=switches,
+            _prompt(1, batch),
+            num_frames=num_frames,
+            seed=5,
+            latent_hw=LATENT_HW,
+            prompt_switches=switches,
             **kwargs,  # type: ignore[arg-type]
         )
     )
@@ -50,7 +59,9 @@ def _run(
         CACHE,
         MemRoPEConfig(policy="sink", cache_frames=8, sink_frames=1, chunk_frames=2),
         MemRoPEConfig(policy="full", sink_frames=1, chunk_frames=2),
-        MemRoPEConfig(cache_frames=9, sink_frames=2, chunk_frames=1, pooling="per_position", adaptive_short_rate=True),
+        MemRoPEConfig(
+            cache_frames=9, sink_frames=2, chunk_frames=1, pooling="per_position", adaptive_short_rate=True
+        ),
     ],
     ids=["memrope", "sink", "full", "adaptive-chunk1"],
 )
@@ -94,7 +105,18 @@ def test_the_sink_keeps_the_past_and_the_cache_stays_bounded(model: CausalWanMod
         kept.append(None if history is None else history.shape[1])
     assert cache is not None
     assert sizes[4:] == [sizes[-1]] * 6 and max(sizes) == sizes[-1]  # constant from the first eviction on
-    assert kept == [2, 4, 6, 7, 7, 7, 7, 7, 7, None]  # at most cache_frames - sink_frames, none after the last
+    assert kept == [
+        2,
+        4,
+        6,
+        7,
+        7,
+        7,
+        7,
+        7,
+        7,
+        None,
+    ]  # at most cache_frames - sink_frames, none after the last
     plain_cache = plain_pipe._run.cache  # type: ignore[union-attr]
     sink_tokens = CACHE.sink_frames * cache.frame_seqlen
     for layer in range(TINY.num_layers):
@@ -139,7 +161,10 @@ def test_batch_items_switch_independently(model: CausalWanModel) -> None:
     both = pipe.generate(first, num_frames=12, noise=noise, seed=0, prompt_switches=[(6, second)])
     for item in range(2):
         alone = pipe.generate(
-            first[item : item + 1], num_frames=12, noise=noise[item : item + 1], seed=0,
+            first[item : item + 1],
+            num_frames=12,
+            noise=noise[item : item + 1],
+            seed=0,
             prompt_switches=[(6, second[item : item + 1])],
         )
         torch.testing.assert_close(both[item : item + 1], alone, rtol=0, atol=1e-5)
@@ -154,8 +179,13 @@ def test_resume_across_switches_is_bit_identical(model: CausalWanModel, tmp_path
     for stop_after in (2, 3, 5):
         pipe = CausalInferencePipeline(model, CACHE)
         stream = pipe.stream(
-            _prompt(1), num_frames=18, seed=5, latent_hw=LATENT_HW, prompt_switches=switches,
-            save_every=1, checkpoint_path=path,
+            _prompt(1),
+            num_frames=18,
+            seed=5,
+            latent_hw=LATENT_HW,
+            prompt_switches=switches,
+            save_every=1,
+            checkpoint_path=path,
         )
         for chunk in stream:
             if chunk.index == stop_after:
@@ -185,11 +215,27 @@ def test_in_memory_state_round_trip_with_switches(model: CausalWanModel) -> None
 @pytest.mark.parametrize(
     "switches, error, match",
     [
-        ([(3, _prompt(2))], ValueError, r"prompt_switches\[0\] frame must be a multiple of chunk_frames=2 in \(0, 10\)"),
-        ([(0, _prompt(2))], ValueError, r"prompt_switches\[0\] frame must be a multiple of chunk_frames=2 in \(0, 10\)"),
+        (
+            [(3, _prompt(2))],
+            ValueError,
+            r"prompt_switches\[0\] frame must be a multiple of chunk_frames=2 in \(0, 10\)",
+        ),
+        (
+            [(0, _prompt(2))],
+            ValueError,
+            r"prompt_switches\[0\] frame must be a multiple of chunk_frames=2 in \(0, 10\)",
+        ),
         ([(10, _prompt(2))], ValueError, r"in \(0, 10\)"),
-        ([(6, _prompt(2)), (4, _prompt(3))], ValueError, r"prompt_switches\[1\] frame must be .* in \(6, 10\)"),
-        ([(4, _prompt(2, batch=2))], ValueError, r"prompt_switches\[0\] text_embeds must have the batch size"),
+        (
+            [(6, _prompt(2)), (4, _prompt(3))],
+            ValueError,
+            r"prompt_switches\[1\] frame must be .* in \(6, 10\)",
+        ),
+        (
+            [(4, _prompt(2, batch=2))],
+            ValueError,
+            r"prompt_switches\[0\] text_embeds must have the batch size",
+        ),
         ([(4, torch.zeros(1, 3, 5))], ValueError, r"prompt_switches\[0\] text_embeds must have shape"),
         ([(4, "a cat")], TypeError, r"prompt_switches\[0\] text_embeds must be a tensor"),
         ([(True, _prompt(2))], ValueError, r"got True"),

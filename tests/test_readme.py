@@ -16,9 +16,19 @@ ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 DESIGN = (ROOT / "docs" / "design.md").read_text(encoding="utf-8")
 DESIGN_SECTIONS = (  # docstrings and issues cite these as "docs/design.md §N": numbers must not move
-    "The problem", "Cache layout", "Call protocol", "Filling phase", "Policy `memrope`", "Policy `sink`",
-    "RoPE", "Attention", "The Wan2.1 causal DiT", "Pipeline", "Known limits of the official code",
-    "Upstream code", "Parity vectors",
+    "The problem",
+    "Cache layout",
+    "Call protocol",
+    "Filling phase",
+    "Policy `memrope`",
+    "Policy `sink`",
+    "RoPE",
+    "Attention",
+    "The Wan2.1 causal DiT",
+    "Pipeline",
+    "Known limits of the official code",
+    "Upstream code",
+    "Parity vectors",
 )
 FENCE = re.compile(r"```(\w+)\n(.*?)```", re.DOTALL)
 NEEDS = "# needs:"  # first line of a snippet that needs hardware or objects a test machine lacks
@@ -63,7 +73,7 @@ def test_command_lines_parse(arguments: list[str]) -> None:
 def test_the_setup_commands_are_what_ci_runs() -> None:
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     test_command = blocks("bash")[1].strip()
-    assert test_command.endswith("pip install -e \".[test]\" && python -m pytest")
+    assert test_command.endswith('pip install -e ".[test]" && python -m pytest')
     for step in ("pip install --quiet torch==2.13.0", 'pip install --quiet -e ".[test]"', "python -m pytest"):
         assert step in ci
     assert "memrope generate --model tiny" in blocks("bash")[0]

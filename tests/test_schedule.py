@@ -20,8 +20,20 @@ from memrope.prompt_schedule import (
 
 @pytest.mark.parametrize(
     ("seconds", "chunk", "latent"),
-    [(4, 3, 18), (5, 3, 21), (10, 3, 42), (20, 3, 81), (3, 3, 15), (30, 3, 123), (0.001, 3, 3),
-     (1 / 16, 1, 1), (1 / 16 + 1e-12, 1, 2), (4.3125, 3, 18), (4.3125 + 1e-9, 3, 21), (60, 2, 242)],
+    [
+        (4, 3, 18),
+        (5, 3, 21),
+        (10, 3, 42),
+        (20, 3, 81),
+        (3, 3, 15),
+        (30, 3, 123),
+        (0.001, 3, 3),
+        (1 / 16, 1, 1),
+        (1 / 16 + 1e-12, 1, 2),
+        (4.3125, 3, 18),
+        (4.3125 + 1e-9, 3, 21),
+        (60, 2, 242),
+    ],
 )
 def test_seconds_give_the_shortest_whole_chunk_video_at_least_that_long(
     seconds: float, chunk: int, latent: int
@@ -72,7 +84,10 @@ def test_frames_and_seconds() -> None:
 def test_prompts_may_contain_colons_and_a_file_uses_lines() -> None:
     text = "0: scene 1: a harbour at dawn; boats\n\n60: scene 2: the storm\n"
     entries = parse_prompt_schedule(text, chunk_frames=3, num_frames=120, separator="\n")
-    assert entries == (ScheduledPrompt(0, "scene 1: a harbour at dawn; boats"), ScheduledPrompt(60, "scene 2: the storm"))
+    assert entries == (
+        ScheduledPrompt(0, "scene 1: a harbour at dawn; boats"),
+        ScheduledPrompt(60, "scene 2: the storm"),
+    )
 
 
 def test_starts_inside_a_chunk_move_to_the_next_chunk_boundary() -> None:
@@ -114,9 +129,9 @@ def test_not_a_string() -> None:
         parse_prompt_schedule(["0:a"], chunk_frames=3)  # type: ignore[arg-type]
 
 
-prompts = st.text(alphabet=st.characters(blacklist_characters=";\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"), min_size=1).filter(
-    lambda p: p.strip() == p and p != ""
-)
+prompts = st.text(
+    alphabet=st.characters(blacklist_characters=";\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"), min_size=1
+).filter(lambda p: p.strip() == p and p != "")
 
 
 @given(chunk=st.integers(1, 4), gaps=st.lists(st.integers(1, 20), max_size=6), data=st.data())

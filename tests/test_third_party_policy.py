@@ -33,7 +33,9 @@ class RunningMeanPolicy(CachePolicy):
         frame = (g.batch_size, g.frame_seqlen, g.num_heads, g.head_dim)
         return {"mean_keys": frame, "mean_values": frame, "count": (1,)}
 
-    def evict(self, memory: dict[str, torch.Tensor], keys: torch.Tensor, values: torch.Tensor) -> list[MemorySlot]:
+    def evict(
+        self, memory: dict[str, torch.Tensor], keys: torch.Tensor, values: torch.Tensor
+    ) -> list[MemorySlot]:
         tokens = self.geometry.frame_seqlen
         frames = keys.shape[1] // tokens
         blocks = {"mean_keys": keys, "mean_values": values}
@@ -53,7 +55,9 @@ CONFIG = MemRoPEConfig(policy="running_mean", cache_frames=7, sink_frames=1, chu
 
 
 def make_cache(config: MemRoPEConfig = CONFIG) -> MemRoPECache:
-    return MemRoPECache(config, num_layers=1, batch_size=1, num_heads=HEADS, head_dim=HEAD_DIM, frame_shape=FRAME_SHAPE)
+    return MemRoPECache(
+        config, num_layers=1, batch_size=1, num_heads=HEADS, head_dim=HEAD_DIM, frame_shape=FRAME_SHAPE
+    )
 
 
 def frame(index: int) -> torch.Tensor:
@@ -64,9 +68,13 @@ def test_registered_policy_is_available_and_sized_by_its_memory_slots() -> None:
     assert available_policies()[:3] == ("memrope", "sink", "full")
     assert "running_mean" in available_policies() and get_policy("running_mean") is RunningMeanPolicy
     assert (CONFIG.memory_frames, CONFIG.recent_frames, CONFIG.bounded) == (1, 3, True)
-    with pytest.raises(ValueError, match=r"cache_frames must be >= sink_frames \+ 1 memory frames \+ chunk_frames = 4"):
+    with pytest.raises(
+        ValueError, match=r"cache_frames must be >= sink_frames \+ 1 memory frames \+ chunk_frames = 4"
+    ):
         MemRoPEConfig(policy="running_mean", cache_frames=3, sink_frames=1, chunk_frames=2)
-    with pytest.raises(ValueError, match=r"policy must be one of \('memrope', 'sink', 'full', .*'running_mean'"):
+    with pytest.raises(
+        ValueError, match=r"policy must be one of \('memrope', 'sink', 'full', .*'running_mean'"
+    ):
         MemRoPEConfig(policy="running_means")
     with pytest.raises(ValueError, match="a cache policy named 'memrope' is already registered"):
         register_policy(type("Other", (CachePolicy,), {"name": "memrope"}))
@@ -120,18 +128,29 @@ def test_state_round_trips_and_is_refused_by_other_policies() -> None:
 
 def test_pipeline_generates_and_resumes_bit_identically(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    config = WanConfig(dim=32, ffn_dim=64, num_heads=2, num_layers=2, in_dim=4, out_dim=4, text_dim=8, text_len=6,
-                       freq_dim=16)
+    config = WanConfig(
+        dim=32,
+        ffn_dim=64,
+        num_heads=2,
+        num_layers=2,
+        in_dim=4,
+        out_dim=4,
+        text_dim=8,
+        text_len=6,
+        freq_dim=16,
+    )
     model = CausalWanModel(config).eval()
     prompt = torch.randn(1, 3, 8, generator=torch.Generator().manual_seed(1))
     path = tmp_path / "run.safetensors"
     pipe = CausalInferencePipeline(model, CONFIG)
-    full = list(pipe.stream(prompt, num_frames=16, seed=3, latent_hw=(4, 6), save_every=4, checkpoint_path=path))
+    full = list(
+        pipe.stream(prompt, num_frames=16, seed=3, latent_hw=(4, 6), save_every=4, checkpoint_path=path)
+    )
     assert len(full) == 8 and all(torch.isfinite(chunk.latents).all() for chunk in full)
     assert pipe.cache is not None and "history" in pipe.cache.slot_layout()
     resumed = list(CausalInferencePipeline(model, CONFIG).stream(resume_from=path))
     assert [chunk.index for chunk in resumed] == [8 - len(resumed) + i for i in range(len(resumed))]
-    for got, expected in zip(resumed, full[-len(resumed):]):
+    for got, expected in zip(resumed, full[-len(resumed) :]):
         assert torch.equal(got.latents, expected.latents)
 
 

@@ -165,8 +165,13 @@ def test_non_integers_are_refused(value: object) -> None:
 # ---------------------------------------------------------------- devices
 @pytest.mark.parametrize(
     ("spec", "device"),
-    [("cpu", torch.device("cpu")), (" CPU ", torch.device("cpu")), ("cuda:1", torch.device("cuda", 1)),
-     (2, torch.device("cuda", 2)), (torch.device("meta"), torch.device("meta"))],
+    [
+        ("cpu", torch.device("cpu")),
+        (" CPU ", torch.device("cpu")),
+        ("cuda:1", torch.device("cuda", 1)),
+        (2, torch.device("cuda", 2)),
+        (torch.device("meta"), torch.device("meta")),
+    ],
 )
 def test_device_arguments_are_read(spec: object, device: torch.device) -> None:
     assert parse_device(spec, "device") == device
@@ -205,7 +210,11 @@ def test_there_is_one_of_each_length_function() -> None:
 
     assert memrope.presets.latent_frames_for_seconds is lengths.latent_frames_for_seconds
     assert memrope.presets.FPS == lengths.FPS
-    assert memrope.vae.video_frame_count is lengths.video_frame_count is memrope.prompt_schedule.video_frame_count
+    assert (
+        memrope.vae.video_frame_count
+        is lengths.video_frame_count
+        is memrope.prompt_schedule.video_frame_count
+    )
     assert memrope.prompt_schedule.latent_frames_at_least is lengths.latent_frames_at_least
     assert latent_position(7.5) == Fraction(30)
 
@@ -214,7 +223,10 @@ def test_there_is_one_of_each_length_function() -> None:
 def run_python(code: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-W", "error::DeprecationWarning", "-c", code],
-        capture_output=True, text=True, timeout=120, check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
 

@@ -20,7 +20,9 @@ LATENTS_STD = [1.5, 0.7, 2.0, 1.1]
 SPLITS_OF_7 = [[7], [3, 3, 1], [1] * 7, [2, 5], [4, 1, 2]]
 
 
-def decode_in_chunks(decoder: VideoDecoder, latents: torch.Tensor, sizes: int | Sequence[int]) -> torch.Tensor:
+def decode_in_chunks(
+    decoder: VideoDecoder, latents: torch.Tensor, sizes: int | Sequence[int]
+) -> torch.Tensor:
     decoder.reset()
     parts = torch.split(latents, sizes if isinstance(sizes, int) else list(sizes), dim=1)
     return torch.cat([decoder.decode_chunk(part) for part in parts], dim=1)
@@ -81,8 +83,13 @@ def tiny_autoencoder(**options: object) -> Any:
     4x temporal compression like the real one)."""
     torch.manual_seed(0)
     vae: Any = diffusers.AutoencoderKLWan(
-        base_dim=8, z_dim=4, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
-        latents_mean=LATENTS_MEAN, latents_std=LATENTS_STD, **options,
+        base_dim=8,
+        z_dim=4,
+        dim_mult=[1, 2, 2, 2],
+        num_res_blocks=1,
+        latents_mean=LATENTS_MEAN,
+        latents_std=LATENTS_STD,
+        **options,
     )
     return vae.eval()
 
@@ -137,17 +144,20 @@ def test_wan_decoder_in_chunks_matches_diffusers_whole_video_decode(
 def test_wan_decoder_chunks_follow_the_frame_rule(wan_decoder: WanVAEDecoder) -> None:
     latents = latent_video(7)
     wan_decoder.reset()
-    assert [wan_decoder.decode_chunk(part).shape[1] for part in torch.split(latents, [1, 4, 2], dim=1)] == [1, 16, 8]
+    assert [wan_decoder.decode_chunk(part).shape[1] for part in torch.split(latents, [1, 4, 2], dim=1)] == [
+        1,
+        16,
+        8,
+    ]
 
 
-def test_wan_decoder_reset_starts_a_new_video(
-    tiny_wan_vae: Any, wan_decoder: WanVAEDecoder
-) -> None:
+def test_wan_decoder_reset_starts_a_new_video(tiny_wan_vae: Any, wan_decoder: WanVAEDecoder) -> None:
     wan_decoder.decode_chunk(latent_video(3, seed=1))
     wan_decoder.reset()
     second = latent_video(4, seed=2)
-    torch.testing.assert_close(wan_decoder.decode_chunk(second), reference_decode(tiny_wan_vae, second),
-                               rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        wan_decoder.decode_chunk(second), reference_decode(tiny_wan_vae, second), rtol=0, atol=1e-6
+    )
 
 
 def test_wan_decoder_cache_does_not_grow_with_the_video(wan_decoder: WanVAEDecoder) -> None:
@@ -187,13 +197,17 @@ def test_wan_decoder_decodes_in_the_requested_dtype(
 
 
 def test_wan_decoder_offload_visits_the_device_only_while_decoding(
-    tiny_wan_vae: Any, tiny_wan_folder: Path, offline_hub: Path,
+    tiny_wan_vae: Any,
+    tiny_wan_folder: Path,
+    offline_hub: Path,
     record_moves: Callable[[nn.Module], list[torch.device]],
 ) -> None:
     decoder = WanVAEDecoder.from_pretrained(tiny_wan_folder, device="cpu", offload=True)
     moves = record_moves(decoder.vae)
     moves_before_decoding: list[int] = []
-    decoder.vae.decoder.register_forward_pre_hook(lambda module, args: moves_before_decoding.append(len(moves)))
+    decoder.vae.decoder.register_forward_pre_hook(
+        lambda module, args: moves_before_decoding.append(len(moves))
+    )
     latents = latent_video(5)
     frames = decode_in_chunks(decoder, latents, [2, 3])
     cpu = torch.device("cpu")

@@ -125,8 +125,12 @@ except KeyboardInterrupt:
 def test_ctrl_c_while_ffmpeg_is_busy_still_finalises_the_file(tmp_path: Path) -> None:
     """A real SIGINT to the writing process (noise frames keep it blocked on ffmpeg's pipe)."""
     path = tmp_path / "ctrl_c.mp4"
-    child = subprocess.Popen([sys.executable, "-c", WRITE_UNTIL_INTERRUPTED, str(path)],
-                             stdout=subprocess.PIPE, text=True, start_new_session=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", WRITE_UNTIL_INTERRUPTED, str(path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     assert child.stdout is not None
     while int(child.stdout.readline()) < 80:  # x264's lookahead is full: writes now wait for ffmpeg
         pass
@@ -183,7 +187,9 @@ def test_an_error_after_frames_leaves_the_existing_file_untouched(tmp_path: Path
 
 
 @needs_ffmpeg
-def test_ffmpeg_failing_mid_write_is_one_line_and_leaves_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ffmpeg_failing_mid_write_is_one_line_and_leaves_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """ffmpeg dying (a full disk: broken pipe) gives one line naming the file, no ffmpeg dump."""
     path = tmp_path / "keep.mp4"
     path.write_bytes(b"previous video")
@@ -214,8 +220,12 @@ def test_a_missing_folder_is_one_line(tmp_path: Path) -> None:
 def test_partial_files_finds_only_this_targets_leftovers(tmp_path: Path) -> None:
     target = tmp_path / "v.mp4"
     mine = [tmp_path / ".v.mp4.0123abcd.partial.mp4", tmp_path / ".v.mp4.ffffffff.partial.mp4"]
-    others = [tmp_path / ".v.mp4.x.partial.mp4", tmp_path / ".w.v.mp4.0123abcd.partial.mp4",
-              tmp_path / ".v.0123abcd.partial.mp4", tmp_path / "v.mp4"]
+    others = [
+        tmp_path / ".v.mp4.x.partial.mp4",
+        tmp_path / ".w.v.mp4.0123abcd.partial.mp4",
+        tmp_path / ".v.0123abcd.partial.mp4",
+        tmp_path / "v.mp4",
+    ]
     for path in [*mine, *others]:
         path.write_bytes(b"")
     assert Mp4Writer.partial_files(target) == sorted(mine)

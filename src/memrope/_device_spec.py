@@ -19,7 +19,9 @@ def parse_device(spec: object, argument: str) -> torch.device:
     if isinstance(spec, torch.device):
         return spec
     if isinstance(spec, bool) or not isinstance(spec, (str, int)):
-        raise TypeError(f"{argument} must be a device (torch.device, {DEVICE_CHOICES} or an int), got {spec!r}")
+        raise TypeError(
+            f"{argument} must be a device (torch.device, {DEVICE_CHOICES} or an int), got {spec!r}"
+        )
     if isinstance(spec, int):
         if spec < 0:
             raise ValueError(f"{argument}: a CUDA index must be >= 0, got {spec}")

@@ -42,9 +42,15 @@ def parse_dtype(name: object, argument: str, allowed: Collection[torch.dtype] | 
     else:
         dtype = None
     choices = sorted(dtype_name(d) for d in allowed) if allowed is not None else None
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point or (
-        allowed is not None and dtype not in allowed
+    if (
+        not isinstance(dtype, torch.dtype)
+        or not dtype.is_floating_point
+        or (allowed is not None and dtype not in allowed)
     ):
-        expected = f"one of {', '.join(choices)}" if choices else "a floating torch dtype such as float32 or bfloat16"
+        expected = (
+            f"one of {', '.join(choices)}"
+            if choices
+            else "a floating torch dtype such as float32 or bfloat16"
+        )
         raise ValueError(f"{argument} must name {expected}, got {name!r}")
     return dtype

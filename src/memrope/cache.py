@@ -46,7 +46,9 @@ LONG_MEMORY_SLOT = FIRST_MEMORY_SLOT  # labels of the memrope policy's two memor
 SHORT_MEMORY_SLOT = FIRST_MEMORY_SLOT - 1
 FULL_POLICY_INITIAL_CHUNKS = 4
 
-SlotRole = Literal["sink", "long", "short", "recent", "current"]  # a third-party policy adds its memory slot names
+SlotRole = Literal[
+    "sink", "long", "short", "recent", "current"
+]  # a third-party policy adds its memory slot names
 SINK_ROLE: SlotRole = "sink"
 LONG_ROLE: SlotRole = "long"
 SHORT_ROLE: SlotRole = "short"
@@ -149,7 +151,9 @@ class MemRoPECache:
             or len(frame_shape) != 2
             or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in frame_shape)
         ):
-            raise ValueError(f"frame_shape must be a pair of ints >= 1 (tokens per frame row, column), got {frame_shape!r}")
+            raise ValueError(
+                f"frame_shape must be a pair of ints >= 1 (tokens per frame row, column), got {frame_shape!r}"
+            )
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
             raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
         if key_workspace not in KEY_WORKSPACES:
@@ -157,9 +161,7 @@ class MemRoPECache:
         if rope is None:
             rope = RotaryEmbedding(head_dim, wan_axis_pairs(head_dim), max_positions=config.max_positions)
         if rope.head_dim != head_dim or rope.num_axes != 3:
-            raise ValueError(
-                f"rope must be a 3-axis RotaryEmbedding with head_dim={head_dim}, got {rope!r}"
-            )
+            raise ValueError(f"rope must be a 3-axis RotaryEmbedding with head_dim={head_dim}, got {rope!r}")
         self.config = config
         self.num_layers = num_layers
         self.batch_size = batch_size
@@ -219,7 +221,9 @@ class MemRoPECache:
         """Float32 RoPE tables ``cos, sin`` ``[slots * P, D]`` of every slot position, on each layer device."""
         positions = frame_grid_positions(range(self._table_frames), self.frame_shape)
         cos, sin = self.rope.cos_sin(positions)
-        self._tables = {device: (cos.to(device), sin.to(device)) for device in dict.fromkeys(self.layer_devices)}
+        self._tables = {
+            device: (cos.to(device), sin.to(device)) for device in dict.fromkeys(self.layer_devices)
+        }
 
     def _grow(self, state: LayerState, frames_needed: int) -> None:
         """Enlarge a ``full``-policy layer to hold ``frames_needed`` frames (amortised doubling)."""
@@ -424,7 +428,9 @@ class MemRoPECache:
         if len(layouts) != 1:
             raise ValueError("recache needs every layer at the same chunk boundary; a chunk is half-written")
         slot_frames = self.layers[0].slot_frames
-        window = [frame for slot, frame in enumerate(slot_frames) if slot >= self.config.sink_frames and frame >= 0]
+        window = [
+            frame for slot, frame in enumerate(slot_frames) if slot >= self.config.sink_frames and frame >= 0
+        ]
         if not window:
             return self.layers[0].end_frame, 0
         return window[0], len(window)
@@ -569,7 +575,11 @@ class MemRoPECache:
         One non-finite key or value folded into a memory stays there for the rest of the video, so
         a pipeline calls this once per chunk (one host sync for all layers), not per attention call.
         """
-        named = [(index, name, tensor) for index, state in enumerate(self.layers) for name, tensor in state.memory.items()]
+        named = [
+            (index, name, tensor)
+            for index, state in enumerate(self.layers)
+            for name, tensor in state.memory.items()
+        ]
         if not named:
             return
         finite = torch.stack([torch.isfinite(tensor).all().to(self.device) for _, _, tensor in named])
@@ -611,7 +621,9 @@ class MemRoPECache:
         state = self.layers[0]
         slots = " ".join(f"{slot}:{label}" for slot, label in enumerate(self.slot_layout(0))) or "(empty)"
         lines.append(f"  layer 0 slots: {slots}")
-        lines.append(f"  filled {state.filled_frames}/{self.capacity_frames} frames, next chunk at frame {state.end_frame}")
+        lines.append(
+            f"  filled {state.filled_frames}/{self.capacity_frames} frames, next chunk at frame {state.end_frame}"
+        )
         if len(layouts) > 1:
             lines.append("  (layers differ: a chunk is in progress)")
         return "\n".join(lines)
@@ -625,7 +637,9 @@ class MemRoPECache:
         for state in self.layers:
             state.keys.zero_()
             state.values.zero_()
-            state.filled_frames = state.end_frame = state.chunk_start = state.chunk_slot = state.roped_frames = 0
+            state.filled_frames = state.end_frame = state.chunk_start = state.chunk_slot = (
+                state.roped_frames
+            ) = 0
             state.last_call = None
             state.memory = {}
             state.slot_frames = []
@@ -714,14 +728,20 @@ class MemRoPECache:
             state.filled_frames, state.end_frame = plan.filled, plan.end_frame
             state.chunk_start, state.chunk_slot = plan.chunk_start, plan.chunk_slot
             state.slot_frames = plan.slot_frames
-            state.memory = {name: tensor.to(device, self.memory_dtype).clone() for name, tensor in plan.memory.items()}
+            state.memory = {
+                name: tensor.to(device, self.memory_dtype).clone() for name, tensor in plan.memory.items()
+            }
             state.roped_frames = 0
             state.last_call = None
         self._shared_owner = {}
 
 
 def _run_hooks(
-    cache: MemRoPECache, hooks: tuple[AttentionHook, ...], layer: int, query: torch.Tensor, context: CacheContext
+    cache: MemRoPECache,
+    hooks: tuple[AttentionHook, ...],
+    layer: int,
+    query: torch.Tensor,
+    context: CacheContext,
 ) -> None:
     for hook in hooks:
         hook(cache, layer, query, context)
@@ -735,4 +755,3 @@ def _eager_hook_runner() -> Callable[..., None]:
     import time: a cache without hooks never pays for it.
     """
     return torch.compiler.disable(_run_hooks)  # type: ignore[no-any-return]
-

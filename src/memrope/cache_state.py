@@ -17,7 +17,15 @@ import torch
 from memrope.config import MemRoPEConfig
 from memrope.policies import CachePolicy
 
-__all__ = ["FIRST_MEMORY_SLOT", "LAYER_STATE_NAMES", "LAYOUT_KEY", "LayerRestore", "StateChecker", "decode_json", "encode_json"]
+__all__ = [
+    "FIRST_MEMORY_SLOT",
+    "LAYER_STATE_NAMES",
+    "LAYOUT_KEY",
+    "LayerRestore",
+    "StateChecker",
+    "decode_json",
+    "encode_json",
+]
 
 LAYOUT_KEY = "meta.layout"
 FIRST_MEMORY_SLOT = -2  # slot_frames label of memory slot i: FIRST_MEMORY_SLOT - i
@@ -80,14 +88,18 @@ class StateChecker:
         expected_names = {LAYOUT_KEY} | {name for plan in plans for name in plan.names}
         unexpected = sorted(set(state_dict) - expected_names)
         if unexpected:
-            raise ValueError(f"state_dict has unexpected entries: {unexpected[:5]} ({len(unexpected)} in all)")
+            raise ValueError(
+                f"state_dict has unexpected entries: {unexpected[:5]} ({len(unexpected)} in all)"
+            )
         return plans
 
     def _check_layout(self, encoded: torch.Tensor) -> None:
         try:
             saved = decode_json(encoded)
         except ValueError as error:
-            raise ValueError(f"state_dict {LAYOUT_KEY!r} is not a layout written by MemRoPECache.state_dict(): {error}") from None
+            raise ValueError(
+                f"state_dict {LAYOUT_KEY!r} is not a layout written by MemRoPECache.state_dict(): {error}"
+            ) from None
         mine = self.layout
         saved_config = saved.get("config", {}) if isinstance(saved, dict) else {}
         differences = [
@@ -102,7 +114,8 @@ class StateChecker:
         ]
         if differences:
             raise ValueError(
-                "state_dict was saved by a cache with another configuration or geometry: " + ", ".join(differences)
+                "state_dict was saved by a cache with another configuration or geometry: "
+                + ", ".join(differences)
             )
 
     def _plan_restore(self, index: int, state_dict: dict[str, torch.Tensor]) -> LayerRestore:
@@ -128,25 +141,39 @@ class StateChecker:
         if len(slot_frames) != filled:
             raise ValueError(f"{prefix}slot_frames must list {filled} slots, got {len(slot_frames)}")
         foreign = sorted(
-            name for name in state_dict
+            name
+            for name in state_dict
             if name.startswith(prefix)
-            and name[len(prefix):] not in {*LAYER_STATE_NAMES, *self.policy.memory_shapes()}
+            and name[len(prefix) :] not in {*LAYER_STATE_NAMES, *self.policy.memory_shapes()}
         )
         if foreign:
             raise ValueError(
                 f"state_dict holds {foreign[0]}, which policy {self.config.policy!r} does not keep "
                 "(was it saved by a cache with another policy?)"
             )
-        memory = {name: state_dict[prefix + name] for name in self.policy.memory_shapes() if prefix + name in state_dict}
+        memory = {
+            name: state_dict[prefix + name]
+            for name in self.policy.memory_shapes()
+            if prefix + name in state_dict
+        }
         self._check_memory(prefix, memory, has_memory_slots=FIRST_MEMORY_SLOT in slot_frames)
         self._check_slot_frames(prefix, slot_frames, filled, end_frame, chunk_start, chunk_slot)
         names = {prefix + name for name in (*LAYER_STATE_NAMES, *memory)}
         return LayerRestore(
-            names, filled, end_frame, chunk_start, chunk_slot, slot_frames, memory,
-            state_dict[prefix + "keys"], state_dict[prefix + "values"],
+            names,
+            filled,
+            end_frame,
+            chunk_start,
+            chunk_slot,
+            slot_frames,
+            memory,
+            state_dict[prefix + "keys"],
+            state_dict[prefix + "values"],
         )
 
-    def _check_counters(self, prefix: str, filled: int, end_frame: int, chunk_start: int, chunk_slot: int) -> None:
+    def _check_counters(
+        self, prefix: str, filled: int, end_frame: int, chunk_start: int, chunk_slot: int
+    ) -> None:
         chunk = self.config.chunk_frames
         capacity = self.capacity_frames
         counters = [filled, end_frame, chunk_start, chunk_slot]
@@ -169,7 +196,13 @@ class StateChecker:
             )
 
     def _check_slot_frames(
-        self, prefix: str, slot_frames: list[int], filled: int, end_frame: int, chunk_start: int, chunk_slot: int
+        self,
+        prefix: str,
+        slot_frames: list[int],
+        filled: int,
+        end_frame: int,
+        chunk_start: int,
+        chunk_slot: int,
     ) -> None:
         if filled == 0:
             return
@@ -184,13 +217,17 @@ class StateChecker:
         if has_memory and slot_frames[sink : sink + len(memory_labels)] != memory_labels:
             problems.append(f"memory slots must follow the sink as {memory_labels}")
         if any(frame < 0 for frame in slot_frames) and not has_memory:
-            problems.append(f"memory labels are only allowed in slots {sink}..{sink + len(memory_labels) - 1}")
+            problems.append(
+                f"memory labels are only allowed in slots {sink}..{sink + len(memory_labels) - 1}"
+            )
         if len(real) + (len(memory_labels) if has_memory else 0) != filled:
             problems.append("slot labels must be frames >= 0 or the memory labels")
         if any(later <= earlier for earlier, later in itertools.pairwise(real)):
             problems.append("real frames must increase from slot to slot")
         if slot_frames[chunk_slot:] != expected_chunk:
-            problems.append(f"the last {self.config.chunk_frames} slots must hold the chunk's frames {expected_chunk}")
+            problems.append(
+                f"the last {self.config.chunk_frames} slots must hold the chunk's frames {expected_chunk}"
+            )
         if not self.config.bounded and slot_frames != list(range(filled)):
             problems.append("the unbounded 'full' policy keeps every frame at its global position")
         if problems:
@@ -202,7 +239,9 @@ class StateChecker:
         if not shapes:
             return  # names this policy does not keep are reported as unexpected entries
         if memory and set(memory) != set(shapes):
-            raise ValueError(f"state_dict has only part of layer {layer}'s memory: {sorted(memory)} of {sorted(shapes)}")
+            raise ValueError(
+                f"state_dict has only part of layer {layer}'s memory: {sorted(memory)} of {sorted(shapes)}"
+            )
         if bool(memory) != has_memory_slots:
             raise ValueError(
                 f"{prefix}slot_frames {'lack' if memory else 'have'} memory slots but the state "

@@ -140,7 +140,9 @@ class MemRoPEConfig:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly dict (the dtype as a string) that :meth:`from_dict` reads back."""
         data = asdict(self)
-        data["memory_dtype"] = None if self.memory_dtype is None else str(self.memory_dtype).removeprefix("torch.")
+        data["memory_dtype"] = (
+            None if self.memory_dtype is None else str(self.memory_dtype).removeprefix("torch.")
+        )
         return data
 
     @classmethod
@@ -162,7 +164,9 @@ class MemRoPEConfig:
             if name not in settings:
                 raise ValueError(f"official cache settings lack {name!r} (got {sorted(settings)})")
         size = int(settings["local_attn_size"])
-        adaptive = bool(settings.get("per_position_pooling_and_adaptive_alpha", settings.get("ema_adaptive", False)))
+        adaptive = bool(
+            settings.get("per_position_pooling_and_adaptive_alpha", settings.get("ema_adaptive", False))
+        )
         values: dict[str, Any] = {
             "policy": "full" if size == -1 else OFFICIAL_MODES[mode],
             "sink_frames": int(settings["sink_size"]),

@@ -277,8 +277,13 @@ def _download(
             cache_dir=os.fspath(cache_dir) if cache_dir is not None else None,
             local_dir=os.fspath(local_dir) if local_dir is not None else None,
         )
-    except (EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError, HfHubHTTPError,
-            ConnectionError) as err:
+    except (
+        EntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+        HfHubHTTPError,
+        ConnectionError,
+    ) as err:
         raise FileNotFoundError(_not_available_message(hub_file, source, cache_dir, revision, err)) from err
     return Path(downloaded)
 
@@ -363,7 +368,9 @@ def read_state_dict(
     """
     _check_kind(kind)
     path = Path(path)
-    if kind == "safetensors" or (kind == "auto" and (_looks_like_safetensors(path) or _holds_safetensors(path))):
+    if kind == "safetensors" or (
+        kind == "auto" and (_looks_like_safetensors(path) or _holds_safetensors(path))
+    ):
         raw = _read_safetensors(path)
     elif path.is_dir():
         raise CheckpointFormatError(
@@ -416,14 +423,18 @@ def _torch_load(path: Path) -> object:
         ) from err
     except (OSError, MemoryError):
         raise
-    except Exception as err:  # torch's readers fail on damaged files with many types (EOFError, RuntimeError, ...)
+    except (
+        Exception
+    ) as err:  # torch's readers fail on damaged files with many types (EOFError, RuntimeError, ...)
         raise _unreadable(path, err) from err
 
 
 def _unreadable(path: Path, err: BaseException) -> CheckpointFormatError:
     lines = str(err).strip().splitlines()
     cause = f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
-    return CheckpointFormatError(f"{path} cannot be read: it is truncated or corrupted ({cause}); {REFETCH_ADVICE}")
+    return CheckpointFormatError(
+        f"{path} cannot be read: it is truncated or corrupted ({cause}); {REFETCH_ADVICE}"
+    )
 
 
 def _check_torch_file(path: Path) -> None:
@@ -546,10 +557,16 @@ def _safetensors_data_bytes(header_bytes: bytes) -> int | None:
     """Bytes of tensor data a safetensors header describes (the largest end offset), None if malformed."""
     try:
         header = json.loads(header_bytes)
-        ends = [
-            int(entry["data_offsets"][1]) for name, entry in header.items() if name != "__metadata__"
-        ]
-    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError, KeyError, TypeError, IndexError, ValueError):
+        ends = [int(entry["data_offsets"][1]) for name, entry in header.items() if name != "__metadata__"]
+    except (
+        UnicodeDecodeError,
+        json.JSONDecodeError,
+        AttributeError,
+        KeyError,
+        TypeError,
+        IndexError,
+        ValueError,
+    ):
         return None
     return max(ends, default=0)
 
@@ -557,7 +574,9 @@ def _safetensors_data_bytes(header_bytes: bytes) -> int | None:
 def _unpickler_reason(err: pickle.UnpicklingError) -> str:
     """The line of torch's (long) weights-only error that names the refused object, if any."""
     message = str(err)
-    reasons = [line.strip() for line in message.splitlines() if line.strip().startswith("WeightsUnpickler error:")]
+    reasons = [
+        line.strip() for line in message.splitlines() if line.strip().startswith("WeightsUnpickler error:")
+    ]
     return reasons[0] if reasons else message
 
 
@@ -585,8 +604,9 @@ def _unwrap_training_checkpoint(
     return _as_tensor_dict(checkpoint[entry], origin=f"{path}[{entry!r}]")
 
 
-def _select_generator(checkpoint: Mapping[str, object], *, path: Path, use_ema: bool,
-                      warn_on_fallback: bool) -> str:
+def _select_generator(
+    checkpoint: Mapping[str, object], *, path: Path, use_ema: bool, warn_on_fallback: bool
+) -> str:
     if use_ema and GENERATOR_EMA_KEY in checkpoint:
         return GENERATOR_EMA_KEY
     if GENERATOR_KEY in checkpoint:
@@ -656,7 +676,9 @@ def _safetensors_shards(path: Path) -> tuple[list[Path], set[str] | None]:
         shard_paths = [path / name for name in sorted(set(weight_map.values()))]
         absent = [str(p) for p in shard_paths if not p.is_file()]
         if absent:
-            raise CheckpointFormatError(f"{index_paths[0]} lists shard files that do not exist: {', '.join(absent)}")
+            raise CheckpointFormatError(
+                f"{index_paths[0]} lists shard files that do not exist: {', '.join(absent)}"
+            )
         return shard_paths, set(weight_map)
     shard_paths = sorted(path.glob(f"*{SAFETENSORS_SUFFIX}"))
     if not shard_paths:
@@ -747,9 +769,7 @@ def _pair_lora_factors(lora_state_dict: Mapping[str, torch.Tensor]) -> dict[str,
             f"LoRA has {_count(unsupported, 'tensor')} that are not '<module>.lora_A/lora_B[.<adapter>].weight' "
             f"(only plain LoRA on Linear weights is merged): {_first_names(sorted(unsupported))}"
         )
-    unpaired = sorted(
-        names[factor][0] for names in factors.values() for factor in names if len(names) == 1
-    )
+    unpaired = sorted(names[factor][0] for names in factors.values() for factor in names if len(names) == 1)
     if unpaired:
         raise CheckpointFormatError(f"LoRA tensors without their A/B partner: {_first_names(unpaired)}")
     return {
@@ -789,14 +809,18 @@ def merge_lora(
     if not pairs:
         raise CheckpointFormatError("LoRA state dict is empty")
     absent_targets = sorted(
-        name for module, pair in pairs.items() if f"{module}.weight" not in state_dict
+        name
+        for module, pair in pairs.items()
+        if f"{module}.weight" not in state_dict
         for name in (pair.down_name, pair.up_name)
     )
     if absent_targets:
         raise CheckpointKeyError(
             "LoRA adapts weights that are not in the base state dict", unexpected=absent_targets
         )
-    mismatches = [_lora_shape_mismatch(pair, state_dict[f"{module}.weight"]) for module, pair in pairs.items()]
+    mismatches = [
+        _lora_shape_mismatch(pair, state_dict[f"{module}.weight"]) for module, pair in pairs.items()
+    ]
     if any(mismatches):
         raise CheckpointKeyError(
             "LoRA factors do not fit their base weights (B @ A vs weight)",
@@ -820,8 +844,11 @@ def merge_lora(
 
 def _merge_failure_cause(pair: _LoraPair, weight: torch.Tensor, scale: float) -> str:
     """Why a merged weight is not finite: a non-finite input, or an overflow of the weight's dtype."""
-    for what, tensor in (("the base weight", weight), (f"LoRA factor {pair.down_name!r}", pair.down),
-                         (f"LoRA factor {pair.up_name!r}", pair.up)):
+    for what, tensor in (
+        ("the base weight", weight),
+        (f"LoRA factor {pair.down_name!r}", pair.down),
+        (f"LoRA factor {pair.up_name!r}", pair.up),
+    ):
         summary = nonfinite_summary(tensor)
         if summary is not None:
             return f"{what} holds {summary}; {NONFINITE_WEIGHTS_ADVICE}"
@@ -837,13 +864,20 @@ def _lora_shape_mismatch(
     """None when ``B [out, r] @ A [r, in]`` fits ``weight [out, in]``, else a description."""
     down_shape, up_shape, weight_shape = tuple(pair.down.shape), tuple(pair.up.shape), tuple(weight.shape)
     fits = (
-        len(down_shape) == 2 and len(up_shape) == 2 and len(weight_shape) == 2
-        and up_shape[1] == down_shape[0] and (up_shape[0], down_shape[1]) == weight_shape
+        len(down_shape) == 2
+        and len(up_shape) == 2
+        and len(weight_shape) == 2
+        and up_shape[1] == down_shape[0]
+        and (up_shape[0], down_shape[1]) == weight_shape
     )
     if fits:
         return None
     product_shape = (up_shape[0], down_shape[-1])
-    return f"{pair.up_name} {list(up_shape)} @ {pair.down_name} {list(down_shape)}", product_shape, weight_shape
+    return (
+        f"{pair.up_name} {list(up_shape)} @ {pair.down_name} {list(down_shape)}",
+        product_shape,
+        weight_shape,
+    )
 
 
 # --------------------------------------------------------------------------------------------------

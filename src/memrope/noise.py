@@ -42,7 +42,14 @@ import torch
 
 from memrope._dtypes import dtype_name, parse_dtype
 
-__all__ = ["MAX_INITIAL_NOISE_VALUES", "MAX_SEED", "InitialNoise", "check_seed", "discard", "seeded_generator"]
+__all__ = [
+    "MAX_INITIAL_NOISE_VALUES",
+    "MAX_SEED",
+    "InitialNoise",
+    "check_seed",
+    "discard",
+    "seeded_generator",
+]
 
 #: Largest temporary buffer used to discard values (bytes).
 DISCARD_PIECE_BYTES = 64 * 2**20

@@ -431,7 +431,9 @@ class CausalInferencePipeline:
             state["noise"] = noise
         switch_frames = meta.pop("switch_frames", [])
         try:
-            state["switches"] = [(frame, tensors[f"{_SWITCH_PREFIX}{i}"]) for i, frame in enumerate(switch_frames)]
+            state["switches"] = [
+                (frame, tensors[f"{_SWITCH_PREFIX}{i}"]) for i, frame in enumerate(switch_frames)
+            ]
         except KeyError as missing:
             raise ValueError(f"{os.fspath(path)!r} is missing the tensor {missing.args[0]!r}") from None
         state["history"] = tensors.get(_HISTORY_KEY)
@@ -552,7 +554,9 @@ class CausalInferencePipeline:
     def _check_text_embeds(self, text_embeds: torch.Tensor | None, name: str = "text_embeds") -> torch.Tensor:
         config = self.model.config
         if not isinstance(text_embeds, torch.Tensor):
-            raise TypeError(f"{name} must be a tensor [B, L, {config.text_dim}], got {type(text_embeds).__name__}")
+            raise TypeError(
+                f"{name} must be a tensor [B, L, {config.text_dim}], got {type(text_embeds).__name__}"
+            )
         shape = tuple(text_embeds.shape)
         if (
             text_embeds.ndim != 3
@@ -591,7 +595,9 @@ class CausalInferencePipeline:
     ) -> tuple[PromptSwitch, ...]:
         if prompt_switches is None:
             return ()
-        if isinstance(prompt_switches, (str, bytes, torch.Tensor)) or not isinstance(prompt_switches, Sequence):
+        if isinstance(prompt_switches, (str, bytes, torch.Tensor)) or not isinstance(
+            prompt_switches, Sequence
+        ):
             raise TypeError(
                 "prompt_switches must be a sequence of (frame, text_embeds) pairs, "
                 f"got {type(prompt_switches).__name__}"
@@ -600,7 +606,9 @@ class CausalInferencePipeline:
         switches: list[PromptSwitch] = []
         for position, pair in enumerate(prompt_switches):
             if not isinstance(pair, (tuple, list)) or len(pair) != 2:
-                raise TypeError(f"prompt_switches[{position}] must be a (frame, text_embeds) pair, got {pair!r:.80}")
+                raise TypeError(
+                    f"prompt_switches[{position}] must be a (frame, text_embeds) pair, got {pair!r:.80}"
+                )
             frame, embeds = pair
             previous = switches[-1].frame if switches else 0
             if (
@@ -635,7 +643,9 @@ class CausalInferencePipeline:
             raise ValueError(f"noise must have shape {expected} (batch from text_embeds), got {list(shape)}")
         if latent_hw is not None and shape[3:] != tuple(latent_hw):
             raise ValueError(f"noise must have shape {expected} to match latent_hw, got {list(shape)}")
-        _check_finite(noise, "noise", "pass finite Gaussian noise, or none (it is then drawn from the generator)")
+        _check_finite(
+            noise, "noise", "pass finite Gaussian noise, or none (it is then drawn from the generator)"
+        )
         return noise
 
     # ------------------------------------------------------------------ generation
@@ -694,7 +704,9 @@ class CausalInferencePipeline:
         except NonFiniteError as error:
             raise NonFiniteError(f"after {chunk}: {error}; {kept}") from error
 
-    def _denoise_chunk(self, run: _Run, x: torch.Tensor, start_frame: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _denoise_chunk(
+        self, run: _Run, x: torch.Tensor, start_frame: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Denoise one chunk ``x [B, f, C, H, W]`` (pure noise) and commit it to the cache.
 
         Returns:

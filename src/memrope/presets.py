@@ -115,7 +115,9 @@ def tiny_model(seed: int = 0) -> CausalWanModel:
     return model.eval().requires_grad_(False)
 
 
-def tiny_text_encoder(*, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> HashTextEncoder:
+def tiny_text_encoder(
+    *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> HashTextEncoder:
     """The download-free text encoder matching :func:`tiny_model` (``text_len`` 32, ``text_dim`` 64)."""
     return HashTextEncoder(
         text_len=TINY_MODEL_CONFIG.text_len, text_dim=TINY_MODEL_CONFIG.text_dim, device=device, dtype=dtype
@@ -310,9 +312,7 @@ def _memory_estimate(
     with torch.device("meta"):
         model = CausalWanModel(config)
     weights = sum(p.numel() for p in model.parameters()) * size
-    cache = model.new_cache(
-        cache_config, batch_size, latent_hw, device="meta", dtype=dtype
-    ).resident_bytes()
+    cache = model.new_cache(cache_config, batch_size, latent_hw, device="meta", dtype=dtype).resident_bytes()
     grid = model.token_grid(latent_hw)
     frame_tokens = grid[0] * grid[1]
     tokens = batch_size * cache_config.chunk_frames * frame_tokens
@@ -501,7 +501,18 @@ def _format_bytes(count: int) -> str:
 def presets_table(presets: Mapping[str, Preset] | None = None) -> str:
     """A plain-text table of the presets: name, checkpoint, length, size, estimated GPU memory."""
     presets = PRESETS if presets is None else presets
-    header = ("preset", "checkpoint", "latent", "frames", "length", "video", "chunk", "cache", "steps", "GPU mem")
+    header = (
+        "preset",
+        "checkpoint",
+        "latent",
+        "frames",
+        "length",
+        "video",
+        "chunk",
+        "cache",
+        "steps",
+        "GPU mem",
+    )
     rows = [header]
     for preset in presets.values():
         cache = preset.cache
@@ -509,18 +520,20 @@ def presets_table(presets: Mapping[str, Preset] | None = None) -> str:
             f"{cache.policy} {cache.cache_frames}={cache.sink_frames}s+{cache.memory_frames}m+"
             f"{cache.recent_frames}r+{cache.chunk_frames}c"
         )
-        rows.append((
-            preset.name,
-            preset.checkpoint or "(random, seeded)",
-            str(preset.latent_frames),
-            str(preset.video_frames),
-            _format_seconds(preset.seconds),
-            f"{preset.height}x{preset.width}",
-            str(preset.chunk_frames),
-            layout,
-            f"{len(preset.denoising_steps)}{' warped' if preset.warp_denoising_step else ''}",
-            "~" + _format_bytes(preset.memory_estimate().peak),
-        ))
+        rows.append(
+            (
+                preset.name,
+                preset.checkpoint or "(random, seeded)",
+                str(preset.latent_frames),
+                str(preset.video_frames),
+                _format_seconds(preset.seconds),
+                f"{preset.height}x{preset.width}",
+                str(preset.chunk_frames),
+                layout,
+                f"{len(preset.denoising_steps)}{' warped' if preset.warp_denoising_step else ''}",
+                "~" + _format_bytes(preset.memory_estimate().peak),
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * width for width in widths))

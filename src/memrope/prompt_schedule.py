@@ -45,6 +45,7 @@ __all__ = [
     "video_seconds",
 ]
 
+
 @dataclass(frozen=True)
 class ScheduledPrompt:
     """``prompt`` is in force from latent frame ``frame`` (a chunk boundary) until the next entry.
@@ -126,9 +127,13 @@ def parse_prompt_schedule(
             )
         entries.append(ScheduledPrompt(frame, prompt, float(requested)))
     if not entries:
-        raise ValueError("the prompt schedule is empty; write START:PROMPT entries, e.g. '0:a cat;120:it jumps'")
+        raise ValueError(
+            "the prompt schedule is empty; write START:PROMPT entries, e.g. '0:a cat;120:it jumps'"
+        )
     if entries[0].frame != 0:
-        raise ValueError(f"the prompt schedule must start at frame 0, its first entry starts at {entries[0].frame}")
+        raise ValueError(
+            f"the prompt schedule must start at frame 0, its first entry starts at {entries[0].frame}"
+        )
     return tuple(entries)
 
 

@@ -86,7 +86,10 @@ class RotaryEmbedding:
         if not (isinstance(theta, (int, float)) and theta > 0):
             raise ValueError(f"theta must be a positive number, got {theta!r}")
         pairs = tuple(wan_axis_pairs(head_dim) if axis_pairs is None else axis_pairs)
-        if any(isinstance(p, bool) or not isinstance(p, int) or p < 0 for p in pairs) or sum(pairs) != head_dim // 2:
+        if (
+            any(isinstance(p, bool) or not isinstance(p, int) or p < 0 for p in pairs)
+            or sum(pairs) != head_dim // 2
+        ):
             raise ValueError(
                 f"axis_pairs must be non-negative ints summing to head_dim // 2 = {head_dim // 2}, got {pairs}"
             )
@@ -137,7 +140,9 @@ class RotaryEmbedding:
             angles = angles.repeat_interleave(2, dim=1)
         else:
             angles = torch.cat([angles, angles], dim=1)
-        return angles.cos().to(device=device, dtype=torch.float32), angles.sin().to(device=device, dtype=torch.float32)
+        return angles.cos().to(device=device, dtype=torch.float32), angles.sin().to(
+            device=device, dtype=torch.float32
+        )
 
     def apply(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, out: torch.Tensor | None = None
@@ -228,7 +233,12 @@ def _complex_pairs(x: torch.Tensor) -> torch.Tensor | None:
 
 
 def _rotate_interleaved(
-    x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, out: torch.Tensor, compute_dtype: torch.dtype, step: int
+    x: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    out: torch.Tensor,
+    compute_dtype: torch.dtype,
+    step: int,
 ) -> None:
     """Interleaved RoPE as one complex multiplication per block: ``(x[2i] + i x[2i+1]) * (cos + i sin)``.
 

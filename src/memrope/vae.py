@@ -124,9 +124,14 @@ class WanVAEDecoder:
                 first = self._feature_cache is None
                 if first:
                     self._feature_cache = [None] * self._num_cached_convs
-                frames.append(self.vae.decoder(
-                    x[:, :, index : index + 1], feat_cache=self._feature_cache, feat_idx=[0], first_chunk=first
-                ))
+                frames.append(
+                    self.vae.decoder(
+                        x[:, :, index : index + 1],
+                        feat_cache=self._feature_cache,
+                        feat_idx=[0],
+                        first_chunk=first,
+                    )
+                )
         return torch.cat(frames, dim=2).clamp_(-1.0, 1.0).transpose(1, 2)
 
 
@@ -160,9 +165,9 @@ class TinyDecoder:
     def decode_chunk(self, latents: Tensor) -> Tensor:
         """Latents ``[B, F, C, H, W]`` -> float32 frames ``[B, T, 3, s*H, s*W]`` in ``[-1, 1]``."""
         _check_latents(latents, self.latent_channels)
-        images = torch.tanh(torch.einsum(
-            "bfchw,oc->bfohw", latents.float(), self.projection.to(latents.device)
-        ))
+        images = torch.tanh(
+            torch.einsum("bfchw,oc->bfohw", latents.float(), self.projection.to(latents.device))
+        )
         sequence = images if self._previous is None else torch.cat([self._previous, images], dim=1)
         weights = torch.arange(1, self.temporal_factor + 1, device=images.device) / self.temporal_factor
         blends = torch.lerp(sequence[:, :-1, None], sequence[:, 1:, None], weights.view(1, 1, -1, 1, 1, 1))

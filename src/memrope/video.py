@@ -57,8 +57,10 @@ def _interrupts_deferred() -> Iterator[None]:
     without its index; deferring it keeps frames whole and lets the file be finalised. Only the
     main thread with Python's default SIGINT handler is affected.
     """
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
         yield
         return
     received: list[int] = []
@@ -148,8 +150,14 @@ class Mp4Writer:
             self._frame_shape = array.shape[1:]
             try:
                 self._writer = self._imageio.get_writer(
-                    self._temporary, format="FFMPEG", mode="I", fps=self.fps, codec="libx264",
-                    quality=self.quality, macro_block_size=2, ffmpeg_log_level="quiet",
+                    self._temporary,
+                    format="FFMPEG",
+                    mode="I",
+                    fps=self.fps,
+                    codec="libx264",
+                    quality=self.quality,
+                    macro_block_size=2,
+                    ffmpeg_log_level="quiet",
                 )
             except Exception as error:  # noqa: BLE001 (imageio raises several kinds; all mean "cannot write")
                 self.abort()

@@ -80,7 +80,16 @@ Kind = Literal["pipeline", "wrapper", "model"]
 _CONFIG_FIELDS = frozenset(field.name for field in dataclasses.fields(MemRoPEConfig))
 _ADAPTER_OPTIONS = frozenset({"merge_lora", "key_workspace"})
 _CALL_ARGUMENTS = (
-    "x", "t", "context", "seq_len", "clip_fea", "y", "kv_cache", "crossattn_cache", "current_start", "cache_start",
+    "x",
+    "t",
+    "context",
+    "seq_len",
+    "clip_fea",
+    "y",
+    "kv_cache",
+    "crossattn_cache",
+    "current_start",
+    "cache_start",
 )
 _ATTACHED: weakref.WeakKeyDictionary[nn.Module, Attachment] = weakref.WeakKeyDictionary()
 _MISSING = object()
@@ -222,7 +231,9 @@ def _mark_text_cache_initialised(crossattn_cache: object) -> None:
 
 def _context_token(context: object) -> tuple[object, ...]:
     tensors = list(context) if isinstance(context, (list, tuple)) else [context]
-    return tuple((tensor, _version(tensor) if isinstance(tensor, torch.Tensor) else None) for tensor in tensors)
+    return tuple(
+        (tensor, _version(tensor) if isinstance(tensor, torch.Tensor) else None) for tensor in tensors
+    )
 
 
 def _same_context(a: tuple[object, ...] | None, b: tuple[object, ...]) -> bool:
@@ -281,7 +292,9 @@ class Attachment:
     @property
     def geometry(self) -> WanConfig:
         """Deprecated: :attr:`model_config` (the upstream model's sizes, read by :meth:`WanConfig.from_module`)."""
-        warnings.warn("Attachment.geometry is deprecated; use Attachment.model_config", DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            "Attachment.geometry is deprecated; use Attachment.model_config", DeprecationWarning, stacklevel=2
+        )
         return self.model_config
 
     @property
@@ -389,7 +402,12 @@ class Attachment:
         return [device] * self.model_config.num_layers
 
     def _placeholder_kv_cache(
-        self, batch_size: int, dtype: torch.dtype, device: torch.device | str | None = None, *args: Any, **kwargs: Any
+        self,
+        batch_size: int,
+        dtype: torch.dtype,
+        device: torch.device | str | None = None,
+        *args: Any,
+        **kwargs: Any,
     ) -> None:
         """Stand-in for the pipeline's ``_initialize_kv_cache``: tiny dicts with the upstream keys."""
         heads, head_dim = self.model_config.num_heads, self.model_config.head_dim
@@ -402,12 +420,19 @@ class Attachment:
             }
             for d in self._block_devices(device)
         ]
-        self._placeholders = [p for p in self._placeholders if p is getattr(self.pipeline, "crossattn_cache", None)]
+        self._placeholders = [
+            p for p in self._placeholders if p is getattr(self.pipeline, "crossattn_cache", None)
+        ]
         self._placeholders.append(caches)
         self.pipeline.kv_cache1 = caches  # type: ignore[union-attr]
 
     def _placeholder_text_cache(
-        self, batch_size: int, dtype: torch.dtype, device: torch.device | str | None = None, *args: Any, **kwargs: Any
+        self,
+        batch_size: int,
+        dtype: torch.dtype,
+        device: torch.device | str | None = None,
+        *args: Any,
+        **kwargs: Any,
     ) -> None:
         """Stand-in for the pipeline's ``_initialize_crossattn_cache``: tiny dicts with ``is_init``."""
         heads, head_dim = self.model_config.num_heads, self.model_config.head_dim
@@ -426,7 +451,9 @@ class Attachment:
     # -------------------------------------------------------------------------------- forward
     def _bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         if len(args) > len(_CALL_ARGUMENTS):
-            raise TypeError(f"the Wan model takes at most {len(_CALL_ARGUMENTS)} positional arguments, got {len(args)}")
+            raise TypeError(
+                f"the Wan model takes at most {len(_CALL_ARGUMENTS)} positional arguments, got {len(args)}"
+            )
         call = dict(zip(_CALL_ARGUMENTS, args))
         for name, value in kwargs.items():
             if name in call:
@@ -446,7 +473,9 @@ class Attachment:
                 crossattn_cache = getattr(self.model, "_crossattn_cache_attr", None)
         for name in ("clip_fea", "y"):
             if call.get(name) is not None:
-                raise NotImplementedError(f"the MemRoPE adapter supports text-to-video only ({name} was given)")
+                raise NotImplementedError(
+                    f"the MemRoPE adapter supports text-to-video only ({name} was given)"
+                )
         self._check_call_frames(call)
         if call.get("sink_recache_after_switch"):
             raise NotImplementedError(
@@ -483,13 +512,17 @@ class Attachment:
             "CausalInferencePipeline (prompt_switches=...)"
         )
 
-    def _cached_forward(self, call: dict[str, Any], kv_cache: object, crossattn_cache: object) -> torch.Tensor:
+    def _cached_forward(
+        self, call: dict[str, Any], kv_cache: object, crossattn_cache: object
+    ) -> torch.Tensor:
         config = self.model_config
         x = call.get("x")
         if isinstance(x, (list, tuple)):
             x = torch.stack(list(x))
         if not isinstance(x, torch.Tensor) or x.ndim != 5:
-            raise ValueError(f"x must be latents [B, C, F, H, W] (or a list of [C, F, H, W]), got {type(x).__name__}")
+            raise ValueError(
+                f"x must be latents [B, C, F, H, W] (or a list of [C, F, H, W]), got {type(x).__name__}"
+            )
         batch, _, frames, height, width = x.shape
         grid = token_grid(config, (height, width))
         frame_seqlen = grid[0] * grid[1]
@@ -517,7 +550,14 @@ class Attachment:
         cache = self._cache_for(batch, grid, dtype, kv_cache, start_frame)
         context = self._text_context(call.get("context"), crossattn_cache, batch)
         return wan_forward(
-            self.model, x, timesteps, context, cache=cache, start_frame=start_frame, config=config, channels_first=True
+            self.model,
+            x,
+            timesteps,
+            context,
+            cache=cache,
+            start_frame=start_frame,
+            config=config,
+            channels_first=True,
         )
 
     # ---------------------------------------------------------------------------------- caches
@@ -536,7 +576,9 @@ class Attachment:
             )
         if new_video:
             # only the small end-index marker is remembered, never a whole upstream cache list
-            self._previous_kv = self._kv if self._kv is not None and isinstance(self._kv[0], torch.Tensor) else None
+            self._previous_kv = (
+                self._kv if self._kv is not None and isinstance(self._kv[0], torch.Tensor) else None
+            )
         if self._cache is None or self._cache_key != key:
             self._cache = new_wan_cache(
                 self.model_config,
@@ -562,7 +604,9 @@ class Attachment:
         text = self._text
         if text is not None and _same_context(text.source, source):
             flag = _flag_token(crossattn_cache)
-            if flag is None or (text.flag is not None and flag[0] is text.flag[0] and flag[1] == text.flag[1]):
+            if flag is None or (
+                text.flag is not None and flag[0] is text.flag[0] and flag[1] == text.flag[1]
+            ):
                 return text.context
         encoded = encode_text(self.model, context, self.model_config, argument="context")  # type: ignore[arg-type]
         if encoded.batch_size != batch:
@@ -631,7 +675,9 @@ def _official_settings(wan: Any, pipeline: object | None) -> tuple[dict[str, obj
     return None
 
 
-def _config_from_official_settings(settings: dict[str, object], where: str, chunk_frames: int) -> MemRoPEConfig:
+def _config_from_official_settings(
+    settings: dict[str, object], where: str, chunk_frames: int
+) -> MemRoPEConfig:
     """Map official settings onto a :class:`MemRoPEConfig` with :meth:`MemRoPEConfig.from_official`."""
     official = {
         "mode": settings["compression_method"],
@@ -694,7 +740,9 @@ def attach(obj: object, cache_config: MemRoPEConfig | None = None, **options: An
     """
     unknown = sorted(set(options) - _CONFIG_FIELDS - _ADAPTER_OPTIONS)
     if unknown:
-        raise TypeError(f"attach() got unknown options {unknown}; valid: {sorted(_CONFIG_FIELDS | _ADAPTER_OPTIONS)}")
+        raise TypeError(
+            f"attach() got unknown options {unknown}; valid: {sorted(_CONFIG_FIELDS | _ADAPTER_OPTIONS)}"
+        )
     if cache_config is not None and not isinstance(cache_config, MemRoPEConfig):
         raise TypeError(f"cache_config must be a MemRoPEConfig or None, got {type(cache_config).__name__}")
     kind, wan, wrapper, pipeline = _classify(obj)
@@ -710,12 +758,16 @@ def attach(obj: object, cache_config: MemRoPEConfig | None = None, **options: An
         official = _official_settings(wan, pipeline)
         if official is not None:
             settings, where = official
-            read_chunk = overrides.get("chunk_frames", chunk if chunk is not None else MemRoPEConfig.chunk_frames)
+            read_chunk = overrides.get(
+                "chunk_frames", chunk if chunk is not None else MemRoPEConfig.chunk_frames
+            )
             cache_config = _config_from_official_settings(settings, where, read_chunk)
             config_source = f"official MemRoPE settings of {where}"
         else:
             values: dict[str, Any] = {} if chunk is None else {"chunk_frames": chunk}
-            cache_config = MemRoPEConfig(**{**values, **overrides})  # at once: options may make room for the chunk
+            cache_config = MemRoPEConfig(
+                **{**values, **overrides}
+            )  # at once: options may make room for the chunk
             config_source = "MemRoPEConfig defaults"
     if overrides:
         cache_config = dataclasses.replace(cache_config, **overrides)

@@ -81,5 +81,11 @@ def _generate_share(args: argparse.Namespace, env: DistributedEnv) -> int:
 
 
 GENERATE_COMMAND = register_command(
-    Command("generate", "generate videos (mp4 + JSON report)", configure_generate, _run_generate, GENERATE_DESCRIPTION)
+    Command(
+        "generate",
+        "generate videos (mp4 + JSON report)",
+        configure_generate,
+        _run_generate,
+        GENERATE_DESCRIPTION,
+    )
 )

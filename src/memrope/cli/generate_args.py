@@ -101,25 +101,33 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``memrope generate``: the DiT, its LoRA, the text encoder and the VAE."""
     model = parser.add_argument_group("model")
     model.add_argument(
-        "--model", "--preset", dest="model", default="tiny", metavar="NAME",
+        "--model",
+        "--preset",
+        dest="model",
+        default="tiny",
+        metavar="NAME",
         help="'tiny' (built in, no download) or an official preset such as self-forcing-60s or "
         "longlive-1h (see `memrope presets`); default: tiny",
     )
     model.add_argument(
-        "--checkpoint", metavar="PATH_OR_SOURCE",
+        "--checkpoint",
+        metavar="PATH_OR_SOURCE",
         help="DiT weights instead of the preset's: a local file/folder, hf://owner/name/path or a "
         "registered name (self-forcing, longlive, wan2.1-t2v-1.3b)",
     )
     model.add_argument(
-        "--lora", metavar="PATH_OR_SOURCE",
+        "--lora",
+        metavar="PATH_OR_SOURCE",
         help="PEFT LoRA merged into --checkpoint (LongLive's lora.pt with a local longlive_base.pt)",
     )
     model.add_argument(
-        "--text-encoder", metavar="SOURCE",
+        "--text-encoder",
+        metavar="SOURCE",
         help="'hash' or a Hub id / local folder in the Diffusers layout holding umT5 (default: the preset's)",
     )
     model.add_argument(
-        "--vae", metavar="SOURCE",
+        "--vae",
+        metavar="SOURCE",
         help="'tiny' or a Hub id / local folder in the Diffusers layout holding the Wan VAE "
         "(default: the preset's)",
     )
@@ -130,18 +138,23 @@ def _add_prompts_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``memrope generate``: what to generate."""
     prompts = parser.add_argument_group("prompts")
     prompts.add_argument(
-        "--prompt", action="append", default=[], metavar="TEXT",
+        "--prompt",
+        action="append",
+        default=[],
+        metavar="TEXT",
         help="a prompt (repeat for several videos)",
     )
     prompts.add_argument(
-        "--prompts-file", metavar="PATH",
+        "--prompts-file",
+        metavar="PATH",
         help="UTF-8 text file, one prompt per line, blank lines ignored (e.g. MovieGenBench)",
     )
     prompts.add_argument(
-        "--prompt-schedule", metavar="SCHEDULE",
+        "--prompt-schedule",
+        metavar="SCHEDULE",
         help="one video whose prompt changes mid-video (LongLive-style KV re-cache): START:PROMPT "
         "entries separated by ';', START a latent frame (120) or seconds (30s), the first at 0, e.g. "
-        "\"0:a cat sits;120:the cat jumps\"; or @FILE with one entry per line",
+        '"0:a cat sits;120:the cat jumps"; or @FILE with one entry per line',
     )
 
 
@@ -150,11 +163,15 @@ def _add_length_arguments(parser: argparse.ArgumentParser) -> None:
     length = parser.add_argument_group("length and sampling")
     frames = length.add_mutually_exclusive_group()
     frames.add_argument(
-        "--num-frames", type=_positive_int, metavar="N",
+        "--num-frames",
+        type=_positive_int,
+        metavar="N",
         help="latent frames, rounded up to whole chunks (3); default: the preset's",
     )
     frames.add_argument(
-        "--seconds", type=_finite_float, metavar="S",
+        "--seconds",
+        type=_finite_float,
+        metavar="S",
         help="video length in seconds at 16 fps: the shortest whole-chunk video at least S s long "
         "(4 -> 18 latent frames = 69 frames = 4.31 s)",
     )
@@ -167,7 +184,9 @@ def _add_cache_arguments(parser: argparse.ArgumentParser) -> None:
     cache.add_argument("--policy", choices=POLICIES, help="cache policy (default: memrope)")
     cache.add_argument("--alpha-long", type=_finite_float, metavar="A", help="long-term EMA rate (0.01)")
     cache.add_argument("--alpha-short", type=_finite_float, metavar="A", help="short-term EMA rate (0.1)")
-    cache.add_argument("--cache-frames", type=_positive_int, metavar="N", help="cache size in latent frames (12)")
+    cache.add_argument(
+        "--cache-frames", type=_positive_int, metavar="N", help="cache size in latent frames (12)"
+    )
     cache.add_argument("--sink-frames", type=_nonnegative_int, metavar="N", help="sink frames (3)")
 
 
@@ -178,22 +197,28 @@ def _add_devices_arguments(parser: argparse.ArgumentParser) -> None:
         "--device", help="cpu, cuda, cuda:1, ... (default: cuda if available; under torchrun cuda:LOCAL_RANK)"
     )
     devices.add_argument(
-        "--placement", choices=PLACEMENTS, default="single",
+        "--placement",
+        choices=PLACEMENTS,
+        default="single",
         help="single: everything on --device; split: the DiT's blocks over --devices (official 2-GPU "
         "layout: embeddings + first half of the blocks on the first, the rest, the head and the VAE on "
         "the last, each layer's cache beside its block); auto: the first of single / single with "
         "--offload / split that fits in the free GPU memory (default: single)",
     )
     devices.add_argument(
-        "--devices", metavar="DEV,DEV,...",
+        "--devices",
+        metavar="DEV,DEV,...",
         help="devices for --placement split or auto, e.g. cuda:0,cuda:1 (auto default: every visible GPU)",
     )
     devices.add_argument(
-        "--split-at", type=_positive_int, metavar="N",
+        "--split-at",
+        type=_positive_int,
+        metavar="N",
         help="with --placement split over 2 devices: the first block on the second device (default: half)",
     )
     devices.add_argument(
-        "--offload", action="store_true",
+        "--offload",
+        action="store_true",
         help="keep the text encoder and the VAE on the CPU between uses (less GPU memory, a little slower)",
     )
 
@@ -202,34 +227,45 @@ def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``memrope generate``: what is written, checkpoints and resuming."""
     output = parser.add_argument_group("output and running")
     output.add_argument(
-        "--output", "-o", default="memrope.mp4", metavar="PATH",
+        "--output",
+        "-o",
+        default="memrope.mp4",
+        metavar="PATH",
         help="mp4 to write (default memrope.mp4); the report goes to PATH.json",
     )
     output.add_argument(
-        "--save-latents", metavar="PATH",
+        "--save-latents",
+        metavar="PATH",
         help="also write the latents [1, F, 16, H, W] as safetensors (key 'latents')",
     )
     output.add_argument(
-        "--dtype", type=_dtype, metavar="DTYPE",
+        "--dtype",
+        type=_dtype,
+        metavar="DTYPE",
         help="float32, bfloat16 or float16 (default: bfloat16 for official presets on GPU, else float32)",
     )
     output.add_argument(
-        "--save-every", type=_positive_int, metavar="N",
+        "--save-every",
+        type=_positive_int,
+        metavar="N",
         help="checkpoint every N chunks next to the output (for --resume)",
     )
     restart = output.add_mutually_exclusive_group()
     restart.add_argument(
-        "--resume", action="store_true",
+        "--resume",
+        action="store_true",
         help="continue from the checkpoint next to the output (same arguments); start afresh without one",
     )
     restart.add_argument(
-        "--restart", action="store_true",
+        "--restart",
+        action="store_true",
         help="discard the checkpoint of an interrupted --save-every run of the output and start over "
         "(without --resume or --restart such a checkpoint makes the run refuse to start)",
     )
     output.add_argument("--no-progress", action="store_true", help="no progress bar")
     output.add_argument(
-        "--attention-stats", action="store_true",
+        "--attention-stats",
+        action="store_true",
         help="record the attention share of sink / long / short memory / recent / current slots per layer "
         "and call into <video>.attention.json (plot it with `memrope plot-attention`); costs one extra "
         "softmax over the cache per attention call (after --resume: the chunks of the resumed run)",

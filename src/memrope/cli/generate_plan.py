@@ -203,8 +203,11 @@ def _cache_config(args: argparse.Namespace, preset: Preset) -> MemRoPEConfig:
         return dataclasses.replace(preset.cache, **overrides)
     except (TypeError, ValueError) as error:
         flags = {
-            "policy": "--policy", "alpha_long": "--alpha-long", "alpha_short": "--alpha-short",
-            "cache_frames": "--cache-frames", "sink_frames": "--sink-frames",
+            "policy": "--policy",
+            "alpha_long": "--alpha-long",
+            "alpha_short": "--alpha-short",
+            "cache_frames": "--cache-frames",
+            "sink_frames": "--sink-frames",
         }
         message = str(error)
         for name, flag in flags.items():
@@ -226,12 +229,16 @@ def _device(text: str) -> torch.device:
         if not torch.backends.mps.is_available():
             raise CLIError(f"--device {text}: MPS is not available here")
     elif device.type == "meta":
-        raise CLIError(f"--device {text} holds no data (only shapes), so it cannot generate; use cpu, cuda, cuda:N or mps")
+        raise CLIError(
+            f"--device {text} holds no data (only shapes), so it cannot generate; use cpu, cuda, cuda:N or mps"
+        )
     elif device.type != "cpu":
         try:
             torch.zeros(1, device=device).add_(1).cpu()
         except Exception:  # noqa: BLE001 (any failure means the device is unusable)
-            raise CLIError(f"--device {text}: this device is not available here; use cpu, cuda, cuda:N or mps") from None
+            raise CLIError(
+                f"--device {text}: this device is not available here; use cpu, cuda, cuda:N or mps"
+            ) from None
     return device
 
 
@@ -303,7 +310,9 @@ def _check_distinct_files(videos: list[Video], attention_stats: bool, inputs: li
         seen[key] = name
 
 
-def _placement(args: argparse.Namespace, preset: Preset, dtype: torch.dtype | None, env: DistributedEnv) -> DevicePlan:
+def _placement(
+    args: argparse.Namespace, preset: Preset, dtype: torch.dtype | None, env: DistributedEnv
+) -> DevicePlan:
     """Where the DiT, its cache, the text encoder and the VAE go (``--device`` / ``--placement`` / ...)."""
     if env.is_distributed and args.placement != "single":
         raise CLIError("under torchrun every rank runs on its own device: use --placement single")
@@ -322,7 +331,12 @@ def _placement(args: argparse.Namespace, preset: Preset, dtype: torch.dtype | No
     memory = preset.memory_estimate(dtype) if args.placement == "auto" else None
     try:
         return plan_devices(
-            args.placement, devices, num_layers=layers, offload=args.offload, split_at=args.split_at, memory=memory
+            args.placement,
+            devices,
+            num_layers=layers,
+            offload=args.offload,
+            split_at=args.split_at,
+            memory=memory,
         )
     except NotEnoughMemoryError as error:
         raise CLIError(f"--placement auto: {error}", EXIT_FAILURE) from None
@@ -371,7 +385,9 @@ def _prompts_and_schedule(
     if args.prompt_schedule is None:
         return _read_prompts(args), ()
     if args.prompt or args.prompts_file is not None:
-        raise CLIError("--prompt-schedule describes one video; do not combine it with --prompt or --prompts-file")
+        raise CLIError(
+            "--prompt-schedule describes one video; do not combine it with --prompt or --prompts-file"
+        )
     schedule = _read_schedule(args.prompt_schedule, chunk, num_frames)
     return [schedule[0].prompt], schedule
 
@@ -395,14 +411,24 @@ def _this_ranks_videos(
     if latents is not None:
         _check_writable(latents, "--save-latents")
     _check_distinct_files(videos, args.attention_stats, _input_files(args))
-    videos = [video for index, video in enumerate(videos) if index in shard_indices(len(videos), env.rank, env.world_size)]
+    videos = [
+        video
+        for index, video in enumerate(videos)
+        if index in shard_indices(len(videos), env.rank, env.world_size)
+    ]
     for video in videos:
         _check_writable(video.output, "--output")
     return videos
 
 
-def _note_plan(args: argparse.Namespace, env: DistributedEnv, asked: str, num_frames: int, chunk: int,
-               schedule: tuple[ScheduledPrompt, ...]) -> None:
+def _note_plan(
+    args: argparse.Namespace,
+    env: DistributedEnv,
+    asked: str,
+    num_frames: int,
+    chunk: int,
+    schedule: tuple[ScheduledPrompt, ...],
+) -> None:
     """The note lines: what the length request makes, schedule starts moved, a --resume that will not save."""
     if args.resume and args.save_every is None:
         _note("--resume without --save-every: the resumed run will not write new checkpoints")
@@ -414,7 +440,9 @@ def _note_plan(args: argparse.Namespace, env: DistributedEnv, asked: str, num_fr
             if entry.requested is not None and entry.requested != entry.frame
         ]
         if moved:
-            _note(f"note: --prompt-schedule starts moved to the next chunk boundary (latent frames): {', '.join(moved)}")
+            _note(
+                f"note: --prompt-schedule starts moved to the next chunk boundary (latent frames): {', '.join(moved)}"
+            )
 
 
 def plan_generate(args: argparse.Namespace, env: DistributedEnv | None = None) -> Plan:

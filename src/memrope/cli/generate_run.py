@@ -94,8 +94,13 @@ def _check_finite(latents: torch.Tensor, what: str) -> None:
         raise NonFiniteError(f"{what} holds NaN or infinity")
 
 
-def _run_info(signature: dict[str, Any], frame_shape: tuple[int, ...], weights: list[dict[str, Any]],
-              log: LatentLog, start: dict[str, Any] | None) -> dict[str, Any]:
+def _run_info(
+    signature: dict[str, Any],
+    frame_shape: tuple[int, ...],
+    weights: list[dict[str, Any]],
+    log: LatentLog,
+    start: dict[str, Any] | None,
+) -> dict[str, Any]:
     """The run file: settings, weights fingerprint, and the latents log's fingerprint at each checkpoint."""
     return {
         "format": RUN_FORMAT,
@@ -106,7 +111,9 @@ def _run_info(signature: dict[str, Any], frame_shape: tuple[int, ...], weights: 
     }
 
 
-def _save_checkpoint(pipeline: Any, video: Video, log: LatentLog, run_info: dict[str, Any], frames: int) -> None:
+def _save_checkpoint(
+    pipeline: Any, video: Video, log: LatentLog, run_info: dict[str, Any], frames: int
+) -> None:
     """Checkpoint at ``frames``: the log on disk, its fingerprint in the run file, then the pipeline state.
 
     The run file keeps the fingerprints of this and the previous checkpoint, written before the state,
@@ -114,7 +121,7 @@ def _save_checkpoint(pipeline: Any, video: Video, log: LatentLog, run_info: dict
     """
     log.sync()
     records: list[dict[str, Any]] = run_info["latents"]["checkpoints"]
-    records[:] = [*records[-(KEPT_LOG_FINGERPRINTS - 1):], {"frames": frames, "blake2b": log.hexdigest()}]
+    records[:] = [*records[-(KEPT_LOG_FINGERPRINTS - 1) :], {"frames": frames, "blake2b": log.hexdigest()}]
     atomic_write_text(video.run_file, json.dumps(run_info, indent=2))
     pipeline.save_state(video.state)
 
@@ -139,7 +146,9 @@ def _rewind_log(video: Video, log: LatentLog, start_frame: int) -> dict[str, Any
         log.truncate(start_frame)
         return None
     records = latents_info.get("checkpoints") or []
-    expected = next((r.get("blake2b") for r in records if isinstance(r, dict) and r.get("frames") == start_frame), None)
+    expected = next(
+        (r.get("blake2b") for r in records if isinstance(r, dict) and r.get("frames") == start_frame), None
+    )
     if expected is None:
         raise CLIError(
             f"cannot resume {video.output}: {video.run_file} has no fingerprint of the latents log for the "
@@ -171,7 +180,9 @@ class _VideoRun:
         self.plan = plan
         self.video = video
         self.weights = weights
-        self.pipeline = make_pipeline(plan.preset, model, cache=plan.cache, device=plan.device, dtype=plan.dtype)
+        self.pipeline = make_pipeline(
+            plan.preset, model, cache=plan.cache, device=plan.device, dtype=plan.dtype
+        )
         self.chunk = plan.cache.chunk_frames
         self.frame_shape = (plan.preset.model_config.in_dim, *plan.preset.latent_hw)
         self.signature = plan.signature(video)
@@ -231,7 +242,9 @@ class _VideoRun:
         from memrope.video import to_uint8
 
         plan, video, log = self.plan, self.video, self.log
-        start_record = _rewind_log(video, log, self.start_frame) if self.resuming and log is not None else None
+        start_record = (
+            _rewind_log(video, log, self.start_frame) if self.resuming and log is not None else None
+        )
         if log is not None:
             self.run_info = _run_info(self.signature, self.frame_shape, self.weights, log, start_record)
         if plan.save_every is not None:
@@ -244,7 +257,10 @@ class _VideoRun:
             return self.pipeline.stream(resume_from=self.state)
         switches = [(entry.frame, embeds) for entry, embeds in zip(video.switches, video.switch_embeds)]
         return self.pipeline.stream(
-            video.embeds, num_frames=plan.num_frames, seed=plan.seed, latent_hw=plan.preset.latent_hw,
+            video.embeds,
+            num_frames=plan.num_frames,
+            seed=plan.seed,
+            latent_hw=plan.preset.latent_hw,
             prompt_switches=switches or None,
         )
 
@@ -286,7 +302,9 @@ class _VideoRun:
             _save_checkpoint(self.pipeline, self.video, self.log, self.run_info, self.frames_done)  # type: ignore[arg-type]
         if (self.generated == 1 or done) and self.pipeline.cache is not None:
             self.cache_info = _cache_info(self.pipeline.cache)
-        self.bar.set_postfix_str(_progress_postfix(plan, self.frames_done, generation_started, self.generated))
+        self.bar.set_postfix_str(
+            _progress_postfix(plan, self.frames_done, generation_started, self.generated)
+        )
         self.bar.update(1)
         return stop.requested and not done
 
@@ -302,7 +320,9 @@ class _VideoRun:
                 EXIT_FAILURE,
             )
         if isinstance(error, OSError):
-            return CLIError(f"{self.video.output}: {error}; the existing video and report are unchanged", EXIT_FAILURE)
+            return CLIError(
+                f"{self.video.output}: {error}; the existing video and report are unchanged", EXIT_FAILURE
+            )
         return None
 
     def _finish(self) -> None:
@@ -321,9 +341,18 @@ class _VideoRun:
             if self.writer.committed and self.recorder is not None and self.recorder.records:
                 self.recorder.save(video.attention_stats)
             report = _report(
-                self.plan, video, self.signature, self.frames_done, self.start_frame, self.generated,
-                self.complete, self.interrupted, time.perf_counter() - self.started, self.generation_seconds,
-                self.cache_info, self.failure,
+                self.plan,
+                video,
+                self.signature,
+                self.frames_done,
+                self.start_frame,
+                self.generated,
+                self.complete,
+                self.interrupted,
+                time.perf_counter() - self.started,
+                self.generation_seconds,
+                self.cache_info,
+                self.failure,
             )
             _write_report(video, report, quiet=self.failure is not None)
 
@@ -340,8 +369,14 @@ class _VideoRun:
             self._attach_recorder()
             self.bar = _progress_bar(plan, video, self.start_frame // self.chunk, count)
             self._generate_chunks(stream, decoder, stop)
-            if self.frames_done >= plan.num_frames and self.log is not None and video.latents_path is not None:
-                _save_latents(self.log, self.frames_done, video.latents_path)  # before the video: a failure keeps the old one
+            if (
+                self.frames_done >= plan.num_frames
+                and self.log is not None
+                and video.latents_path is not None
+            ):
+                _save_latents(
+                    self.log, self.frames_done, video.latents_path
+                )  # before the video: a failure keeps the old one
             self.writer.close()  # the video (complete, or what a first Ctrl-C left) replaces the old one
             self.complete = self.frames_done >= plan.num_frames
         except KeyboardInterrupt:  # a second Ctrl-C, or one before the first chunk
@@ -360,7 +395,11 @@ class _VideoRun:
             stop.immediate = False
             self._finish()
         if not plan.progress or self.interrupted:
-            status = "complete" if self.complete else f"stopped at latent frame {self.frames_done}/{plan.num_frames}"
+            status = (
+                "complete"
+                if self.complete
+                else f"stopped at latent frame {self.frames_done}/{plan.num_frames}"
+            )
             _note(f"{video.output}: {status}, {video_frame_count(self.frames_done)} frames")
         return self.complete
 

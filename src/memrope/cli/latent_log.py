@@ -18,7 +18,12 @@ from memrope.errors import EXIT_FAILURE, CLIError
 __all__ = ["COPY_PIECE_BYTES", "SAFETENSORS_DTYPES", "LatentLog", "_save_latents"]
 
 #: safetensors names of the dtypes latents are kept in.
-SAFETENSORS_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16", torch.float64: "F64"}
+SAFETENSORS_DTYPES = {
+    torch.float32: "F32",
+    torch.bfloat16: "BF16",
+    torch.float16: "F16",
+    torch.float64: "F64",
+}
 
 
 class LatentLog:
@@ -37,7 +42,9 @@ class LatentLog:
         FileNotFoundError: ``fresh`` is false and the file does not exist.
     """
 
-    def __init__(self, path: Path, frame_shape: tuple[int, ...], dtype: torch.dtype, *, fresh: bool = True) -> None:
+    def __init__(
+        self, path: Path, frame_shape: tuple[int, ...], dtype: torch.dtype, *, fresh: bool = True
+    ) -> None:
         self.path = path
         self.frame_shape = frame_shape
         self.dtype = dtype

@@ -50,8 +50,10 @@ def _latent_frames(args: argparse.Namespace, preset: Preset, chunk: int) -> tupl
             raise CLIError(f"{asked} is too long: {bound}")
         return latent_frames_at_least(seconds, chunk_frames=chunk), {"seconds": seconds}, asked
     if args.num_frames is None:
-        return preset.latent_frames, {"latent_frames": preset.latent_frames, "preset_default": True}, (
-            f"the {preset.name} preset's length"
+        return (
+            preset.latent_frames,
+            {"latent_frames": preset.latent_frames, "preset_default": True},
+            (f"the {preset.name} preset's length"),
         )
     asked = f"--num-frames {args.num_frames}"
     if args.num_frames > longest:

@@ -102,9 +102,17 @@ def _load_model(plan: Plan) -> torch.nn.Module:
 
     try:
         return load_model(
-            plan.preset, checkpoint=plan.checkpoint, lora=plan.lora, dtype=plan.dtype, placement=plan.placement
+            plan.preset,
+            checkpoint=plan.checkpoint,
+            lora=plan.lora,
+            dtype=plan.dtype,
+            placement=plan.placement,
         )
-    except (FileNotFoundError, ValueError, NonFiniteError) as error:  # CheckpointKeyError/FormatError: ValueErrors
+    except (
+        FileNotFoundError,
+        ValueError,
+        NonFiniteError,
+    ) as error:  # CheckpointKeyError/FormatError: ValueErrors
         raise CLIError(f"cannot load the checkpoint {plan.checkpoint!r}: {error}", EXIT_FAILURE) from None
 
 

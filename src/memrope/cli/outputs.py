@@ -42,7 +42,9 @@ class OutputLock:
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as error:
-                raise CLIError(f"cannot create the lock file {self.path}: {error.strerror}", EXIT_FAILURE) from None
+                raise CLIError(
+                    f"cannot create the lock file {self.path}: {error.strerror}", EXIT_FAILURE
+                ) from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
@@ -91,8 +93,12 @@ def _leftovers(video: Video) -> list[Path]:
     targets = [video.output, video.report, video.state, video.run_file, video.attention_stats]
     if video.latents_path is not None:
         targets.append(video.latents_path)
-    patterns = [(target, re.compile(rf"\.{re.escape(target.name)}\.[a-z0-9_]{{8}}\.tmp")) for target in targets]
-    patterns.append((video.output, re.compile(rf"\.{re.escape(video.output.name)}\.[0-9a-f]{{8}}\.latents\.tmp")))
+    patterns = [
+        (target, re.compile(rf"\.{re.escape(target.name)}\.[a-z0-9_]{{8}}\.tmp")) for target in targets
+    ]
+    patterns.append(
+        (video.output, re.compile(rf"\.{re.escape(video.output.name)}\.[0-9a-f]{{8}}\.latents\.tmp"))
+    )
     for target, pattern in patterns:
         try:
             names = os.listdir(target.parent)
@@ -115,13 +121,17 @@ def _prepare_videos(plan: Plan) -> None:
         for path in leftovers:
             path.unlink(missing_ok=True)
         if leftovers:
-            _note(f"removed {len(leftovers)} file(s) an interrupted run left: {', '.join(p.name for p in leftovers)}")
+            _note(
+                f"removed {len(leftovers)} file(s) an interrupted run left: {', '.join(p.name for p in leftovers)}"
+            )
         if plan.restart:
             removed = [path for path in (video.state, video.latents_log, video.run_file) if path.exists()]
             for path in removed:
                 path.unlink()
             if removed:
-                _note(f"--restart: removed the checkpoint of {video.output} ({', '.join(p.name for p in removed)})")
+                _note(
+                    f"--restart: removed the checkpoint of {video.output} ({', '.join(p.name for p in removed)})"
+                )
         elif plan.resume:
             video.action = _check_resume_file(video, plan)
         elif video.state.exists():
@@ -147,8 +157,10 @@ def _check_resume_file(video: Video, plan: Plan) -> str:
                 f"cannot resume {video.output}: {video.run_file} is missing or unreadable; "
                 "pass --restart instead of --resume to start over"
             ) from None
-        if not isinstance(saved, dict) or saved.get("format") != RUN_FORMAT or not isinstance(
-            saved.get("signature"), dict
+        if (
+            not isinstance(saved, dict)
+            or saved.get("format") != RUN_FORMAT
+            or not isinstance(saved.get("signature"), dict)
         ):
             raise CLIError(
                 f"cannot resume {video.output}: {video.run_file} is not a memrope run file; "
@@ -236,7 +248,9 @@ def _check_weights(video: Video, weights: list[dict[str, Any]]) -> None:
     """Refuse to resume ``video`` with weights other than those its checkpoint was made with."""
     saved = (video.run_info or {}).get("weights")
     if saved is None:
-        _note(f"{video.run_file} records no weights fingerprint (an older memrope); the weights are not checked")
+        _note(
+            f"{video.run_file} records no weights fingerprint (an older memrope); the weights are not checked"
+        )
         return
     if saved == weights:
         return

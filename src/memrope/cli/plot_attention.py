@@ -13,6 +13,11 @@ from memrope.diagnostics.command import (
 __all__ = ["PLOT_ATTENTION_COMMAND"]
 
 PLOT_ATTENTION_COMMAND = register_command(
-    Command("plot-attention", PLOT_ATTENTION_HELP, configure_plot_attention, run_plot_attention,
-            PLOT_ATTENTION_DESCRIPTION)
+    Command(
+        "plot-attention",
+        PLOT_ATTENTION_HELP,
+        configure_plot_attention,
+        run_plot_attention,
+        PLOT_ATTENTION_DESCRIPTION,
+    )
 )

@@ -56,7 +56,9 @@ def _cache_info(cache: Any) -> dict[str, Any]:
     return info
 
 
-def _report_lengths(plan: Plan, video: Video, frames_done: int, start_frame: int, generated: int) -> dict[str, Any]:
+def _report_lengths(
+    plan: Plan, video: Video, frames_done: int, start_frame: int, generated: int
+) -> dict[str, Any]:
     """The report's lengths: what was requested and produced, in latent frames, video frames and seconds."""
     return {
         "requested": plan.requested,
@@ -124,7 +126,8 @@ def _report(
         "peak_rss_bytes": _peak_rss_bytes(),
         "cuda_max_memory_allocated_bytes": {
             str(device): torch.cuda.max_memory_allocated(device) for device in _cuda_devices(plan)
-        } or None,
+        }
+        or None,
         "latents": str(video.latents_path) if complete and video.latents_path is not None else None,
         "attention_stats": str(video.attention_stats) if plan.attention_stats else None,
         "signature": signature,

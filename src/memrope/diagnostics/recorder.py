@@ -330,9 +330,7 @@ def _record(info: _CallInfo, item_rows: list[list[float]], roles: Sequence[str])
     }
 
 
-def _with_roles(
-    record: dict[str, Any], roles: tuple[str, ...], own_roles: tuple[str, ...]
-) -> dict[str, Any]:
+def _with_roles(record: dict[str, Any], roles: tuple[str, ...], own_roles: tuple[str, ...]) -> dict[str, Any]:
     """``record`` (shares of its cache's ``own_roles``) naming every role of ``roles``, 0 for the others."""
     if own_roles == roles:
         return record

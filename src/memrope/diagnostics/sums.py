@@ -57,9 +57,7 @@ class _ChunkShareSums:
         }
 
 
-def _means_from_records(
-    records: Iterable[Mapping[str, Any]], roles: Sequence[str]
-) -> list[dict[str, Any]]:
+def _means_from_records(records: Iterable[Mapping[str, Any]], roles: Sequence[str]) -> list[dict[str, Any]]:
     """The :meth:`AttentionMassRecorder.means` of ``records`` (version-1 files hold only records)."""
     sums: dict[tuple[int, int], _ChunkShareSums] = {}
     for record in records:

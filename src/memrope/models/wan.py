@@ -116,7 +116,9 @@ class WanAttentionBlock(nn.Module):
         )
         self.cross_attn = WanAttention(dim, config.num_heads, config.qk_norm, config.eps)
         self.norm2 = LayerNorm(dim, config.eps, elementwise_affine=False)
-        self.ffn = nn.Sequential(nn.Linear(dim, config.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(config.ffn_dim, dim))
+        self.ffn = nn.Sequential(
+            nn.Linear(dim, config.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(config.ffn_dim, dim)
+        )
         self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
 
 
@@ -150,7 +152,9 @@ class CausalWanModel(nn.Module):
         config = config or WanConfig()
         self.config = config
         dim = config.dim
-        self.patch_embedding = nn.Conv3d(config.in_dim, dim, kernel_size=config.patch_size, stride=config.patch_size)
+        self.patch_embedding = nn.Conv3d(
+            config.in_dim, dim, kernel_size=config.patch_size, stride=config.patch_size
+        )
         self.text_embedding = nn.Sequential(
             nn.Linear(config.text_dim, dim), nn.GELU(approximate="tanh"), nn.Linear(dim, dim)
         )
@@ -214,14 +218,20 @@ class CausalWanModel(nn.Module):
 
     def _check_inputs(self, latents: torch.Tensor, timesteps: torch.Tensor, cache: MemRoPECache) -> None:
         if latents.ndim != 5 or latents.shape[2] != self.config.in_dim:
-            raise ValueError(f"latents must have shape [B, F, {self.config.in_dim}, H, W], got {list(latents.shape)}")
+            raise ValueError(
+                f"latents must have shape [B, F, {self.config.in_dim}, H, W], got {list(latents.shape)}"
+            )
         if tuple(timesteps.shape) != tuple(latents.shape[:2]):
-            raise ValueError(f"timesteps must have shape [B, F] = {list(latents.shape[:2])}, got {list(timesteps.shape)}")
+            raise ValueError(
+                f"timesteps must have shape [B, F] = {list(latents.shape[:2])}, got {list(timesteps.shape)}"
+            )
         if not isinstance(cache, MemRoPECache):
             raise TypeError(f"cache must be a MemRoPECache, got {type(cache).__name__}")
         grid = self.token_grid((latents.shape[3], latents.shape[4]))
         if grid != cache.frame_shape:
-            raise ValueError(f"latents of {latents.shape[3]}x{latents.shape[4]} give a {grid} token grid, but the cache was built for {cache.frame_shape}")
+            raise ValueError(
+                f"latents of {latents.shape[3]}x{latents.shape[4]} give a {grid} token grid, but the cache was built for {cache.frame_shape}"
+            )
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -249,7 +259,15 @@ class CausalWanModel(nn.Module):
         if isinstance(context, torch.Tensor):
             context = self.encode_context(context)
         if context.batch_size != latents.shape[0]:
-            raise ValueError(f"context batch {context.batch_size} does not match latents batch {latents.shape[0]}")
+            raise ValueError(
+                f"context batch {context.batch_size} does not match latents batch {latents.shape[0]}"
+            )
         return wan_forward(
-            self, latents.transpose(1, 2), timesteps, context, cache=cache, start_frame=start_frame, config=self.config
+            self,
+            latents.transpose(1, 2),
+            timesteps,
+            context,
+            cache=cache,
+            start_frame=start_frame,
+            config=self.config,
         )

@@ -82,7 +82,9 @@ class CachePolicy:
                 f"{cls.name!r}, got cache_frames={config.cache_frames}"
             )
         if config.cache_frames > config.max_positions:
-            raise ValueError(f"cache_frames must be <= max_positions={config.max_positions}, got {config.cache_frames}")
+            raise ValueError(
+                f"cache_frames must be <= max_positions={config.max_positions}, got {config.cache_frames}"
+            )
 
     def memory_shapes(self) -> dict[str, tuple[int, ...]]:
         """Names and shapes of the per-layer state tensors once the policy has memory (``{}``: none).
@@ -92,7 +94,9 @@ class CachePolicy:
         """
         return {}
 
-    def evict(self, memory: dict[str, torch.Tensor], keys: torch.Tensor, values: torch.Tensor) -> list[MemorySlot]:
+    def evict(
+        self, memory: dict[str, torch.Tensor], keys: torch.Tensor, values: torch.Tensor
+    ) -> list[MemorySlot]:
         """Take the evicted frames of one layer; return what each memory slot must hold.
 
         Args:

@@ -38,7 +38,9 @@ class MemRoPEPolicy(CachePolicy):
     def check_config(cls, config: MemRoPEConfig) -> None:
         """The base checks, then a warning (never a refusal) for rates that are rarely meant."""
         super().check_config(config)
-        peak_short_rate = config.alpha_short * (ADAPTIVE_RATE_MAX_FACTOR if config.adaptive_short_rate else 1.0)
+        peak_short_rate = config.alpha_short * (
+            ADAPTIVE_RATE_MAX_FACTOR if config.adaptive_short_rate else 1.0
+        )
         if peak_short_rate > 1.0:
             warnings.warn(
                 f"alpha_short={config.alpha_short} with adaptive_short_rate=True lets the per-position short-memory "
@@ -64,7 +66,9 @@ class MemRoPEPolicy(CachePolicy):
         shape = (geometry.batch_size, positions, geometry.num_heads, geometry.head_dim)
         return {f"{which}_{name}": shape for which in ("long", "short") for name in ("keys", "values")}
 
-    def evict(self, memory: dict[str, torch.Tensor], keys: torch.Tensor, values: torch.Tensor) -> list[MemorySlot]:
+    def evict(
+        self, memory: dict[str, torch.Tensor], keys: torch.Tensor, values: torch.Tensor
+    ) -> list[MemorySlot]:
         """Pool the evicted block and move both memories towards it (initialise them on the first eviction)."""
         pooled = {"keys": self._pool(keys), "values": self._pool(values)}
         if not memory:

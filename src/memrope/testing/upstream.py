@@ -49,7 +49,9 @@ class RMSNormStandin(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         values = x.float()
-        return (values * torch.rsqrt(values.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
+        return (values * torch.rsqrt(values.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(
+            x
+        ) * self.weight
 
 
 class LayerNormStandin(nn.LayerNorm):
@@ -68,12 +70,18 @@ def rope_frequencies(head_dim: int, positions: int = 1024) -> torch.Tensor:
     """Wan's 3-axis table ``[positions, head_dim/2]``: temporal, height, width parts side by side."""
     spatial = 2 * (head_dim // 6)
     return torch.cat(
-        [_rope_table(positions, head_dim - 2 * spatial), _rope_table(positions, spatial), _rope_table(positions, spatial)],
+        [
+            _rope_table(positions, head_dim - 2 * spatial),
+            _rope_table(positions, spatial),
+            _rope_table(positions, spatial),
+        ],
         dim=1,
     )
 
 
-def rope_at(x: torch.Tensor, grid: tuple[int, int, int], freqs: torch.Tensor, start_frame: int) -> torch.Tensor:
+def rope_at(
+    x: torch.Tensor, grid: tuple[int, int, int], freqs: torch.Tensor, start_frame: int
+) -> torch.Tensor:
     """RoPE on ``x [B, f*h*w, n, d]`` with absolute temporal positions ``start_frame ..``."""
     batch, length, heads, head_dim = x.shape
     pairs = head_dim // 2
@@ -81,7 +89,9 @@ def rope_at(x: torch.Tensor, grid: tuple[int, int, int], freqs: torch.Tensor, st
     temporal, rows, cols = freqs.split([pairs - 2 * (pairs // 3), pairs // 3, pairs // 3], dim=1)
     table = torch.cat(
         [
-            temporal[start_frame : start_frame + frames].view(frames, 1, 1, -1).expand(frames, height, width, -1),
+            temporal[start_frame : start_frame + frames]
+            .view(frames, 1, 1, -1)
+            .expand(frames, height, width, -1),
             rows[:height].view(1, height, 1, -1).expand(frames, height, width, -1),
             cols[:width].view(1, 1, width, -1).expand(frames, height, width, -1),
         ],
@@ -110,7 +120,14 @@ class SelfAttentionStandin(nn.Module):
         self.norm_q = RMSNormStandin(dim, eps)
         self.norm_k = RMSNormStandin(dim, eps)
 
-    def forward(self, x: torch.Tensor, grid: tuple[int, int, int], freqs: torch.Tensor, kv_cache: dict, current_start: int) -> Any:
+    def forward(
+        self,
+        x: torch.Tensor,
+        grid: tuple[int, int, int],
+        freqs: torch.Tensor,
+        kv_cache: dict,
+        current_start: int,
+    ) -> Any:
         batch, length = x.shape[:2]
         shape = (batch, length, self.num_heads, self.head_dim)
         q = self.norm_q(self.q(x)).view(shape)
@@ -141,7 +158,9 @@ class SelfAttentionStandin(nn.Module):
         keys[:, new_local_end - length : new_local_end] = roped_k
         values[:, new_local_end - length : new_local_end] = v
         out = F.scaled_dot_product_attention(
-            roped_q.transpose(1, 2), keys[:, :new_local_end].transpose(1, 2), values[:, :new_local_end].transpose(1, 2)
+            roped_q.transpose(1, 2),
+            keys[:, :new_local_end].transpose(1, 2),
+            values[:, :new_local_end].transpose(1, 2),
         ).transpose(1, 2)
         out = self.o(out.flatten(2))
         if self.deferred:
@@ -173,19 +192,25 @@ class CrossAttentionStandin(nn.Module):
                     crossattn_cache["is_init"] = True
         else:
             k, v = crossattn_cache["k"], crossattn_cache["v"]
-        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+        out = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        ).transpose(1, 2)
         return self.o(out.flatten(2))
 
 
 class BlockStandin(nn.Module):
-    def __init__(self, dim: int, ffn_dim: int, num_heads: int, eps: float, sink_size: int, deferred: bool) -> None:
+    def __init__(
+        self, dim: int, ffn_dim: int, num_heads: int, eps: float, sink_size: int, deferred: bool
+    ) -> None:
         super().__init__()
         self.norm1 = LayerNormStandin(dim, eps, elementwise_affine=False)
         self.self_attn = SelfAttentionStandin(dim, num_heads, eps, sink_size, deferred)
         self.norm3 = LayerNormStandin(dim, eps, elementwise_affine=True)
         self.cross_attn = CrossAttentionStandin(dim, num_heads, eps)
         self.norm2 = LayerNormStandin(dim, eps, elementwise_affine=False)
-        self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(ffn_dim, dim))
+        self.ffn = nn.Sequential(
+            nn.Linear(dim, ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(ffn_dim, dim)
+        )
         self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
 
     def forward(
@@ -205,7 +230,13 @@ class BlockStandin(nn.Module):
         def per_frame(t: torch.Tensor) -> torch.Tensor:
             return t.unflatten(1, (frames, -1))
 
-        result = self.self_attn((per_frame(self.norm1(x)) * (1 + mod[1]) + mod[0]).flatten(1, 2), grid, freqs, kv_cache, current_start)
+        result = self.self_attn(
+            (per_frame(self.norm1(x)) * (1 + mod[1]) + mod[0]).flatten(1, 2),
+            grid,
+            freqs,
+            kv_cache,
+            current_start,
+        )
         update = None
         if isinstance(result, tuple):
             result, update = result
@@ -261,21 +292,33 @@ class CausalWanStandin(nn.Module):
             raise ValueError(variant)
         self.variant = variant
         self.dim, self.ffn_dim, self.num_heads, self.num_layers = dim, ffn_dim, num_heads, num_layers
-        self.in_dim, self.out_dim, self.text_dim, self.text_len, self.freq_dim = in_dim, out_dim, text_dim, text_len, freq_dim
+        self.in_dim, self.out_dim, self.text_dim, self.text_len, self.freq_dim = (
+            in_dim,
+            out_dim,
+            text_dim,
+            text_len,
+            freq_dim,
+        )
         self.patch_size = (int(patch_size[0]), int(patch_size[1]), int(patch_size[2]))
         self.eps = eps
         self.local_attn_size, self.sink_size = local_attn_size, sink_size
         self.num_frame_per_block = 1
         deferred = variant != "self_forcing"
         self.patch_embedding = nn.Conv3d(in_dim, dim, kernel_size=self.patch_size, stride=self.patch_size)
-        self.text_embedding = nn.Sequential(nn.Linear(text_dim, dim), nn.GELU(approximate="tanh"), nn.Linear(dim, dim))
+        self.text_embedding = nn.Sequential(
+            nn.Linear(text_dim, dim), nn.GELU(approximate="tanh"), nn.Linear(dim, dim)
+        )
         self.time_embedding = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(dim, dim * 6))
-        self.blocks = nn.ModuleList(BlockStandin(dim, ffn_dim, num_heads, eps, sink_size, deferred) for _ in range(num_layers))
+        self.blocks = nn.ModuleList(
+            BlockStandin(dim, ffn_dim, num_heads, eps, sink_size, deferred) for _ in range(num_layers)
+        )
         block: Any
         for block in self.blocks:
             block.self_attn.local_attn_size = local_attn_size
-            if variant == "official":  # the official modules hold the cache settings; this attention ignores them
+            if (
+                variant == "official"
+            ):  # the official modules hold the cache settings; this attention ignores them
                 block.self_attn.compression_method = compression_method
                 block.self_attn.ema_alpha_long = ema_alpha_long
                 block.self_attn.ema_alpha_short = ema_alpha_short
@@ -318,10 +361,14 @@ class CausalWanStandin(nn.Module):
             crossattn_cache = [None] * len(self.blocks)
         e = self.time_embedding(sinusoid(self.freq_dim, t.flatten()).type_as(tokens))
         e0 = self.time_projection(e).unflatten(1, (6, self.dim)).unflatten(0, t.shape)
-        text = self.text_embedding(torch.stack([torch.cat([u, u.new_zeros(self.text_len - u.size(0), u.size(1))]) for u in context]))
+        text = self.text_embedding(
+            torch.stack([torch.cat([u, u.new_zeros(self.text_len - u.size(0), u.size(1))]) for u in context])
+        )
         updates = []
         for index, block in enumerate(self.blocks):
-            result = block(tokens, e0, grid, self.freqs, text, kv_cache[index], crossattn_cache[index], current_start)
+            result = block(
+                tokens, e0, grid, self.freqs, text, kv_cache[index], crossattn_cache[index], current_start
+            )
             if isinstance(result, tuple):
                 tokens, update = result
                 updates.append((index, update))
@@ -337,7 +384,9 @@ class CausalWanStandin(nn.Module):
         videos = []
         for u in out:
             u = u.view(frames, height, width, 1, ph, pw, self.out_dim)
-            videos.append(torch.einsum("fhwpqrc->cfphqwr", u).reshape(self.out_dim, frames, height * ph, width * pw))
+            videos.append(
+                torch.einsum("fhwpqrc->cfphqwr", u).reshape(self.out_dim, frames, height * ph, width * pw)
+            )
         return torch.stack(videos)
 
     def _empty_cache(self, batch: int, size: int, like: torch.Tensor) -> dict[str, Any]:
@@ -431,7 +480,9 @@ class PeftModelStandin(nn.Module):
         return self.get_base_model()(*args, **kwargs)
 
 
-def inject_lora(model: CausalWanStandin, rank: int = 4, alpha: float = 8.0, seed: int = 0) -> PeftModelStandin:
+def inject_lora(
+    model: CausalWanStandin, rank: int = 4, alpha: float = 8.0, seed: int = 0
+) -> PeftModelStandin:
     """Wrap every Linear of the blocks (attention ``q, k, v, o`` and the FFN) with LoRA, B non-zero."""
     generator = torch.Generator().manual_seed(seed)
     block: Any
@@ -511,12 +562,16 @@ class WanDiffusionWrapperStandin(nn.Module):
             cache_start=cache_start,
         ).permute(0, 2, 1, 3, 4)
         sigma = self.sigma_of(timestep.flatten(), torch.float64).reshape(-1, 1, 1, 1)
-        x0 = (noisy_image_or_video.flatten(0, 1).double() - sigma * flow.flatten(0, 1).double()).to(flow.dtype)
+        x0 = (noisy_image_or_video.flatten(0, 1).double() - sigma * flow.flatten(0, 1).double()).to(
+            flow.dtype
+        )
         return flow, x0.unflatten(0, flow.shape[:2])
 
 
 # ------------------------------------------------------------------------------- pipeline
-def _kv_cache_list(wan: Any, batch_size: int, size: int, dtype: torch.dtype, device: Any, queries: bool) -> list[dict[str, Any]]:
+def _kv_cache_list(
+    wan: Any, batch_size: int, size: int, dtype: torch.dtype, device: Any, queries: bool
+) -> list[dict[str, Any]]:
     """Per-block upstream self-attention cache dicts of ``size`` tokens (``q`` too for the official code)."""
     head_dim = wan.dim // wan.num_heads
     caches = []
@@ -533,7 +588,9 @@ def _kv_cache_list(wan: Any, batch_size: int, size: int, dtype: torch.dtype, dev
     return caches
 
 
-def _text_cache_list(wan: Any, batch_size: int, dtype: torch.dtype, device: Any, tensor_flag: bool) -> list[dict[str, Any]]:
+def _text_cache_list(
+    wan: Any, batch_size: int, dtype: torch.dtype, device: Any, tensor_flag: bool
+) -> list[dict[str, Any]]:
     """Per-block upstream cross-attention cache dicts; ``is_init`` a bool tensor (Self-Forcing) or a bool."""
     head_dim = wan.dim // wan.num_heads
     return [
@@ -606,7 +663,11 @@ class CausalInferencePipelineStandin(nn.Module):
         self.allocations = 0
 
     def _initialize_kv_cache(
-        self, batch_size: int, dtype: torch.dtype, device: torch.device, kv_cache_size_override: int | None = None
+        self,
+        batch_size: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        kv_cache_size_override: int | None = None,
     ) -> None:
         if kv_cache_size_override is not None:
             size = kv_cache_size_override
@@ -615,17 +676,23 @@ class CausalInferencePipelineStandin(nn.Module):
         else:
             size = self.max_frames * self.frame_seq_length
         self.allocations += 1
-        self.kv_cache1 = _kv_cache_list(self.wan[0], batch_size, size, dtype, device, queries=self.variant == "official")
+        self.kv_cache1 = _kv_cache_list(
+            self.wan[0], batch_size, size, dtype, device, queries=self.variant == "official"
+        )
 
     def _initialize_crossattn_cache(self, batch_size: int, dtype: torch.dtype, device: torch.device) -> None:
-        self.crossattn_cache = _text_cache_list(self.wan[0], batch_size, dtype, device, self.variant == "self_forcing")
+        self.crossattn_cache = _text_cache_list(
+            self.wan[0], batch_size, dtype, device, self.variant == "self_forcing"
+        )
 
     def _block_sizes(self, num_frames: int) -> list[int]:
         """Frames of each block: ``[1]`` first with ``independent_first_frame``, then whole chunks."""
         chunk = self.num_frame_per_block
         first = 1 if self.independent_first_frame else 0
         if num_frames < first or (num_frames - first) % chunk:
-            raise ValueError(f"the noise has {num_frames} frames, not {first} + a multiple of {chunk} per block")
+            raise ValueError(
+                f"the noise has {num_frames} frames, not {first} + a multiple of {chunk} per block"
+            )
         return [1] * first + [chunk] * ((num_frames - first) // chunk)
 
     def _start_video(self, batch: int, num_frames: int, dtype: torch.dtype, device: torch.device) -> None:
@@ -643,14 +710,20 @@ class CausalInferencePipelineStandin(nn.Module):
             if override is None:
                 self._initialize_kv_cache(batch_size=batch, dtype=dtype, device=device)
             else:
-                self._initialize_kv_cache(batch_size=batch, dtype=dtype, device=device, kv_cache_size_override=override)
+                self._initialize_kv_cache(
+                    batch_size=batch, dtype=dtype, device=device, kv_cache_size_override=override
+                )
             self._initialize_crossattn_cache(batch_size=batch, dtype=dtype, device=device)
         if self.variant == "official":
             self.wan[0]._kv_cache_attr = self.kv_cache1
             self.wan[0]._crossattn_cache_attr = self.crossattn_cache
 
     def _denoise_block(
-        self, noisy: torch.Tensor, start: int, conditional_dict: dict[str, torch.Tensor], generator: torch.Generator | None
+        self,
+        noisy: torch.Tensor,
+        start: int,
+        conditional_dict: dict[str, torch.Tensor],
+        generator: torch.Generator | None,
     ) -> torch.Tensor:
         """The denoising steps of one block at latent frame ``start``, then its clean cache call."""
         batch, frames, channels, height, width = noisy.shape
@@ -673,7 +746,9 @@ class CausalInferencePipelineStandin(nn.Module):
                 else:
                     fresh = torch.randn(shape, generator=generator, dtype=dtype).to(device)
                 following = steps[index + 1] * torch.ones([batch * frames], dtype=torch.long)
-                noisy = self.generator.add_noise(denoised.flatten(0, 1), fresh, following).unflatten(0, (batch, frames))
+                noisy = self.generator.add_noise(denoised.flatten(0, 1), fresh, following).unflatten(
+                    0, (batch, frames)
+                )
         self.generator(
             noisy_image_or_video=denoised,
             conditional_dict=conditional_dict,
@@ -684,7 +759,9 @@ class CausalInferencePipelineStandin(nn.Module):
         )
         return denoised
 
-    def inference(self, noise: torch.Tensor, prompt_embeds: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def inference(
+        self, noise: torch.Tensor, prompt_embeds: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """Latents ``[B, F, C, H, W]`` generated block by block from ``noise`` (same shape)."""
         batch, num_frames = noise.shape[:2]
         blocks = self._block_sizes(num_frames)
@@ -693,7 +770,9 @@ class CausalInferencePipelineStandin(nn.Module):
         start = 0
         for frames in blocks:
             chunk_noise = noise[:, start : start + frames]
-            output[:, start : start + frames] = self._denoise_block(chunk_noise, start, {"prompt_embeds": prompt_embeds}, generator)
+            output[:, start : start + frames] = self._denoise_block(
+                chunk_noise, start, {"prompt_embeds": prompt_embeds}, generator
+            )
             start += frames
         return output
 
@@ -711,13 +790,18 @@ class InteractiveCausalInferencePipelineStandin(CausalInferencePipelineStandin):
         _reset_text_flags(self.crossattn_cache)
         if current_start_frame == 0:
             return
-        frames = current_start_frame if self.local_attn_size == -1 else min(self.local_attn_size, current_start_frame)
+        frames = (
+            current_start_frame
+            if self.local_attn_size == -1
+            else min(self.local_attn_size, current_start_frame)
+        )
         recache_start = current_start_frame - frames
         batch = output.shape[0]
         self.generator(
             noisy_image_or_video=output[:, recache_start:current_start_frame],
             conditional_dict=new_conditional_dict,
-            timestep=torch.ones([batch, frames], device=output.device, dtype=torch.int64) * self.context_noise,
+            timestep=torch.ones([batch, frames], device=output.device, dtype=torch.int64)
+            * self.context_noise,
             kv_cache=self.kv_cache1,
             crossattn_cache=self.crossattn_cache,
             current_start=recache_start * self.frame_seq_length,
@@ -744,7 +828,9 @@ class InteractiveCausalInferencePipelineStandin(CausalInferencePipelineStandin):
                 segment += 1
                 self._recache_after_switch(output, start, {"prompt_embeds": prompt_embeds_list[segment]})
             conditional_dict = {"prompt_embeds": prompt_embeds_list[segment]}
-            output[:, start : start + frames] = self._denoise_block(noise[:, start : start + frames], start, conditional_dict, generator)
+            output[:, start : start + frames] = self._denoise_block(
+                noise[:, start : start + frames], start, conditional_dict, generator
+            )
             start += frames
         return output
 
@@ -795,7 +881,9 @@ class CausalDiffusionInferencePipelineStandin(nn.Module):
         self.crossattn_cache_pos = _text_cache_list(self.wan[0], batch_size, dtype, device, tensor_flag=True)
         self.crossattn_cache_neg = _text_cache_list(self.wan[0], batch_size, dtype, device, tensor_flag=True)
 
-    def inference(self, noise: torch.Tensor, prompt_embeds: torch.Tensor, negative_prompt_embeds: torch.Tensor) -> torch.Tensor:
+    def inference(
+        self, noise: torch.Tensor, prompt_embeds: torch.Tensor, negative_prompt_embeds: torch.Tensor
+    ) -> torch.Tensor:
         batch, num_frames = noise.shape[:2]
         chunk = self.num_frame_per_block
         if num_frames % chunk:
@@ -810,22 +898,38 @@ class CausalDiffusionInferencePipelineStandin(nn.Module):
         sigmas = [t / NUM_TRAIN_TIMESTEPS for t in self.sampling_timesteps] + [0.0]
         for start in range(0, num_frames, chunk):
             latents = noise[:, start : start + chunk]
-            call = {"current_start": start * self.frame_seq_length, "cache_start": start * self.frame_seq_length}
+            call = {
+                "current_start": start * self.frame_seq_length,
+                "cache_start": start * self.frame_seq_length,
+            }
             for index, value in enumerate(self.sampling_timesteps):
                 timestep = torch.full([batch, chunk], value, device=noise.device)
                 flows = [
-                    self.generator(latents, conditional, timestep, kv_cache=kv, crossattn_cache=text, **call)[0]
+                    self.generator(latents, conditional, timestep, kv_cache=kv, crossattn_cache=text, **call)[
+                        0
+                    ]
                     for conditional, kv, text in branches
                 ]
                 flow = flows[1] + self.guidance_scale * (flows[0] - flows[1])
                 latents = latents + (sigmas[index + 1] - sigmas[index]) * flow
             output[:, start : start + chunk] = latents
             for conditional, kv, text in branches:
-                self.generator(latents, conditional, torch.zeros([batch, chunk], device=noise.device), kv_cache=kv, crossattn_cache=text, **call)
+                self.generator(
+                    latents,
+                    conditional,
+                    torch.zeros([batch, chunk], device=noise.device),
+                    kv_cache=kv,
+                    crossattn_cache=text,
+                    **call,
+                )
         return output
 
 
-PIPELINE_CLASSES = ("CausalInferencePipeline", "InteractiveCausalInferencePipeline", "CausalDiffusionInferencePipeline")
+PIPELINE_CLASSES = (
+    "CausalInferencePipeline",
+    "InteractiveCausalInferencePipeline",
+    "CausalDiffusionInferencePipeline",
+)
 
 
 def build_pipeline(
@@ -866,7 +970,9 @@ def build_pipeline(
         "ema_alpha_short": ema_alpha_short,
         "ema_adaptive": ema_adaptive,
     }
-    model = CausalWanStandin(**model_config, local_attn_size=local_attn_size, sink_size=sink_size, variant=variant, **official)
+    model = CausalWanStandin(
+        **model_config, local_attn_size=local_attn_size, sink_size=sink_size, variant=variant, **official
+    )
     if state_dict is not None:
         model.load_state_dict(state_dict, strict=True)
     model.num_frame_per_block = chunk_frames
@@ -894,7 +1000,11 @@ def build_pipeline(
             independent_first_frame=independent_first_frame,
             args=args,
         )
-    cls = InteractiveCausalInferencePipelineStandin if pipeline_class == "InteractiveCausalInferencePipeline" else CausalInferencePipelineStandin
+    cls = (
+        InteractiveCausalInferencePipelineStandin
+        if pipeline_class == "InteractiveCausalInferencePipeline"
+        else CausalInferencePipelineStandin
+    )
     return cls(
         wrapper,
         variant=variant,
