@@ -1,6 +1,6 @@
 """Initial noise of a long video, drawn lazily with memory constant in the video length.
 
-The official inference code (SPEC §10) draws the whole initial noise ``randn([B, F, C, H, W])`` from
+The official inference code (docs/design.md §10) draws the whole initial noise ``randn([B, F, C, H, W])`` from
 one CPU ``torch.Generator`` first, then every intermediate noise from the same generator. Holding
 that tensor costs ``B*F*C*H*W`` values: ~2.9 GB in bf16 for a 1-hour video (F = 14400, 16x60x104).
 

@@ -42,26 +42,31 @@ checkpoint on disk is then the last good one.
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from memrope._dtypes import dtype_name
-from memrope._files import atomic_replace
 from memrope._validation import as_int
 from memrope.cache import MemRoPECache
 from memrope.config import MemRoPEConfig
 from memrope.errors import NonFiniteError
 from memrope.flow_matching import FlowMatchScheduler
-from memrope.loading import check_safetensors_file, nonfinite_summary
+from memrope.loading import nonfinite_summary
 from memrope.noise import InitialNoise, check_seed
+from memrope.pipeline_state import (
+    STATE_FORMAT,
+    STATE_VERSION,
+    PathLike,
+    check_state,
+    read_state_file,
+    save_state_file,
+    upgrade_state,
+)
+from memrope.pipeline_state import atomic_save as _atomic_save  # noqa: F401 (re-exported: tests import it)
 from memrope.vae import VideoDecoder
 
 __all__ = [
@@ -76,19 +81,10 @@ __all__ = [
 ]
 
 DEFAULT_LATENT_HW = (60, 104)
-STATE_FORMAT = "memrope.pipeline_state"
-STATE_VERSION = 3  # 3: prompt switches; 2: the initial noise is an InitialNoise state; 1: the noise tensor
-_READABLE_VERSIONS = (1, 2, 3)
-_META_KEY = "memrope_pipeline_state"
-_CACHE_PREFIX = "cache."
-_NOISE_PREFIX = "noise."
-_SWITCH_PREFIX = "switch_embeds."
-_HISTORY_KEY = "history"
 _NONFINITE_CHUNK_CAUSES = (
     "non-finite model weights or LoRA, activations that overflow the dtype (float16: use bfloat16 or "
     "float32), or a non-finite key or value written into the cache by an earlier call"
 )
-PathLike = str | os.PathLike[str]
 
 
 class CausalVideoModel(Protocol):
@@ -340,7 +336,7 @@ class CausalInferencePipeline:
 
     def save_state(self, path: PathLike) -> None:
         """Write :meth:`state_dict` to ``path`` as safetensors (metadata as JSON), atomically."""
-        self._save(self.state_dict(), Path(path))
+        save_state_file(self.state_dict(), Path(path))
 
     def _state_of(self, run: _Run) -> dict[str, Any]:
         return {
@@ -360,27 +356,6 @@ class CausalInferencePipeline:
             },
         }
 
-    @staticmethod
-    def _save(state: dict[str, Any], path: Path) -> None:
-        state = _upgrade_state(state)
-        tensors = {_CACHE_PREFIX + name: tensor for name, tensor in state["cache"].items()}
-        tensors.update(generator_state=state["generator_state"], text_embeds=state["text_embeds"])
-        switch_frames = []
-        for index, (frame, embeds) in enumerate(state.get("switches", ())):
-            switch_frames.append(frame)
-            tensors[f"{_SWITCH_PREFIX}{index}"] = embeds
-        if state.get("history") is not None:
-            tensors[_HISTORY_KEY] = state["history"]
-        noise_info = {}
-        for name, value in state["noise"].items():
-            if isinstance(value, torch.Tensor):
-                tensors[_NOISE_PREFIX + name] = value
-            else:
-                noise_info[name] = value
-        tensors = {name: tensor.detach().to("cpu").contiguous() for name, tensor in tensors.items()}
-        meta = {**state["meta"], "noise": noise_info, "switch_frames": switch_frames}
-        _atomic_save(tensors, {_META_KEY: json.dumps(meta)}, path)
-
     def load_state(self, path: PathLike) -> dict[str, Any]:
         """Read a checkpoint written by :meth:`save_state`, in :meth:`state_dict` form (CPU tensors).
 
@@ -391,54 +366,9 @@ class CausalInferencePipeline:
                 resume exactly.
             NonFiniteError: a tensor of the checkpoint holds NaN or infinity.
         """
-        check_safetensors_file(path)
-        try:
-            with safe_open(os.fspath(path), framework="pt") as handle:
-                metadata = handle.metadata() or {}
-                tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 (safe_open is not iterable)
-        except SafetensorError as err:
-            raise ValueError(
-                f"{os.fspath(path)!r} cannot be read as a safetensors checkpoint ({err}); resume from another "
-                "checkpoint or start over"
-            ) from err
-        if _META_KEY not in metadata:
-            raise ValueError(
-                f"{os.fspath(path)!r} is not a memrope pipeline checkpoint (no {_META_KEY!r} metadata)"
-            )
-        meta = json.loads(metadata[_META_KEY])
-        cache = {
-            name[len(_CACHE_PREFIX) :]: t for name, t in tensors.items() if name.startswith(_CACHE_PREFIX)
-        }
-        state = {"cache": cache, "meta": meta}
-        names = (
-            ("generator_state", "text_embeds", "noise")
-            if meta.get("version") == 1
-            else ("generator_state", "text_embeds")
-        )
-        for name in names:
-            if name not in tensors:
-                raise ValueError(f"{os.fspath(path)!r} is missing the tensor {name!r}")
-            state[name] = tensors[name]
-        if meta.get("version") != 1:
-            noise = meta.pop("noise", None)
-            if not isinstance(noise, dict):
-                raise ValueError(f"{os.fspath(path)!r} has no initial noise state")
-            noise.update(
-                (name[len(_NOISE_PREFIX) :], t)
-                for name, t in tensors.items()
-                if name.startswith(_NOISE_PREFIX)
-            )
-            state["noise"] = noise
-        switch_frames = meta.pop("switch_frames", [])
-        try:
-            state["switches"] = [
-                (frame, tensors[f"{_SWITCH_PREFIX}{i}"]) for i, frame in enumerate(switch_frames)
-            ]
-        except KeyError as missing:
-            raise ValueError(f"{os.fspath(path)!r} is missing the tensor {missing.args[0]!r}") from None
-        state["history"] = tensors.get(_HISTORY_KEY)
+        state = read_state_file(path)
         self._check_state(state)
-        return _upgrade_state(state)
+        return upgrade_state(state)
 
     # ------------------------------------------------------------------ run set-up
     def _settings(self) -> dict[str, Any]:
@@ -453,18 +383,7 @@ class CausalInferencePipeline:
         }
 
     def _check_state(self, state: dict[str, Any]) -> None:
-        meta = state.get("meta", {})
-        if meta.get("format") != STATE_FORMAT or meta.get("version") not in _READABLE_VERSIONS:
-            raise ValueError(
-                f"resume_from must be a {STATE_FORMAT} version {STATE_VERSION} state, "
-                f"got format={meta.get('format')!r} version={meta.get('version')!r}"
-            )
-        for name, expected in self._settings().items():
-            if meta.get(name) != expected:
-                raise ValueError(
-                    f"resume_from was saved with {name}={meta.get(name)!r} but this pipeline has "
-                    f"{name}={expected!r}; resume with a pipeline built the same way"
-                )
+        check_state(state, self._settings())
 
     def _start_run(
         self,
@@ -496,7 +415,7 @@ class CausalInferencePipeline:
 
     def _restore_run(self, state: dict[str, Any]) -> _Run:
         self._check_state(state)
-        state = _upgrade_state(state)
+        state = upgrade_state(state)
         meta = state["meta"]
         generator = torch.Generator("cpu")
         generator.set_state(state["generator_state"].clone())  # clone: no storage offset
@@ -666,7 +585,7 @@ class CausalInferencePipeline:
             self._remember(run, latents, start)
             run.next_chunk = index + 1
             if save_every is not None and checkpoint_path is not None and run.next_chunk % save_every == 0:
-                self._save(self._state_of(run), Path(checkpoint_path))
+                save_state_file(self._state_of(run), Path(checkpoint_path))
             frames = self.decoder.decode_chunk(latents) if self.decoder is not None else None
             if frames is not None:
                 _check_finite(
@@ -764,24 +683,6 @@ class CausalInferencePipeline:
         run.history = history[:, -kept_frames:]
 
 
-def _upgrade_state(state: dict[str, Any]) -> dict[str, Any]:
-    """A version-1 state (``noise``: the unused initial noise tensor) in the current form."""
-    noise = state.get("noise")
-    if not isinstance(noise, torch.Tensor):
-        return state
-    meta = state["meta"]
-    frames_used = meta.get("start_frame")
-    initial = {
-        "mode": "eager",
-        "num_frames": meta.get("num_frames"),
-        "frames_used": frames_used,
-        "frame_shape": list(noise.shape[2:]),
-        "dtype": dtype_name(noise.dtype),
-        "remaining": noise,
-    }
-    return {**state, "noise": initial, "meta": {**meta, "version": STATE_VERSION}}
-
-
 def _check_finite(tensor: torch.Tensor, name: str, advice: str = "") -> None:
     """Raise :class:`NonFiniteError` naming ``name`` when ``tensor`` holds NaN or infinity (one host sync)."""
     summary = nonfinite_summary(tensor)
@@ -847,10 +748,3 @@ def _check_checkpointing(save_every: int | None, checkpoint_path: PathLike | Non
         )
     if checkpoint_path is None:
         raise ValueError("save_every needs checkpoint_path (where to write the checkpoint)")
-
-
-def _atomic_save(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: Path) -> None:
-    """Write a safetensors file next to ``path`` and move it into place (:func:`memrope._files.atomic_replace`)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_replace(path) as temporary:
-        save_file(tensors, temporary, metadata=metadata)
