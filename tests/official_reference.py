@@ -113,7 +113,7 @@ class OfficialReferenceCache(MemRoPECache):
         else:
             self.max_attention_tokens = self.window_frames * OFFICIAL_FRAME_TOKENS
 
-    def dump(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def layer_contents(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Un-roped keys and values of ``layer``'s filled tokens, ``[B, local_end, H, D]``."""
         state = self.official_layers[layer]
         return state.keys[:, : state.local_end].clone(), state.values[:, : state.local_end].clone()
@@ -296,7 +296,7 @@ def write_reference_set(
                     )
             output[:, start_frame : start_frame + chunk] = clean
             call(clean, torch.full((batch, chunk), settings["context_noise"], dtype=torch.int64), start_frame)
-            tensors[f"cache{block}.k0"], tensors[f"cache{block}.v0"] = cache.dump(0)
+            tensors[f"cache{block}.k0"], tensors[f"cache{block}.v0"] = cache.layer_contents(0)
     tensors["output"] = output
     document = {
         "model_config": parity.raw["model_config"],

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 from official_reference import OfficialReferenceCache, write_reference_set
-from parity_sets import BUNDLED_PARITY_DIR
+from parity_sets import BUNDLED_PARITY_DIR, replay_calls
 
 from memrope.testing.parity import PARITY_DIR_ENV, load_parity_set
 
@@ -82,7 +82,7 @@ REFERENCE_SETS: dict[str, tuple[dict, dict]] = {
 def test_the_reference_reproduces_the_official_vectors(name: str) -> None:
     parity = load_parity_set(BUNDLED_PARITY_DIR / f"{name}.json")
     model = parity.build_model()
-    settings, tensors = parity.pipeline, parity.tensors
+    settings = parity.pipeline
     cache = OfficialReferenceCache(
         parity.raw["cache_config"],
         chunk_frames=settings.chunk_frames,
@@ -93,26 +93,11 @@ def test_the_reference_reproduces_the_official_vectors(name: str) -> None:
         head_dim=parity.model_config.head_dim,
         frame_shape=model.token_grid(settings.latent_hw),
     )
-    context = model.encode_context(tensors["context"])
-    chunk = 0
-    with torch.no_grad():
-        for position, call in enumerate(parity.calls):
-            flow = model(
-                tensors[f"call{call.index}.x"],
-                tensors[f"call{call.index}.t"],
-                context,
-                cache=cache,
-                start_frame=call.start_frame,
-            )
-            torch.testing.assert_close(flow, tensors[f"call{call.index}.flow"], rtol=0, atol=TOLERANCE)
-            if (
-                position + 1 == len(parity.calls)
-                or parity.calls[position + 1].start_frame != call.start_frame
-            ):
-                keys, values = cache.dump(0)
-                torch.testing.assert_close(keys, tensors[f"cache{chunk}.k0"], rtol=0, atol=TOLERANCE)
-                torch.testing.assert_close(values, tensors[f"cache{chunk}.v0"], rtol=0, atol=TOLERANCE)
-                chunk += 1
+    flow_errors, cache_errors = replay_calls(parity, model, cache)
+    assert len(flow_errors) == len(parity.calls) and max(flow_errors) < TOLERANCE, max(flow_errors)
+    assert len(cache_errors) == settings.num_frames // settings.chunk_frames
+    for chunk, key_error, value_error in cache_errors:
+        assert key_error < TOLERANCE and value_error < TOLERANCE, (chunk, key_error, value_error)
 
 
 @pytest.fixture(scope="module")
@@ -135,24 +120,7 @@ def test_sink_protection_is_what_the_reference_sets_need(reference_dir: Path, na
         config = dataclasses.replace(parity.cache_config, protect_sink_on_rewrite=protect)
         model = parity.build_model()
         cache = model.new_cache(config, parity.pipeline.batch, parity.pipeline.latent_hw)
-        context = model.encode_context(tensors["context"])
-        with torch.no_grad():
-            errors[protect] = max(
-                (
-                    model(
-                        tensors[f"call{c.index}.x"],
-                        tensors[f"call{c.index}.t"],
-                        context,
-                        cache=cache,
-                        start_frame=c.start_frame,
-                    )
-                    - tensors[f"call{c.index}.flow"]
-                )
-                .abs()
-                .max()
-                .item()
-                for c in parity.calls
-            )
+        errors[protect] = max(replay_calls(parity, model, cache)[0])
     assert errors[True] < TOLERANCE < 100 * TOLERANCE < errors[False], errors
 
 

@@ -10,8 +10,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-import torch
-from parity_sets import BUNDLED_PARITY_DIR, PARITY_IDS, PARITY_SETS
+from parity_sets import BUNDLED_PARITY_DIR, PARITY_IDS, PARITY_SETS, replay_calls
 
 from memrope.testing.parity import ParitySet, load_parity_set
 
@@ -24,41 +23,10 @@ def test_bundled_parity_sets_are_present() -> None:
 
 
 def _replay(parity: ParitySet) -> tuple[list[float], list[tuple[int, float, float]]]:
-    """Feed every call in order; return per-call flow errors and per-chunk (chunk, key err, value err)."""
+    """Replay the set's calls through memrope's model and cache (see :func:`replay_calls`)."""
     model = parity.build_model()
     cache = model.new_cache(parity.cache_config, parity.pipeline.batch, parity.pipeline.latent_hw)
-    tensors = parity.tensors
-    context = model.encode_context(tensors["context"])
-    flow_errors: list[float] = []
-    cache_errors: list[tuple[int, float, float]] = []
-    chunk = 0
-    with torch.no_grad():
-        for position, call in enumerate(parity.calls):
-            flow = model(
-                tensors[f"call{call.index}.x"],
-                tensors[f"call{call.index}.t"],
-                context,
-                cache=cache,
-                start_frame=call.start_frame,
-            )
-            flow_errors.append((flow - tensors[f"call{call.index}.flow"]).abs().max().item())
-            last_of_chunk = (
-                position + 1 == len(parity.calls)
-                or parity.calls[position + 1].start_frame != call.start_frame
-            )
-            if last_of_chunk:
-                keys, values = cache.layer_contents(0)
-                expected_keys, expected_values = tensors[f"cache{chunk}.k0"], tensors[f"cache{chunk}.v0"]
-                assert keys.shape == expected_keys.shape, f"chunk {chunk}: cache holds {tuple(keys.shape)}"
-                cache_errors.append(
-                    (
-                        chunk,
-                        (keys - expected_keys).abs().max().item(),
-                        (values - expected_values).abs().max().item(),
-                    )
-                )
-                chunk += 1
-    return flow_errors, cache_errors
+    return replay_calls(parity, model, cache)
 
 
 @pytest.mark.parametrize("path", PARITY_SETS, ids=PARITY_IDS)
