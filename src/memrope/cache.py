@@ -41,14 +41,10 @@ from memrope.rope import RotaryEmbedding, frame_grid_positions, wan_axis_pairs
 KeyWorkspace = Literal["per_layer", "shared"]
 CallKind = Literal["advance", "rewrite", "recache"]
 KEY_WORKSPACES: tuple[str, ...] = ("per_layer", "shared")
-EMPTY_SLOT = -1
-LONG_MEMORY_SLOT = FIRST_MEMORY_SLOT  # labels of the memrope policy's two memory slots
-SHORT_MEMORY_SLOT = FIRST_MEMORY_SLOT - 1
 FULL_POLICY_INITIAL_CHUNKS = 4
 
-SlotRole = Literal[
-    "sink", "long", "short", "recent", "current"
-]  # a third-party policy adds its memory slot names
+# the roles of the built-in policies; a third-party policy adds its memory slot names (role_names)
+SlotRole = Literal["sink", "long", "short", "recent", "current"]
 SINK_ROLE: SlotRole = "sink"
 LONG_ROLE: SlotRole = "long"
 SHORT_ROLE: SlotRole = "short"
