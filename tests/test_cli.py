@@ -3,7 +3,6 @@ output, the presets table, and resume after an interrupted (killed) run."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -14,15 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import SENTINEL, needs_video, tiny_args
 from safetensors.torch import load_file
 
 from memrope.cli import main
 
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("imageio_ffmpeg") is None or importlib.util.find_spec("imageio") is None,
-    reason="needs the video extra",
-)
-SENTINEL = b"an existing video that must survive"
+pytestmark = needs_video
 
 
 def read_frames(path: Path) -> torch.Tensor:
@@ -30,20 +26,6 @@ def read_frames(path: Path) -> torch.Tensor:
 
     with imageio.get_reader(path) as reader:
         return torch.stack([torch.from_numpy(frame) for frame in reader])
-
-
-def tiny_args(output: Path, *extra: str) -> list[str]:
-    return [
-        "generate",
-        "--model",
-        "tiny",
-        "--prompt",
-        "a red fox",
-        "--output",
-        str(output),
-        "--no-progress",
-        *extra,
-    ]
 
 
 def test_tiny_generation_writes_mp4_and_report(tmp_path: Path) -> None:

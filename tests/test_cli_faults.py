@@ -9,7 +9,6 @@ are one line naming the file or flag; a BOM is not part of a prompt; ``--save-la
 from __future__ import annotations
 
 import errno
-import importlib.util
 import json
 import os
 import signal
@@ -20,37 +19,23 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import cli_helpers
 import pytest
 import torch
+from cli_helpers import SENTINEL, needs_video
 from safetensors.torch import load_file, save_file
 
 from memrope import cli
 from memrope.cli import LatentLog, OutputLock, latent_log, loading, main
 from memrope.video import Mp4Writer
 
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("imageio_ffmpeg") is None or importlib.util.find_spec("imageio") is None,
-    reason="needs the video extra",
-)
-SENTINEL = b"an existing video that must survive"
+pytestmark = needs_video
 REPORT = b'{"complete": true, "note": "the report of the existing video"}\n'
 FRAMES = "12"  # 4 chunks of the tiny model: a fraction of a second
 
 
 def tiny_args(output: Path, *extra: str) -> list[str]:
-    return [
-        "generate",
-        "--model",
-        "tiny",
-        "--prompt",
-        "a red fox",
-        "--output",
-        str(output),
-        "--no-progress",
-        "--num-frames",
-        FRAMES,
-        *extra,
-    ]
+    return cli_helpers.tiny_args(output, "--num-frames", FRAMES, *extra)
 
 
 def existing_video(folder: Path) -> Path:

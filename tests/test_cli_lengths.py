@@ -4,7 +4,6 @@ at once; Ctrl-C while the noise is positioned stops at once."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -13,29 +12,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_helpers import SENTINEL, needs_video, tiny_args
 
 from memrope import cli, noise
 from memrope.cli import main, plan_generate
 
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("imageio_ffmpeg") is None or importlib.util.find_spec("imageio") is None,
-    reason="needs the video extra",
-)
-SENTINEL = b"an existing video that must survive"
+pytestmark = needs_video
 
 
 def args_for(output: Path, *extra: str) -> list[str]:
-    return [
-        "generate",
-        "--model",
-        "tiny",
-        "--prompt",
-        "a red ball",
-        "--output",
-        str(output),
-        "--no-progress",
-        *extra,
-    ]
+    return tiny_args(output, *extra, prompt="a red ball")
 
 
 def plan_frames(tmp_path: Path, *extra: str) -> int:
