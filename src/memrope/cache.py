@@ -23,6 +23,7 @@ query and context, e.g. to measure how much attention each :data:`SLOT_ROLES` ro
 from __future__ import annotations
 
 import functools
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -32,9 +33,19 @@ from typing import Any, Literal, Protocol
 import torch
 from torch.utils.hooks import RemovableHandle
 
-from memrope.cache_state import FIRST_MEMORY_SLOT, LAYER_STATE_NAMES, LAYOUT_KEY, StateChecker, encode_json
+from memrope._dtypes import dtype_name
+from memrope.cache_state import (
+    FIRST_MEMORY_SLOT,
+    LAYER_STATE_NAMES,
+    LAYOUT_KEY,
+    SCALE_STATE_NAMES,
+    LayerRestore,
+    StateChecker,
+    encode_json,
+)
 from memrope.config import MemRoPEConfig
 from memrope.errors import NonFiniteError
+from memrope.kv_storage import SCALE_DTYPE, KVFormat, kv_format, scale_shape
 from memrope.policies import CacheGeometry, CachePolicy, get_policy
 from memrope.rope import RotaryEmbedding, frame_grid_positions, wan_axis_pairs
 
@@ -58,7 +69,8 @@ class CacheContext:
     """What one attention call reads from the cache (views, nothing copied).
 
     * ``keys``: RoPE'd keys of every filled slot, ``[B, filled_tokens, H, D]``.
-    * ``values``: values of every filled slot, ``[B, filled_tokens, H, D]``.
+    * ``values``: values of every filled slot, ``[B, filled_tokens, H, D]`` (with a ``kv_dtype``:
+      dequantised into a workspace that the next call on the same device overwrites).
     * ``query_cos`` / ``query_sin``: float32 RoPE tables of the chunk's slots, ``[L, D]``.
     """
 
@@ -86,11 +98,18 @@ class AttentionHook(Protocol):
 
 @dataclass
 class LayerState:
-    """Buffers and host-side counters of one layer (counters are Python ints: no host sync)."""
+    """Buffers and host-side counters of one layer (counters are Python ints: no host sync).
+
+    ``keys`` / ``values`` are ``[B, T, H, D]`` in the cache dtype, or 8-bit codes with float32
+    ``key_scales`` / ``value_scales`` ``[B, T, H, 1]`` when the cache has a ``kv_dtype`` (float8
+    codes as their uint8 bit patterns: ``KVFormat.storage_dtype``).
+    """
 
     keys: torch.Tensor
     values: torch.Tensor
     keys_roped: torch.Tensor | None
+    key_scales: torch.Tensor | None = None
+    value_scales: torch.Tensor | None = None
     filled_frames: int = 0
     end_frame: int = 0
     chunk_start: int = 0
@@ -118,6 +137,12 @@ class MemRoPECache:
             overrides ``device``. A layer's keys and values must arrive on its device.
         rope: the rotary embedding (default: Wan 3-axis, interleaved, ``config.max_positions``).
         key_workspace: ``"per_layer"`` or ``"shared"`` (see the module docstring).
+        kv_dtype: storage of the un-roped keys and values: ``None`` (default, the cache dtype),
+            ``torch.float8_e4m3fn``, ``torch.float8_e5m2`` or ``torch.int8`` (or a name such as
+            ``"fp8"``): 8-bit codes with a float32 scale per token and head (:mod:`memrope.kv_storage`,
+            which states the error bounds). Attention still runs in ``dtype``: each call dequantises
+            the slots it reads (values into one workspace per device shared by all layers, keys on
+            their way into the RoPE'd-key workspace); EMA memories stay in ``config.memory_dtype``.
     """
 
     def __init__(
@@ -134,6 +159,7 @@ class MemRoPECache:
         rope: RotaryEmbedding | None = None,
         key_workspace: KeyWorkspace = "per_layer",
         layer_devices: list[torch.device | str] | tuple[torch.device | str, ...] | None = None,
+        kv_dtype: torch.dtype | str | None = None,
     ) -> None:
         if not isinstance(config, MemRoPEConfig):
             raise TypeError(f"config must be a MemRoPEConfig, got {type(config).__name__}")
@@ -154,6 +180,8 @@ class MemRoPECache:
             raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
         if key_workspace not in KEY_WORKSPACES:
             raise ValueError(f"key_workspace must be one of {KEY_WORKSPACES}, got {key_workspace!r}")
+        self.kv_format: KVFormat | None = kv_format(kv_dtype, dtype)
+        self._rope_dtype = torch.promote_types(dtype, torch.float32)  # dequantised keys are roped from this
         if rope is None:
             rope = RotaryEmbedding(head_dim, wan_axis_pairs(head_dim), max_positions=config.max_positions)
         if rope.head_dim != head_dim or rope.num_axes != 3:
@@ -181,11 +209,12 @@ class MemRoPECache:
         geometry = CacheGeometry(batch_size, num_heads, head_dim, self.frame_seqlen, dtype, self.memory_dtype)
         self.policy: CachePolicy = get_policy(config.policy)(config, geometry)
         self._memory_labels = [FIRST_MEMORY_SLOT - index for index in range(len(self.policy.memory_slots))]
-        clashes = sorted(set(self.policy.memory_shapes()) & set(LAYER_STATE_NAMES))
+        reserved = (*LAYER_STATE_NAMES, *SCALE_STATE_NAMES)
+        clashes = sorted(set(self.policy.memory_shapes()) & set(reserved))
         if clashes:
             raise ValueError(
                 f"policy {config.policy!r} names memory tensors {clashes}, which the cache saves itself "
-                f"(reserved per layer: {LAYER_STATE_NAMES})"
+                f"(reserved per layer: {reserved})"
             )
         if config.bounded:
             self.capacity_frames = config.cache_frames
@@ -195,6 +224,7 @@ class MemRoPECache:
         self._table_frames = self.capacity_frames
         self._shared_keys: dict[torch.device, torch.Tensor] = {}
         self._shared_owner: dict[torch.device, int] = {}
+        self._shared_values: dict[torch.device, torch.Tensor] = {}  # dequantised values, with a kv_dtype
         self._recache: tuple[int, int] | None = None
         self._attention_hooks: OrderedDict[int, AttentionHook] = OrderedDict()
         self.layers = [self._new_layer(d) for d in self.layer_devices]
@@ -205,13 +235,28 @@ class MemRoPECache:
         shape = (self.batch_size, frames * self.frame_seqlen, self.num_heads, self.head_dim)
         return torch.zeros(shape, device=device, dtype=self.dtype)
 
+    def _storage(self, frames: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One un-roped key or value buffer of ``frames`` frames and its scales (``None`` without a kv_dtype)."""
+        if self.kv_format is None:
+            return self._buffer(frames, device), None
+        tokens = frames * self.frame_seqlen
+        shape = (self.batch_size, tokens, self.num_heads, self.head_dim)
+        codes = torch.zeros(shape, device=device, dtype=self.kv_format.storage_dtype)
+        scales_shape = scale_shape(self.batch_size, tokens, self.num_heads)
+        scales = torch.zeros(scales_shape, device=device, dtype=SCALE_DTYPE)
+        return codes, scales
+
     def _new_layer(self, device: torch.device) -> LayerState:
         per_layer = self.key_workspace == "per_layer"
         keys_roped = self._buffer(self.capacity_frames, device) if per_layer else None
         if not per_layer and device not in self._shared_keys:
             self._shared_keys[device] = self._buffer(self.capacity_frames, device)
         frames = self.capacity_frames
-        return LayerState(self._buffer(frames, device), self._buffer(frames, device), keys_roped)
+        if self.kv_format is not None and device not in self._shared_values:
+            self._shared_values[device] = self._buffer(frames, device)
+        keys, key_scales = self._storage(frames, device)
+        values, value_scales = self._storage(frames, device)
+        return LayerState(keys, values, keys_roped, key_scales, value_scales)
 
     def _build_tables(self) -> None:
         """Float32 RoPE tables ``cos, sin`` ``[slots * P, D]`` of every slot position, on each layer device."""
@@ -236,17 +281,20 @@ class MemRoPECache:
             self._build_tables()
         device = state.keys.device
         used = state.filled_frames * self.frame_seqlen
-        for name in ("keys", "values", "keys_roped"):
+        for name in ("keys", "values", "keys_roped", "key_scales", "value_scales"):
             old = getattr(state, name)
             if old is None:
                 continue
-            new = self._buffer(frames, device)
+            new = old.new_zeros((old.shape[0], frames * self.frame_seqlen, *old.shape[2:]))
             new[:, :used] = old[:, :used]
             setattr(state, name, new)
         shared = self._shared_keys.get(device)
         if shared is not None and shared.shape[1] < frames * self.frame_seqlen:
             self._shared_keys[device] = self._buffer(frames, device)
             self._shared_owner.pop(device, None)
+        shared_values = self._shared_values.get(device)
+        if shared_values is not None and shared_values.shape[1] < frames * self.frame_seqlen:
+            self._shared_values[device] = self._buffer(frames, device)
 
     # ------------------------------------------------------------------ validation
     def _check_call(self, key: torch.Tensor, value: torch.Tensor, layer: int, start_frame: int) -> CallKind:
@@ -254,8 +302,12 @@ class MemRoPECache:
         state = self._layer_state(layer)
         if isinstance(start_frame, bool) or not isinstance(start_frame, int):
             raise TypeError(f"start_frame must be an int, got {type(start_frame).__name__}")
-        frames = self.config.chunk_frames if self._recache is None else self._recache[1]
-        what = "chunk_frames" if self._recache is None else "recache window frames"
+        if self._recache is not None:
+            frames, what = self._recache[1], "recache window frames"
+        else:
+            frames = self.config.chunk_frames_at(start_frame)
+            first = start_frame == 0 and self.config.first_chunk_frames is not None
+            what = "first_chunk_frames" if first else "chunk_frames"
         expected = (self.batch_size, frames * self.frame_seqlen, self.num_heads, self.head_dim)
         for name, tensor in (("key", key), ("value", value)):
             if not isinstance(tensor, torch.Tensor):
@@ -287,6 +339,10 @@ class MemRoPECache:
             allowed += f" or {state.chunk_start} (rewrite the current chunk)"
         raise ValueError(f"start_frame for layer {layer} must be {allowed}, got {start_frame}")
 
+    def chunk_frames_at(self, start_frame: int) -> int:
+        """Latent frames a call at chunk boundary ``start_frame`` carries (the first chunk may differ)."""
+        return self.config.chunk_frames_at(start_frame)
+
     # ------------------------------------------------------------------ the per-call path
     def update(self, key: torch.Tensor, value: torch.Tensor, *, layer: int, start_frame: int) -> CacheContext:
         """Write one chunk's un-roped ``key`` / ``value`` ``[B, L, H, D]`` for ``layer``.
@@ -307,16 +363,55 @@ class MemRoPECache:
         chunk_end = chunk_begin + key.shape[1]
         write_slot = self._first_written_slot(kind, first_slot, start_frame)
         write_begin = min(write_slot * tokens, chunk_end)
-        state.keys[:, write_begin:chunk_end] = key[:, write_begin - chunk_begin :]
-        state.values[:, write_begin:chunk_end] = value[:, write_begin - chunk_begin :]
+        self._store(
+            state, write_begin, key[:, write_begin - chunk_begin :], value[:, write_begin - chunk_begin :]
+        )
         slot_cos, slot_sin = self._tables[key.device]
         keys_roped = self._roped_keys(layer, state, write_begin // tokens, slot_cos, slot_sin)
         filled_tokens = state.filled_frames * tokens
+        quantised = self.kv_format is not None
         return CacheContext(
             keys=keys_roped[:, :filled_tokens],
-            values=state.values[:, :filled_tokens],
+            values=self._dequantised_values(state) if quantised else state.values[:, :filled_tokens],
             query_cos=slot_cos[chunk_begin:chunk_end],
             query_sin=slot_sin[chunk_begin:chunk_end],
+        )
+
+    def _store(self, state: LayerState, begin: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Write un-roped ``keys`` / ``values`` ``[B, n, H, D]`` into tokens ``begin .. begin + n - 1``.
+
+        With a kv_dtype they are quantised on the way (transients: float32 copies of these tokens).
+        """
+        end = begin + keys.shape[1]
+        if self.kv_format is None or state.key_scales is None or state.value_scales is None:
+            state.keys[:, begin:end] = keys
+            state.values[:, begin:end] = values
+            return
+        self.kv_format.write(state.keys[:, begin:end], state.key_scales[:, begin:end], keys)
+        self.kv_format.write(state.values[:, begin:end], state.value_scales[:, begin:end], values)
+
+    def _stored(
+        self, state: LayerState, begin: int, end: int, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Un-roped keys and values of tokens ``begin .. end - 1``, ``[B, end - begin, H, D]``.
+
+        Views of the buffers (in the cache dtype) without a kv_dtype; else dequantised into new tensors of ``dtype``.
+        """
+        if self.kv_format is None or state.key_scales is None or state.value_scales is None:
+            return state.keys[:, begin:end], state.values[:, begin:end]
+        decode = self.kv_format.decode
+        return (
+            decode(state.keys[:, begin:end], state.key_scales[:, begin:end], dtype),
+            decode(state.values[:, begin:end], state.value_scales[:, begin:end], dtype),
+        )
+
+    def _dequantised_values(self, state: LayerState) -> torch.Tensor:
+        """The filled slots' values dequantised into the device's shared value workspace, ``[B, filled_tokens, H, D]``."""
+        assert self.kv_format is not None and state.value_scales is not None
+        filled_tokens = state.filled_frames * self.frame_seqlen
+        workspace = self._shared_values[state.values.device][:, :filled_tokens]
+        return self.kv_format.decode_into(
+            workspace, state.values[:, :filled_tokens], state.value_scales[:, :filled_tokens]
         )
 
     def _first_written_slot(self, kind: CallKind, first_slot: int, start_frame: int) -> int:
@@ -345,13 +440,16 @@ class MemRoPECache:
         tokens = self.frame_seqlen
         for frame in range(first, state.filled_frames):
             span = slice(frame * tokens, (frame + 1) * tokens)
-            self.rope.apply(state.keys[:, span], slot_cos[span], slot_sin[span], out=workspace[:, span])
+            keys = state.keys[:, span]
+            if self.kv_format is not None and state.key_scales is not None:
+                keys = self.kv_format.decode(keys, state.key_scales[:, span], self._rope_dtype)
+            self.rope.apply(keys, slot_cos[span], slot_sin[span], out=workspace[:, span])
         state.roped_frames = state.filled_frames
         return workspace
 
     def _advance(self, state: LayerState, start_frame: int) -> None:
         """Make room for a new chunk starting at global frame ``start_frame`` (docs/design.md §4-§6)."""
-        chunk = self.config.chunk_frames
+        chunk = self.config.chunk_frames_at(start_frame)
         if not self.config.bounded and state.filled_frames + chunk > state.keys.shape[1] // self.frame_seqlen:
             self._grow(state, state.filled_frames + chunk)
         capacity = state.keys.shape[1] // self.frame_seqlen
@@ -387,8 +485,9 @@ class MemRoPECache:
             width = min(distance, state.filled_frames - frame - distance)
             target = slice(frame * tokens, (frame + width) * tokens)
             source = slice((frame + distance) * tokens, (frame + distance + width) * tokens)
-            state.keys[:, target] = state.keys[:, source]
-            state.values[:, target] = state.values[:, source]
+            for buffer in (state.keys, state.values, state.key_scales, state.value_scales):
+                if buffer is not None:
+                    buffer[:, target] = buffer[:, source]
             frame += width
 
     def _evict(self, state: LayerState, evict_from: int, evicted: int) -> None:
@@ -400,7 +499,8 @@ class MemRoPECache:
         """
         tokens = self.frame_seqlen
         span = slice(evict_from * tokens, (evict_from + evicted) * tokens)
-        memory_slots = self.policy.evict(state.memory, state.keys[:, span], state.values[:, span])
+        evicted_keys, evicted_values = self._stored(state, span.start, span.stop, self.dtype)
+        memory_slots = self.policy.evict(state.memory, evicted_keys, evicted_values)
         if len(memory_slots) != len(self._memory_labels):
             raise RuntimeError(
                 f"policy {self.config.policy!r} returned {len(memory_slots)} memory slots, "
@@ -408,9 +508,7 @@ class MemRoPECache:
             )
         shape = (self.batch_size, tokens, self.num_heads, self.head_dim)
         for slot, (keys, values) in enumerate(memory_slots, start=self.config.sink_frames):
-            target = slice(slot * tokens, (slot + 1) * tokens)
-            state.keys[:, target] = keys.expand(shape)
-            state.values[:, target] = values.expand(shape)
+            self._store(state, slot * tokens, keys.expand(shape), values.expand(shape))
 
     # ------------------------------------------------------------------ prompt switches
     def recache_window(self) -> tuple[int, int]:
@@ -492,10 +590,17 @@ class MemRoPECache:
 
     # ------------------------------------------------------------------ inspection
     def layer_contents(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Un-roped keys and values of the filled slots of ``layer`` in slot order, ``[B, filled_tokens, H, D]``."""
+        """Un-roped keys and values of the filled slots of ``layer`` in slot order, ``[B, filled_tokens, H, D]``.
+
+        Views of the buffers; with a ``kv_dtype``, new tensors dequantised to the cache dtype.
+        """
         state = self.layers[layer]
-        filled_tokens = state.filled_frames * self.frame_seqlen
-        return state.keys[:, :filled_tokens], state.values[:, :filled_tokens]
+        return self._stored(state, 0, state.filled_frames * self.frame_seqlen, self.dtype)
+
+    @property
+    def kv_dtype(self) -> torch.dtype:
+        """The dtype the un-roped keys and values are stored in: the cache dtype, or the 8-bit ``kv_dtype``."""
+        return self.dtype if self.kv_format is None else self.kv_format.dtype
 
     def slot_layout(self, layer: int = 0) -> list[str]:
         """What each filled slot of ``layer`` holds: ``"f<global frame>"`` or a memory slot's name.
@@ -521,9 +626,9 @@ class MemRoPECache:
     def slot_roles(self, layer: int = 0) -> list[SlotRole]:
         """The role (one of :attr:`role_names`) of each filled slot of ``layer``, in slot order.
 
-        * ``"current"``: the slots of the chunk last written (``chunk_slot .. chunk_slot +
-          chunk_frames - 1``), or of the recache window inside :meth:`recaching`. This wins over
-          ``"sink"`` while the first chunks fill the sink slots.
+        * ``"current"``: the slots of the chunk last written (``chunk_slot .. filled - 1``: its
+          ``chunk_frames``, or ``first_chunk_frames`` for the first chunk), or of the recache window
+          inside :meth:`recaching`. This wins over ``"sink"`` while the first chunks fill the sink slots.
         * the policy's memory slot names (``"long"`` / ``"short"`` for ``memrope``): its memory slots.
         * ``"sink"``: other slots below ``config.sink_frames``.
         * ``"recent"``: every other real frame.
@@ -554,7 +659,7 @@ class MemRoPECache:
             return range(first, first + frames)
         if not state.slot_frames:
             return range(0)
-        return range(state.chunk_slot, state.chunk_slot + self.config.chunk_frames)
+        return range(state.chunk_slot, state.chunk_slot + state.end_frame - state.chunk_start)
 
     def _slot_role(self, slot: int, frame: int, current: range) -> SlotRole:
         if slot in current:
@@ -566,15 +671,23 @@ class MemRoPECache:
         return RECENT_ROLE
 
     def check_finite(self) -> None:
-        """Raise :class:`~memrope.errors.NonFiniteError` if an EMA memory holds NaN or infinity.
+        """Raise :class:`~memrope.errors.NonFiniteError` if an EMA memory (or an 8-bit scale) holds NaN or infinity.
 
         One non-finite key or value folded into a memory stays there for the rest of the video, so
         a pipeline calls this once per chunk (one host sync for all layers), not per attention call.
+        With a ``kv_dtype`` the scales of the filled slots are checked too: a non-finite key or
+        value gives its token a non-finite scale (int8 codes cannot hold NaN themselves).
         """
         named = [
             (index, name, tensor)
             for index, state in enumerate(self.layers)
             for name, tensor in state.memory.items()
+        ]
+        named += [
+            (index, name, scales[:, : state.filled_frames * self.frame_seqlen])
+            for index, state in enumerate(self.layers)
+            for name, scales in (("key_scales", state.key_scales), ("value_scales", state.value_scales))
+            if scales is not None and state.filled_frames
         ]
         if not named:
             return
@@ -582,6 +695,13 @@ class MemRoPECache:
         if bool(finite.all()):
             return
         index, name, _ = named[int((~finite).nonzero()[0, 0])]
+        if name in ("key_scales", "value_scales"):
+            raise NonFiniteError(
+                f"the {name.split('_')[0]}s stored in 8 bits in cache layer {index} hold NaN or infinity (their "
+                f"{name.replace('_', ' ')} are not finite: a non-finite {name.split('_')[0]} was written at frame "
+                f"{self.layers[index].chunk_start} or earlier); the rest of the video would be corrupted: check "
+                "the model weights and inputs, then regenerate"
+            )
         raise NonFiniteError(
             f"the {name.replace('_', ' ')} memory of cache layer {index} holds NaN or infinity (a non-finite key or "
             f"value was evicted into it, at frame {self.layers[index].chunk_start} or earlier); the rest of the video "
@@ -589,13 +709,13 @@ class MemRoPECache:
         )
 
     def resident_bytes(self) -> int:
-        """Bytes held by the cache buffers, memory accumulators and RoPE tables."""
+        """Bytes held by the cache buffers (8-bit codes and scales with a kv_dtype), workspaces, memories and RoPE tables."""
         tensors: list[torch.Tensor] = [table for pair in self._tables.values() for table in pair]
         tensors += list(self._shared_keys.values())
+        tensors += list(self._shared_values.values())
         for state in self.layers:
             tensors += [state.keys, state.values, *state.memory.values()]
-            if state.keys_roped is not None:
-                tensors.append(state.keys_roped)
+            tensors += [t for t in (state.keys_roped, state.key_scales, state.value_scales) if t is not None]
         return sum(t.numel() * t.element_size() for t in tensors)
 
     def summary(self) -> str:
@@ -605,7 +725,9 @@ class MemRoPECache:
             (
                 f"MemRoPECache(policy={config.policy!r}, layers={self.num_layers}, batch={self.batch_size}, "
                 f"heads={self.num_heads}, head_dim={self.head_dim}, frame_shape={self.frame_shape}, "
-                f"dtype={str(self.dtype).removeprefix('torch.')}, device={self.device})"
+                f"dtype={str(self.dtype).removeprefix('torch.')}, device={self.device}"
+                + ("" if self.kv_format is None else f", kv_dtype={self.kv_format.name}")
+                + ")"
             ),
         ]
         if config.bounded:
@@ -633,6 +755,9 @@ class MemRoPECache:
         for state in self.layers:
             state.keys.zero_()
             state.values.zero_()
+            for scales in (state.key_scales, state.value_scales):
+                if scales is not None:
+                    scales.zero_()
             state.filled_frames = state.end_frame = state.chunk_start = state.chunk_slot = (
                 state.roped_frames
             ) = 0
@@ -649,11 +774,16 @@ class MemRoPECache:
         shared = next(iter(self._shared_keys.values()), None)
         self._shared_keys = {} if shared is None else {self.device: shared.to(self.device)}
         self._shared_owner = {}
+        shared_values = next(iter(self._shared_values.values()), None)
+        self._shared_values = {} if shared_values is None else {self.device: shared_values.to(self.device)}
         for state in self.layers:
             state.keys = state.keys.to(self.device)
             state.values = state.values.to(self.device)
             if state.keys_roped is not None:
                 state.keys_roped = state.keys_roped.to(self.device)
+            if state.key_scales is not None and state.value_scales is not None:
+                state.key_scales = state.key_scales.to(self.device)
+                state.value_scales = state.value_scales.to(self.device)
             state.memory = {name: tensor.to(self.device) for name, tensor in state.memory.items()}
             state.roped_frames = 0
         return self
@@ -664,15 +794,21 @@ class MemRoPECache:
         Per layer ``i``: ``layers.i.keys`` / ``layers.i.values`` (filled slots, un-roped),
         ``layers.i.counters`` (filled frames, end frame, chunk start, chunk slot),
         ``layers.i.slot_frames`` and, once memory exists, ``layers.i.{long,short}_{keys,values}``.
-        ``meta.layout`` (JSON as uint8) records the configuration and geometry the state belongs to,
-        so :meth:`load_state_dict` refuses a state from another cache.
+        With a ``kv_dtype``, ``keys`` / ``values`` hold the raw 8-bit codes and ``layers.i.key_scales``
+        / ``layers.i.value_scales`` their float32 scales ``[B, filled_tokens, H, 1]`` (bit-exact resume).
+        ``meta.layout`` (JSON as uint8) records the configuration and geometry the state belongs to
+        (and the ``kv_dtype``, if any), so :meth:`load_state_dict` refuses a state from another cache.
         """
         result: dict[str, torch.Tensor] = {LAYOUT_KEY: encode_json(self._layout())}
         for index, state in enumerate(self.layers):
-            keys, values = self.layer_contents(index)
             prefix = f"layers.{index}."
-            result[prefix + "keys"] = keys.contiguous().clone()
-            result[prefix + "values"] = values.contiguous().clone()
+            used = state.filled_frames * self.frame_seqlen
+            saved_dtype = self.kv_dtype  # float8 codes are saved as float8 (their buffers are uint8)
+            result[prefix + "keys"] = state.keys[:, :used].view(saved_dtype).contiguous().clone()
+            result[prefix + "values"] = state.values[:, :used].view(saved_dtype).contiguous().clone()
+            if state.key_scales is not None and state.value_scales is not None:
+                result[prefix + "key_scales"] = state.key_scales[:, :used].contiguous().clone()
+                result[prefix + "value_scales"] = state.value_scales[:, :used].contiguous().clone()
             counters = [state.filled_frames, state.end_frame, state.chunk_start, state.chunk_slot]
             result[prefix + "counters"] = torch.tensor(counters, dtype=torch.int64)
             result[prefix + "slot_frames"] = torch.tensor(state.slot_frames, dtype=torch.int64)
@@ -684,7 +820,7 @@ class MemRoPECache:
         """What a state must agree on to be loaded here: the policy settings and the tensor geometry."""
         config = self.config.to_dict()
         config.pop("memory_dtype")
-        return {
+        layout: dict[str, Any] = {
             "config": config,
             "num_layers": self.num_layers,
             "batch_size": self.batch_size,
@@ -692,14 +828,24 @@ class MemRoPECache:
             "head_dim": self.head_dim,
             "frame_shape": list(self.frame_shape),
         }
+        if self.kv_format is not None:
+            layout["kv_dtype"] = self.kv_format.name  # informative: load_state_dict converts other storage
+        return layout
 
     def load_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
         """Restore a :meth:`state_dict`; everything is validated before the cache is touched.
+
+        A state whose keys and values are stored otherwise than this cache's ``kv_dtype`` is
+        converted, with a ``UserWarning``: 8-bit codes are dequantised (exact up to the cache
+        dtype), float keys and values are quantised (lossy, within :mod:`memrope.kv_storage`'s
+        bounds), one 8-bit format goes to another through float32. The same storage restores bit-exactly.
 
         Raises:
             ValueError: the state belongs to another configuration or geometry (``meta.layout``;
                 states written before it existed are checked structurally only), an entry is missing,
                 unexpected or of the wrong shape, or the counters, slot layout and memories disagree.
+            TypeError: keys or values of the wrong kind (8-bit codes without their scales, or scales
+                beside float keys).
         """
         checker = StateChecker(
             self.config,
@@ -713,14 +859,29 @@ class MemRoPECache:
             capacity_frames=self.capacity_frames if self.config.bounded else self.rope.max_positions,
         )
         plans = checker.check(state_dict)
+        self._warn_on_conversion(plans)
         for index, plan in enumerate(plans):
             state = self.layers[index]
             if not self.config.bounded and plan.filled > state.keys.shape[1] // self.frame_seqlen:
                 self._grow(state, plan.filled)
             used = plan.filled * self.frame_seqlen
             device = state.keys.device
-            state.keys[:, :used] = plan.keys.to(device, self.dtype)
-            state.values[:, :used] = plan.values.to(device, self.dtype)
+            saved_format = None if plan.key_scales is None else kv_format(plan.keys.dtype, self.dtype)
+            if saved_format is not None and saved_format == self.kv_format:
+                for target, source in (
+                    (state.keys, plan.keys),
+                    (state.values, plan.values),
+                    (state.key_scales, plan.key_scales),
+                    (state.value_scales, plan.value_scales),
+                ):
+                    assert target is not None and source is not None
+                    target[:, :used] = source.to(device).view(target.dtype)
+            else:
+                keys, values = plan.keys, plan.values
+                if saved_format is not None and plan.key_scales is not None and plan.value_scales is not None:
+                    keys = saved_format.decode(keys, plan.key_scales, self._rope_dtype)
+                    values = saved_format.decode(values, plan.value_scales, self._rope_dtype)
+                self._store(state, 0, keys.to(device, self.dtype), values.to(device, self.dtype))
             state.filled_frames, state.end_frame = plan.filled, plan.end_frame
             state.chunk_start, state.chunk_slot = plan.chunk_start, plan.chunk_slot
             state.slot_frames = plan.slot_frames
@@ -730,6 +891,21 @@ class MemRoPECache:
             state.roped_frames = 0
             state.last_call = None
         self._shared_owner = {}
+
+    def _warn_on_conversion(self, plans: list[LayerRestore]) -> None:
+        """One ``UserWarning`` if a state's keys and values are stored otherwise than this cache's."""
+        stored = {dtype_name(plan.keys.dtype) if plan.key_scales is not None else None for plan in plans}
+        mine = None if self.kv_format is None else self.kv_format.name
+        others = sorted(str(name or "float") for name in stored - {mine})
+        if others:
+            target = f"kv_dtype={mine}" if mine else f"{dtype_name(self.dtype)} (no kv_dtype)"
+            action = "quantised" if mine else "dequantised"
+            warnings.warn(
+                f"state_dict holds keys and values stored as {', '.join(others)}; {action} to this cache's "
+                f"{target} on loading, so the resumed run differs slightly from one without the switch",
+                UserWarning,
+                stacklevel=3,
+            )
 
 
 def _run_hooks(

@@ -14,13 +14,17 @@ from typing import Any
 
 import torch
 
+from memrope._dtypes import dtype_name
 from memrope.config import MemRoPEConfig
+from memrope.kv_storage import supported_kv_dtype_names
 from memrope.policies import CachePolicy
 
 __all__ = [
+    "CONVERTIBLE_LAYOUT_NAMES",
     "FIRST_MEMORY_SLOT",
     "LAYER_STATE_NAMES",
     "LAYOUT_KEY",
+    "SCALE_STATE_NAMES",
     "LayerRestore",
     "StateChecker",
     "decode_json",
@@ -30,6 +34,8 @@ __all__ = [
 LAYOUT_KEY = "meta.layout"
 FIRST_MEMORY_SLOT = -2  # slot_frames label of memory slot i: FIRST_MEMORY_SLOT - i
 LAYER_STATE_NAMES = ("keys", "values", "counters", "slot_frames")  # saved as layers.{i}.{name}
+SCALE_STATE_NAMES = ("key_scales", "value_scales")  # saved as layers.{i}.{name} by a cache with a kv_dtype
+CONVERTIBLE_LAYOUT_NAMES = ("kv_dtype",)  # layout entries a state may differ in: load_state_dict converts
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,8 @@ class LayerRestore:
     memory: dict[str, torch.Tensor]
     keys: torch.Tensor
     values: torch.Tensor
+    key_scales: torch.Tensor | None = None  # with 8-bit keys and values: float32 [B, filled_tokens, H, 1]
+    value_scales: torch.Tensor | None = None
 
 
 class StateChecker:
@@ -110,7 +118,7 @@ class StateChecker:
         differences += [
             f"{name}={saved.get(name)!r} (this cache: {value!r})"
             for name, value in mine.items()
-            if name != "config" and saved.get(name) != value
+            if name != "config" and name not in CONVERTIBLE_LAYOUT_NAMES and saved.get(name) != value
         ]
         if differences:
             raise ValueError(
@@ -144,7 +152,8 @@ class StateChecker:
             name
             for name in state_dict
             if name.startswith(prefix)
-            and name[len(prefix) :] not in {*LAYER_STATE_NAMES, *self.policy.memory_shapes()}
+            and name[len(prefix) :]
+            not in {*LAYER_STATE_NAMES, *SCALE_STATE_NAMES, *self.policy.memory_shapes()}
         )
         if foreign:
             raise ValueError(
@@ -158,7 +167,9 @@ class StateChecker:
         }
         self._check_memory(prefix, memory, has_memory_slots=FIRST_MEMORY_SLOT in slot_frames)
         self._check_slot_frames(prefix, slot_frames, filled, end_frame, chunk_start, chunk_slot)
-        names = {prefix + name for name in (*LAYER_STATE_NAMES, *memory)}
+        scales = self._check_scales(prefix, state_dict, shape)
+        saved_scales = SCALE_STATE_NAMES if scales else ()
+        names = {prefix + name for name in (*LAYER_STATE_NAMES, *memory, *saved_scales)}
         return LayerRestore(
             names,
             filled,
@@ -169,12 +180,57 @@ class StateChecker:
             memory,
             state_dict[prefix + "keys"],
             state_dict[prefix + "values"],
+            *(scales or (None, None)),
         )
+
+    def _check_scales(
+        self, prefix: str, state_dict: dict[str, torch.Tensor], shape: tuple[int, ...]
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The layer's 8-bit scales ``(key_scales, value_scales)``, or ``None`` for keys and values stored as floats.
+
+        Keys and values with scales must be 8-bit codes (``kv_storage.supported_kv_dtype_names``);
+        without scales they must be floating.
+        """
+        present = [name for name in SCALE_STATE_NAMES if prefix + name in state_dict]
+        if present and len(present) != len(SCALE_STATE_NAMES):
+            raise ValueError(
+                f"state_dict has {prefix + present[0]} but not the other 8-bit scales {list(SCALE_STATE_NAMES)}"
+            )
+        codes = {name: state_dict[prefix + name] for name in ("keys", "values")}
+        if not present:
+            for name, tensor in codes.items():
+                if not tensor.is_floating_point():
+                    raise TypeError(
+                        f"{prefix + name} holds {tensor.dtype} without {prefix}{name[:-1]}_scales: 8-bit keys and "
+                        "values need their scales, other entries must be floating"
+                    )
+            return None
+        allowed = supported_kv_dtype_names()
+        scale_shape = (*shape[:-1], 1)
+        for name in ("keys", "values"):
+            if dtype_name(codes[name].dtype) not in allowed:
+                raise TypeError(
+                    f"{prefix + name} must hold 8-bit codes ({', '.join(allowed)}) beside its scales, "
+                    f"got {codes[name].dtype}"
+                )
+            scales = state_dict[prefix + name[:-1] + "_scales"]
+            if not isinstance(scales, torch.Tensor) or not scales.is_floating_point():
+                raise TypeError(f"{prefix + name[:-1]}_scales must be a floating tensor")
+            if tuple(scales.shape) != scale_shape:
+                raise ValueError(
+                    f"{prefix + name[:-1]}_scales must have shape {list(scale_shape)}, got {list(scales.shape)}"
+                )
+        if codes["keys"].dtype != codes["values"].dtype:
+            raise TypeError(
+                f"{prefix}keys and values must share one 8-bit dtype, got {codes['keys'].dtype} and "
+                f"{codes['values'].dtype}"
+            )
+        return state_dict[prefix + "key_scales"], state_dict[prefix + "value_scales"]
 
     def _check_counters(
         self, prefix: str, filled: int, end_frame: int, chunk_start: int, chunk_slot: int
     ) -> None:
-        chunk = self.config.chunk_frames
+        chunk = self.config.chunk_frames_at(chunk_start)
         capacity = self.capacity_frames
         counters = [filled, end_frame, chunk_start, chunk_slot]
         if filled == 0:
@@ -226,7 +282,7 @@ class StateChecker:
             problems.append("real frames must increase from slot to slot")
         if slot_frames[chunk_slot:] != expected_chunk:
             problems.append(
-                f"the last {self.config.chunk_frames} slots must hold the chunk's frames {expected_chunk}"
+                f"the last {len(expected_chunk)} slots must hold the chunk's frames {expected_chunk}"
             )
         if not self.config.bounded and slot_frames != list(range(filled)):
             problems.append("the unbounded 'full' policy keeps every frame at its global position")

@@ -61,6 +61,12 @@ class MemRoPEConfig:
       ``"full"``.
     * ``sink_frames``: frames at the start of the video kept forever (official ``sink_size``).
     * ``chunk_frames``: latent frames generated per chunk (official ``num_frame_per_block``).
+    * ``first_chunk_frames``: latent frames of the first chunk when it differs (Self-Forcing's
+      ``independent_first_frame=True``: 1, then chunks of ``chunk_frames``); ``None``: the first chunk
+      is a chunk like the others. Chunk ``k >= 1`` then starts at frame
+      ``first_chunk_frames + (k - 1) * chunk_frames`` (see :meth:`chunk_start`). A chunk that starts
+      inside the sink (frame 1 after a 1-frame first chunk, with ``sink_frames=3``) is protected on
+      rewrites like any chunk after frame 0 (``protect_sink_on_rewrite``).
     * ``alpha_long`` / ``alpha_short``: EMA rates, ``m <- a*x + (1-a)*m``.
     * ``pooling``: ``"mean"`` pools evicted frames over all their tokens (official default);
       ``"per_position"`` pools over the evicted frames only, one vector per spatial position.
@@ -92,6 +98,7 @@ class MemRoPEConfig:
     memory_dtype: torch.dtype | None = field(default=torch.float32)
     max_positions: int = DEFAULT_MAX_POSITIONS
     protect_sink_on_rewrite: bool = True
+    first_chunk_frames: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.policy, str) or self.policy not in available_policies():
@@ -119,6 +126,37 @@ class MemRoPEConfig:
         if policy.bounded:
             _check_int("cache_frames", self.cache_frames, 1)
         policy.check_config(self)
+        if self.first_chunk_frames is not None:
+            _check_int("first_chunk_frames", self.first_chunk_frames, 1)
+            if policy.bounded and self.first_chunk_frames > self.cache_frames:
+                raise ValueError(
+                    f"first_chunk_frames must be <= cache_frames={self.cache_frames} (the first chunk fills an "
+                    f"empty cache), got {self.first_chunk_frames}"
+                )
+            if self.first_chunk_frames == self.chunk_frames:
+                object.__setattr__(self, "first_chunk_frames", None)  # the same chunk sequence, one spelling
+
+    @property
+    def first_chunk(self) -> int:
+        """Latent frames of the first chunk: ``first_chunk_frames``, or ``chunk_frames`` when that is ``None``."""
+        return self.chunk_frames if self.first_chunk_frames is None else self.first_chunk_frames
+
+    def chunk_start(self, index: int) -> int:
+        """Global frame where chunk ``index`` (0, 1, ...) starts."""
+        return 0 if index == 0 else self.first_chunk + (index - 1) * self.chunk_frames
+
+    def chunk_frames_at(self, start_frame: int) -> int:
+        """Latent frames of the chunk starting at global frame ``start_frame`` (a chunk boundary)."""
+        return self.first_chunk if start_frame == 0 else self.chunk_frames
+
+    def chunk_index(self, start_frame: int) -> int | None:
+        """Index of the chunk starting at ``start_frame``, or ``None`` when that is not a chunk boundary."""
+        if start_frame == 0:
+            return 0
+        offset = start_frame - self.first_chunk
+        if offset < 0 or offset % self.chunk_frames:
+            return None
+        return 1 + offset // self.chunk_frames
 
     @property
     def bounded(self) -> bool:
@@ -146,14 +184,18 @@ class MemRoPEConfig:
         return data
 
     @classmethod
-    def from_official(cls, settings: dict[str, Any], chunk_frames: int) -> MemRoPEConfig:
+    def from_official(
+        cls, settings: dict[str, Any], chunk_frames: int, *, first_chunk_frames: int | None = None
+    ) -> MemRoPEConfig:
         """The configuration of official MemRoPE cache settings.
 
         ``settings``: ``mode`` (or ``compression_method``) ``"ema"`` -> policy ``memrope``,
         ``"eviction"`` -> ``sink``; ``local_attn_size`` (-1 -> policy ``full``); ``sink_size``;
         ``ema_alpha_long`` / ``ema_alpha_short`` (default 0.01 / 0.1);
         ``per_position_pooling_and_adaptive_alpha`` (or ``ema_adaptive``) -> per-position pooling
-        with the adaptive short rate. ``chunk_frames``: the official ``num_frame_per_block``.
+        with the adaptive short rate. ``chunk_frames``: the official ``num_frame_per_block``;
+        ``first_chunk_frames``: 1 for Self-Forcing's ``independent_first_frame=True`` (which the official
+        MemRoPE pipeline does not run), else ``None``.
         """
         mode = settings.get("mode", settings.get("compression_method"))
         if mode not in OFFICIAL_MODES:
@@ -175,6 +217,7 @@ class MemRoPEConfig:
             "alpha_short": float(settings.get("ema_alpha_short", cls.alpha_short)),
             "pooling": "per_position" if adaptive else "mean",
             "adaptive_short_rate": adaptive,
+            "first_chunk_frames": first_chunk_frames,
         }
         if size != -1:
             values["cache_frames"] = size

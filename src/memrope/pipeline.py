@@ -1,8 +1,9 @@
 """Causal (chunk-by-chunk) inference for autoregressive video DiTs with a bounded KV cache.
 
 :class:`CausalInferencePipeline` reproduces the official Self-Forcing / LongLive / MemRoPE inference
-loop (docs/design.md §10): chunks of ``cache_config.chunk_frames`` latent frames are denoised with a few
-flow-matching steps each, then written back into the cache as clean context.
+loop (docs/design.md §10): chunks of ``cache_config.chunk_frames`` latent frames (the first one of
+``cache_config.first_chunk_frames`` when set: Self-Forcing's ``independent_first_frame``) are denoised
+with a few flow-matching steps each, then written back into the cache as clean context.
 
 * :meth:`CausalInferencePipeline.stream` yields one :class:`ChunkResult` per chunk as soon as it is
   done and keeps nothing of earlier chunks: use it for long videos.
@@ -55,6 +56,7 @@ from memrope.cache import MemRoPECache
 from memrope.config import MemRoPEConfig
 from memrope.errors import NonFiniteError
 from memrope.flow_matching import FlowMatchScheduler
+from memrope.kv_storage import kv_format
 from memrope.loading import nonfinite_summary
 from memrope.noise import InitialNoise, check_seed
 from memrope.pipeline_state import (
@@ -100,6 +102,7 @@ class CausalVideoModel(Protocol):
         *,
         device: torch.device | None = None,
         dtype: torch.dtype | None = None,
+        kv_dtype: torch.dtype | str | None = None,
     ) -> MemRoPECache: ...
 
     def encode_context(self, text_embeds: torch.Tensor) -> Any: ...
@@ -122,7 +125,8 @@ class ChunkResult:
     Attributes:
         index: chunk number, from 0.
         start_frame: first latent frame of the chunk in the video.
-        latents: clean latents ``[B, chunk_frames, C, H, W]`` in the pipeline dtype, on its device.
+        latents: clean latents ``[B, f, C, H, W]`` in the pipeline dtype, on its device (``f``:
+            ``chunk_frames``, or ``first_chunk_frames`` for chunk 0 when set).
         frames: the decoder's output for ``latents``, or ``None`` without a decoder.
     """
 
@@ -170,6 +174,10 @@ class CausalInferencePipeline:
         decoder: optional streaming :class:`~memrope.vae.VideoDecoder` applied to every chunk; it is
             reset when a run starts. Its temporal context is not part of checkpoints: after
             ``resume_from`` it starts fresh (``memrope generate`` re-decodes the logged latents first).
+        kv_dtype: 8-bit storage of the cached keys and values (``torch.float8_e4m3fn``,
+            ``torch.float8_e5m2``, ``torch.int8`` or a name such as ``"fp8"``), passed to
+            ``model.new_cache``; ``None`` (default) keeps them in ``dtype`` and calls ``new_cache``
+            without it.
     """
 
     def __init__(
@@ -184,6 +192,7 @@ class CausalInferencePipeline:
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
         decoder: VideoDecoder | None = None,
+        kv_dtype: torch.dtype | str | None = None,
     ) -> None:
         if not isinstance(cache_config, MemRoPEConfig):
             raise TypeError(f"cache_config must be a MemRoPEConfig, got {type(cache_config).__name__}")
@@ -197,6 +206,8 @@ class CausalInferencePipeline:
             or context_noise < 0
         ):
             raise ValueError(f"context_noise must be a number >= 0, got {context_noise!r}")
+        kv_format(kv_dtype, dtype)  # refuse an unsupported kv_dtype now, not at the first chunk
+        self.kv_dtype = kv_dtype
         self.model = model
         self.cache_config = cache_config
         self.scheduler = FlowMatchScheduler(shift=shift, sigma_min=0.0)
@@ -280,14 +291,15 @@ class CausalInferencePipeline:
 
         Args:
             text_embeds: prompt embeddings ``[B, L, text_dim]``, ``1 <= L <= text_len``.
-            num_frames: latent frames to generate, a positive multiple of ``chunk_frames``.
+            num_frames: latent frames to generate, a positive multiple of ``chunk_frames`` (with
+                ``first_chunk_frames``: that plus a multiple of ``chunk_frames``).
             noise: initial noise ``[B, num_frames, C, H, W]``; drawn from the generator when ``None``.
             generator: CPU generator for all random draws (it is advanced); exclusive with ``seed``.
             seed: seeds a fresh CPU generator; with neither, a random seed is used.
             latent_hw: latent ``(H, W)`` when ``noise`` is not given (default ``(60, 104)``: 480x832).
-            prompt_switches: ``(frame, text_embeds)`` pairs, frames increasing, each a multiple of
-                ``chunk_frames`` in ``(0, num_frames)``, embeddings ``[B, L, text_dim]`` with the batch of
-                ``text_embeds``: from ``frame`` on the video follows that prompt (see the module
+            prompt_switches: ``(frame, text_embeds)`` pairs, frames increasing, each a chunk boundary
+                (a multiple of ``chunk_frames`` unless ``first_chunk_frames`` is set) in
+                ``(0, num_frames)``, embeddings ``[B, L, text_dim]`` with the batch of ``text_embeds``: from ``frame`` on the video follows that prompt (see the module
                 docstring); the frames before ``frame`` are exactly those of a run without the switch.
             resume_from: a checkpoint path or :meth:`state_dict` to continue from; excludes
                 ``text_embeds``, ``num_frames``, ``noise``, ``generator``, ``seed``, ``latent_hw`` and
@@ -350,7 +362,7 @@ class CausalInferencePipeline:
                 "format": STATE_FORMAT,
                 "version": STATE_VERSION,
                 "next_chunk": run.next_chunk,
-                "start_frame": run.next_chunk * self.chunk_frames,
+                "start_frame": self.cache_config.chunk_start(run.next_chunk),
                 "num_frames": run.num_frames,
                 **self._settings(),
             },
@@ -461,8 +473,11 @@ class CausalInferencePipeline:
         )
         latent_hw = noise.frame_shape[1:]
         # each layer's cache beside its block: a model split over devices keeps its cache split too
-        cache = self.model.new_cache(self.cache_config, text_embeds.shape[0], latent_hw, dtype=self.dtype)
-        start_frame = next_chunk * self.chunk_frames
+        storage: dict[str, Any] = {} if self.kv_dtype is None else {"kv_dtype": self.kv_dtype}
+        cache = self.model.new_cache(
+            self.cache_config, text_embeds.shape[0], latent_hw, dtype=self.dtype, **storage
+        )
+        start_frame = self.cache_config.chunk_start(next_chunk)
         in_force = [s.text_embeds for s in switches if s.frame < start_frame]
         context = self.model.encode_context(in_force[-1] if in_force else text_embeds)
         if history is not None:
@@ -496,17 +511,21 @@ class CausalInferencePipeline:
         return text_embeds
 
     def _check_num_frames(self, num_frames: int | None) -> int:
-        chunk = self.chunk_frames
+        config = self.cache_config
         if (
             isinstance(num_frames, bool)
             or not isinstance(num_frames, int)
-            or num_frames < chunk
-            or num_frames % chunk
+            or config.chunk_index(num_frames) in (None, 0)
         ):
-            raise ValueError(
-                f"num_frames must be a positive multiple of chunk_frames={chunk} "
-                f"({chunk}, {2 * chunk}, {3 * chunk}, ...), got {num_frames!r}"
-            )
+            valid = ", ".join(str(config.chunk_start(index)) for index in range(1, 4))
+            if config.first_chunk_frames is None:
+                what = f"a positive multiple of chunk_frames={config.chunk_frames}"
+            else:
+                what = (
+                    f"first_chunk_frames={config.first_chunk_frames} + a multiple of "
+                    f"chunk_frames={config.chunk_frames}"
+                )
+            raise ValueError(f"num_frames must be {what} ({valid}, ...), got {num_frames!r}")
         return num_frames
 
     def _check_switches(
@@ -521,7 +540,7 @@ class CausalInferencePipeline:
                 "prompt_switches must be a sequence of (frame, text_embeds) pairs, "
                 f"got {type(prompt_switches).__name__}"
             )
-        chunk = self.chunk_frames
+        config = self.cache_config
         switches: list[PromptSwitch] = []
         for position, pair in enumerate(prompt_switches):
             if not isinstance(pair, (tuple, list)) or len(pair) != 2:
@@ -533,11 +552,16 @@ class CausalInferencePipeline:
             if (
                 isinstance(frame, bool)
                 or not isinstance(frame, int)
-                or frame % chunk
+                or config.chunk_index(frame) is None
                 or not previous < frame < num_frames
             ):
+                boundaries = (
+                    f"a multiple of chunk_frames={config.chunk_frames}"
+                    if config.first_chunk_frames is None
+                    else f"a chunk boundary ({', '.join(str(config.chunk_start(i)) for i in range(1, 4))}, ...)"
+                )
                 raise ValueError(
-                    f"prompt_switches[{position}] frame must be a multiple of chunk_frames={chunk} in "
+                    f"prompt_switches[{position}] frame must be {boundaries} in "
                     f"({previous}, {num_frames}) (after the previous switch, before num_frames), got {frame!r}"
                 )
             embeds = self._check_text_embeds(embeds, f"prompt_switches[{position}] text_embeds")
@@ -572,10 +596,11 @@ class CausalInferencePipeline:
     def _chunks(
         self, run: _Run, save_every: int | None, checkpoint_path: PathLike | None
     ) -> Iterator[ChunkResult]:
-        chunk = self.chunk_frames
-        while run.next_chunk * chunk < run.num_frames:
+        config = self.cache_config
+        while config.chunk_start(run.next_chunk) < run.num_frames:
             index = run.next_chunk
-            start = index * chunk
+            start = config.chunk_start(index)
+            chunk = config.chunk_frames_at(start)
             for switch in run.switches:
                 if switch.frame == start:
                     self._switch_prompt(run, switch.text_embeds)
@@ -657,7 +682,7 @@ class CausalInferencePipeline:
             return
         if run.history is None:
             raise RuntimeError("a prompt switch needs the latents of the cache window, but none were kept")
-        history_start = run.next_chunk * self.chunk_frames - run.history.shape[1]
+        history_start = self.cache_config.chunk_start(run.next_chunk) - run.history.shape[1]
         offset = first_frame - history_start
         if offset < 0:
             raise RuntimeError(

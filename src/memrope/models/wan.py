@@ -179,11 +179,14 @@ class CausalWanModel(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         key_workspace: str = "per_layer",
+        kv_dtype: torch.dtype | str | None = None,
     ) -> MemRoPECache:
         """A cache sized for this model.
 
         Each layer's state lives on its block's device (models split over devices work as they are)
-        unless ``device`` is given; ``dtype`` defaults to the model's.
+        unless ``device`` is given; ``dtype`` defaults to the model's. ``kv_dtype`` stores the cached
+        keys and values in 8 bits (``torch.float8_e4m3fn``, ``torch.float8_e5m2``, ``torch.int8``;
+        ``None``: in ``dtype``), see :class:`~memrope.cache.MemRoPECache`.
         """
         weight = self.patch_embedding.weight
         return new_wan_cache(
@@ -194,6 +197,7 @@ class CausalWanModel(nn.Module):
             dtype=weight.dtype if dtype is None else dtype,
             layer_devices=[block.modulation.device if device is None else device for block in self.blocks],
             key_workspace=key_workspace,  # type: ignore[arg-type]
+            kv_dtype=kv_dtype,
         )
 
     def embed_text(self, text_embeds: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import torch
 
-from memrope.attention import attend, rope_on_the_fly
+from memrope.attention import AttentionFn, attend, rope_on_the_fly
 from memrope.cache import MemRoPECache
 from memrope.config import MemRoPEConfig
 from memrope.models.wan_config import WanConfig
@@ -93,8 +93,13 @@ def new_wan_cache(
     dtype: torch.dtype,
     layer_devices: Sequence[torch.device | str],
     key_workspace: Literal["per_layer", "shared"] = "per_layer",
+    kv_dtype: torch.dtype | str | None = None,
 ) -> MemRoPECache:
-    """A :class:`MemRoPECache` for a Wan DiT of ``config``: one layer per block, token ``grid`` per frame."""
+    """A :class:`MemRoPECache` for a Wan DiT of ``config``: one layer per block, token ``grid`` per frame.
+
+    ``kv_dtype`` (``None``, ``torch.float8_e4m3fn``, ``torch.float8_e5m2``, ``torch.int8``) stores the
+    cached keys and values in 8 bits (see :class:`MemRoPECache`).
+    """
     return MemRoPECache(
         cache_config,
         num_layers=config.num_layers,
@@ -106,6 +111,7 @@ def new_wan_cache(
         layer_devices=list(layer_devices),
         rope=RotaryEmbedding(config.head_dim, max_positions=cache_config.max_positions),
         key_workspace=key_workspace,
+        kv_dtype=kv_dtype,
     )
 
 
@@ -196,14 +202,26 @@ def encode_text(
 
 # -------------------------------------------------------------------------------------- blocks
 def self_attention(
-    module: Any, x: torch.Tensor, *, cache: MemRoPECache, layer: int, start_frame: int
+    module: Any,
+    x: torch.Tensor,
+    *,
+    cache: MemRoPECache,
+    layer: int,
+    start_frame: int,
+    attention: AttentionFn = attend,
 ) -> torch.Tensor:
-    """Causal self-attention of ``x`` ``[B, L, dim]`` over the MemRoPE cache (heads as the cache's)."""
+    """Causal self-attention of ``x`` ``[B, L, dim]`` over the MemRoPE cache (heads as the cache's).
+
+    ``attention`` is the kernel ``(q, k, v) -> out`` on ``[B, L, H, D]`` that
+    :func:`~memrope.attention.rope_on_the_fly` runs (default :func:`~memrope.attention.attend`).
+    """
     heads, head_dim = cache.num_heads, cache.head_dim
     query = module.norm_q(module.q(x)).unflatten(-1, (heads, head_dim))
     key = module.norm_k(module.k(x)).unflatten(-1, (heads, head_dim))
     value = module.v(x).unflatten(-1, (heads, head_dim))
-    out = rope_on_the_fly(query, key, value, cache=cache, layer=layer, start_frame=start_frame)
+    out = rope_on_the_fly(
+        query, key, value, cache=cache, layer=layer, start_frame=start_frame, attention=attention
+    )
     return module.o(out.flatten(2))  # type: ignore[no-any-return]
 
 
@@ -223,8 +241,12 @@ def run_block(
     cache: MemRoPECache,
     layer: int,
     start_frame: int,
+    attention: AttentionFn = attend,
 ) -> torch.Tensor:
-    """Apply a Wan block to ``x`` ``[B, F*P, dim]`` with per-frame ``modulation`` ``[B, F, 6, dim]``."""
+    """Apply a Wan block to ``x`` ``[B, F*P, dim]`` with per-frame ``modulation`` ``[B, F, 6, dim]``.
+
+    ``attention``: the self-attention kernel (see :func:`self_attention`).
+    """
     frames = modulation.shape[1]
     shift1, scale1, gate1, shift2, scale2, gate2 = (block.modulation.unsqueeze(1) + modulation).chunk(
         6, dim=2
@@ -234,7 +256,9 @@ def run_block(
         return tokens.unflatten(1, (frames, -1))
 
     attn_in = (per_frame(block.norm1(x)) * (1 + scale1) + shift1).flatten(1, 2)
-    attn_out = self_attention(block.self_attn, attn_in, cache=cache, layer=layer, start_frame=start_frame)
+    attn_out = self_attention(
+        block.self_attn, attn_in, cache=cache, layer=layer, start_frame=start_frame, attention=attention
+    )
     x = x + (per_frame(attn_out) * gate1).flatten(1, 2)
     x = x + cross_attention(block.cross_attn, block.norm3(x), text_keys, text_values)
     ffn_in = (per_frame(block.norm2(x)) * (1 + scale2) + shift2).flatten(1, 2)
@@ -249,8 +273,12 @@ def run_blocks(
     *,
     cache: MemRoPECache,
     start_frame: int,
+    attention: AttentionFn = attend,
 ) -> torch.Tensor:
-    """Every block in turn on ``tokens`` ``[B, F*P, dim]``, each on its own device; cache layer ``i`` is block ``i``."""
+    """Every block in turn on ``tokens`` ``[B, F*P, dim]``, each on its own device; cache layer ``i`` is block ``i``.
+
+    ``attention``: the self-attention kernel of every block (see :func:`self_attention`).
+    """
     for index, block in enumerate(model.blocks):
         device = _device(block)
         tokens = run_block(
@@ -262,6 +290,7 @@ def run_blocks(
             cache=cache,
             layer=index,
             start_frame=start_frame,
+            attention=attention,
         )
     return tokens
 
@@ -308,6 +337,7 @@ def wan_forward(
     start_frame: int,
     config: WanConfig,
     channels_first: bool = False,
+    attention: AttentionFn = attend,
 ) -> torch.Tensor:
     """Flow prediction of one chunk through a Wan DiT module tree.
 
@@ -320,6 +350,9 @@ def wan_forward(
         start_frame: global latent frame of the chunk's first frame.
         config: the model's sizes (:meth:`WanConfig.from_module`).
         channels_first: return ``[B, C, F, H, W]`` (the upstream layout) instead of ``[B, F, C, H, W]``.
+        attention: the self-attention kernel ``(q, k, v) -> out`` on ``[B, L, H, D]`` (default
+            :func:`~memrope.attention.attend`, unmasked softmax over what ``cache`` returns); a
+            training script passes a masked kernel with a cache stand-in (``scripts/train_toy.py``).
 
     Returns:
         the flow prediction in the dtype of the model's ``head``.
@@ -327,7 +360,9 @@ def wan_forward(
     frames = video.shape[2]
     tokens = embed_patches(model, video)
     time_embedding, modulation = embed_time(model, timesteps, tokens.dtype, config)
-    tokens = run_blocks(model, tokens, modulation, context, cache=cache, start_frame=start_frame)
+    tokens = run_blocks(
+        model, tokens, modulation, context, cache=cache, start_frame=start_frame, attention=attention
+    )
     head_device = _device(model.head)
     out = run_head(model.head, tokens.to(head_device), time_embedding.to(head_device))
     return unpatchify(out, frames, cache.frame_shape, config, channels_first=channels_first)
