@@ -241,7 +241,10 @@ def write_reference_set(
     """Write set ``name`` into ``directory``: ``base``'s tiny model under ``cache_config`` / ``pipeline``.
 
     ``pipeline`` overrides ``base``'s pipeline settings (``num_frames``, ``frames_per_block``,
-    ``denoising_step_list``, ``seed``, ...). Returns the ``NAME.json`` path.
+    ``denoising_step_list``, ``seed``, ...); ``independent_first_frame: True`` makes the first block
+    1 frame, then blocks of ``frames_per_block``, as Self-Forcing's ``pipeline/causal_inference.py``
+    does (``all_num_frames = [1] + [num_frame_per_block] * num_blocks``; the official MemRoPE pipeline
+    refuses it, its cache code takes any call size). Returns the ``NAME.json`` path.
     """
     parity = load_parity_set(base)
     settings = {**parity.raw["pipeline"], **pipeline}
@@ -282,21 +285,29 @@ def write_reference_set(
         calls.append({"index": index, "start_frame": start_frame, "num_frames": latents.shape[1]})
         return flow
 
+    first = 1 if settings.get("independent_first_frame", False) else 0
+    if (num_frames - first) % chunk:
+        raise ValueError(f"num_frames={num_frames} is not {first} + a multiple of frames_per_block={chunk}")
+    block_frames = [1] * first + [chunk] * ((num_frames - first) // chunk)
     with torch.no_grad():
-        for block, start_frame in enumerate(range(0, num_frames, chunk)):
-            noisy = noise[:, start_frame : start_frame + chunk]
+        start_frame = 0
+        for block, frames in enumerate(block_frames):
+            noisy = noise[:, start_frame : start_frame + frames]
             for step, value in enumerate(timesteps):
-                timestep = torch.full((batch, chunk), value, dtype=torch.float32)
+                timestep = torch.full((batch, frames), value, dtype=torch.float32)
                 clean = scheduler.to_x0(call(noisy, timestep, start_frame), noisy, timestep)
                 if step + 1 < len(timesteps):
                     fresh = torch.randn(clean.flatten(0, 1).shape, generator=generator)
-                    next_t = torch.full((batch * chunk,), timesteps[step + 1], dtype=torch.float32)
+                    next_t = torch.full((batch * frames,), timesteps[step + 1], dtype=torch.float32)
                     noisy = scheduler.add_noise(clean.flatten(0, 1), fresh, next_t).unflatten(
                         0, clean.shape[:2]
                     )
-            output[:, start_frame : start_frame + chunk] = clean
-            call(clean, torch.full((batch, chunk), settings["context_noise"], dtype=torch.int64), start_frame)
+            output[:, start_frame : start_frame + frames] = clean
+            call(
+                clean, torch.full((batch, frames), settings["context_noise"], dtype=torch.int64), start_frame
+            )
             tensors[f"cache{block}.k0"], tensors[f"cache{block}.v0"] = cache.layer_contents(0)
+            start_frame += frames
     tensors["output"] = output
     document = {
         "model_config": parity.raw["model_config"],

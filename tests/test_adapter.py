@@ -96,6 +96,21 @@ def test_attached_pipeline_generates_like_memrope(variant: str, batch: int) -> N
     torch.testing.assert_close(second, expected, **_tolerance(variant))
 
 
+def test_attach_with_an_8bit_cache_matches_memrope_with_the_same_storage() -> None:
+    pipe = build_pipeline("self_forcing", MODEL)
+    noise, context = _inputs(1)
+    ours = CausalInferencePipeline(_reference_model(pipe), CONFIG, kv_dtype="int8")
+    expected = ours.generate(
+        context, num_frames=noise.shape[1], noise=noise, generator=torch.Generator().manual_seed(7)
+    )
+    with attach(pipe, CONFIG, kv_dtype="int8") as attachment:
+        video = _run(pipe, noise, context)
+        assert attachment.cache is not None and attachment.cache.kv_dtype == torch.int8
+    torch.testing.assert_close(video, expected, atol=0, rtol=0)
+    with pytest.raises(ValueError, match="kv_dtype"):
+        attach(pipe, CONFIG, kv_dtype="fp4")
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_calls_through_the_wrapper_match_causal_wan_model(variant: str) -> None:
     """Attach to the wrapper (no pipeline): each call's flow equals CausalWanModel's with our cache."""
@@ -414,64 +429,6 @@ def test_attaching_twice_is_refused_through_any_of_the_objects(variant: str) -> 
 
 
 # ------------------------------------------------------------------------------ unsupported upstream features
-def test_cfg_pipeline_with_two_caches_is_refused_at_attach() -> None:
-    pipe = build_pipeline("self_forcing", MODEL, pipeline_class="CausalDiffusionInferencePipeline")
-    with pytest.raises(
-        NotImplementedError, match=r"classifier-free guidance.*kv_cache_pos / kv_cache_neg.*not supported yet"
-    ):
-        attach(pipe)
-    assert "forward" not in _wan(pipe).__dict__  # nothing patched
-
-
-@pytest.mark.parametrize("target", ["wrapper", "model"])
-def test_cfg_caches_used_in_turn_are_refused_at_the_first_call_that_would_mix_them(target: str) -> None:
-    """Through the wrapper the two lists reach the adapter; the first one coming back is refused before it runs."""
-    pipe = build_pipeline("self_forcing", MODEL, pipeline_class="CausalDiffusionInferencePipeline")
-    noise, context = _inputs(1)
-    calls: list[int] = []
-    _wan(pipe).patch_embedding.register_forward_hook(lambda *args: calls.append(1))
-    with attach(pipe.generator if target == "wrapper" else _wan(pipe), CONFIG) as attachment, torch.no_grad():
-        with pytest.raises(
-            NotImplementedError, match=r"two KV cache lists used in turn.*classifier-free guidance"
-        ):
-            pipe.inference(noise, context, torch.zeros_like(context))
-        assert len(calls) == 2  # the conditional and the unconditional call of the first step, nothing more
-        assert attachment.cache.layers[0].end_frame == 3
-
-
-def test_independent_first_frame_is_refused_at_attach_and_at_the_call() -> None:
-    pipe = build_pipeline("self_forcing", MODEL, independent_first_frame=True)
-    with pytest.raises(NotImplementedError, match=r"independent_first_frame=True.*not supported yet"):
-        attach(pipe)
-    noise, context = _inputs(1)
-    with attach(pipe.generator, CONFIG) as attachment, torch.no_grad():  # the wrapper does not show it
-        with pytest.raises(
-            NotImplementedError, match=r"1-frame first block \(Self-Forcing's independent_first_frame"
-        ):
-            pipe.inference(noise[:, :10], context)
-        assert attachment.cache is None  # refused before a cache was made
-    frame_wise = build_pipeline("self_forcing", MODEL, chunk_frames=1, independent_first_frame=True)
-    with attach(frame_wise, policy="sink", cache_frames=6):  # 1-frame blocks everywhere: nothing special
-        _run(frame_wise, noise[:, :4], context)
-
-
-@pytest.mark.parametrize("variant", ["longlive", "official"])
-def test_longlive_recache_after_a_prompt_switch_is_refused_at_its_call(variant: str) -> None:
-    pipe = build_pipeline(variant, MODEL, pipeline_class="InteractiveCausalInferencePipeline")
-    noise, context = _inputs(1)
-    expected = _reference_video(pipe, noise, context)
-    with attach(pipe, CONFIG) as attachment, torch.no_grad():
-        single = pipe.inference(
-            noise, [context], [], generator=torch.Generator().manual_seed(7)
-        )  # no switch: fine
-        with pytest.raises(
-            NotImplementedError, match=r"call of 9 latent frames.*LongLive's KV re-cache.*not supported yet"
-        ):
-            pipe.inference(noise, [context, context.flip(1)], [9], generator=torch.Generator().manual_seed(7))
-        assert attachment.cache.layers[0].end_frame == 9  # the refused call changed nothing
-    torch.testing.assert_close(single, expected, **_tolerance(variant))
-
-
 def test_sink_recache_flag_names_the_longlive_feature() -> None:
     pipe = build_pipeline("self_forcing", MODEL)
     wan = _wan(pipe)

@@ -22,12 +22,20 @@ import torch
 from official_reference import OfficialReferenceCache, write_reference_set
 from parity_sets import BUNDLED_PARITY_DIR, replay_calls
 
+from memrope.adapters import attach
+from memrope.pipeline import CausalInferencePipeline
 from memrope.testing.parity import PARITY_DIR_ENV, load_parity_set
+from memrope.testing.upstream import build_pipeline
 
 TOLERANCE = 1e-4
 TESTS = Path(__file__).resolve().parent
 BASE_SET = BUNDLED_PARITY_DIR / "ema.json"
-PARITY_MODULES = ("test_parity_calls.py", "test_pipeline_parity.py", "test_adapter_parity.py")
+PARITY_MODULES = (
+    "test_parity_calls.py",
+    "test_pipeline_parity.py",
+    "test_adapter_parity.py",
+    "test_diffusers_parity.py",
+)
 
 
 def _official(
@@ -152,3 +160,76 @@ def test_every_parity_level_replays_the_reference_sets(reference_dir: Path) -> N
                 module,
                 report[-3000:],
             )
+
+
+# ------------------------------------------------------------------------------ a first block of 1 frame
+FIRST_FRAME_SETS: dict[str, tuple[dict, dict]] = {
+    "first_frame1_chunk3_ema": (_official("ema", 12), {"independent_first_frame": True, "num_frames": 16}),
+    "first_frame1_chunk2_eviction": (
+        _official("eviction", 8),
+        {"independent_first_frame": True, "frames_per_block": 2, "num_frames": 13},
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def first_frame_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Sets the literal official cache writes for Self-Forcing's [1, chunk, chunk, ...] block list.
+
+    Kept out of :data:`REFERENCE_SETS`: the parity modules replay constant chunk sizes only.
+    """
+    directory = tmp_path_factory.mktemp("first_frame_parity")
+    for name, (cache_config, pipeline) in FIRST_FRAME_SETS.items():
+        write_reference_set(BASE_SET, directory, name, cache_config, pipeline)
+    return directory
+
+
+@pytest.mark.parametrize("name", sorted(FIRST_FRAME_SETS))
+def test_first_chunk_frames_1_replays_the_reference(first_frame_dir: Path, name: str) -> None:
+    """Calls, cache contents, pipeline output and the attached Self-Forcing stand-in, all at 1e-4."""
+    parity = load_parity_set(first_frame_dir / f"{name}.json")
+    settings = parity.pipeline
+    config = dataclasses.replace(parity.cache_config, first_chunk_frames=1)
+    model = parity.build_model()
+    flow_errors, cache_errors = replay_calls(
+        parity, model, model.new_cache(config, settings.batch, settings.latent_hw)
+    )
+    assert max(flow_errors) < TOLERANCE, max(flow_errors)
+    assert len(cache_errors) == 1 + (settings.num_frames - 1) // settings.chunk_frames
+    assert max(max(key, value) for _, key, value in cache_errors) < TOLERANCE, cache_errors
+    if config.sink_frames > 1:  # the chunk at frame 1 covers sink slots: its rewrites must leave them alone
+        unprotected = dataclasses.replace(config, protect_sink_on_rewrite=False)
+        cache = model.new_cache(unprotected, settings.batch, settings.latent_hw)
+        assert max(replay_calls(parity, model, cache)[0]) > 100 * TOLERANCE
+
+    generator, noise, context = parity.pipeline_inputs()
+    pipeline = CausalInferencePipeline(
+        model,
+        config,
+        denoising_steps=settings.denoising_steps,
+        warp_denoising_step=settings.warp_denoising_step,
+        shift=settings.shift,
+        context_noise=settings.context_noise,
+    )
+    output = pipeline.generate(context, num_frames=settings.num_frames, noise=noise, generator=generator)
+    assert (output - parity.tensors["output"]).abs().max().item() < TOLERANCE
+
+    generator, noise, context = parity.pipeline_inputs()
+    standin = build_pipeline(
+        "self_forcing",
+        parity.model_config.to_dict(),
+        chunk_frames=settings.chunk_frames,
+        latent_hw=settings.latent_hw,
+        local_attn_size=int(parity.raw["cache_config"]["local_attn_size"]),
+        sink_size=int(parity.raw["cache_config"]["sink_size"]),
+        denoising_step_list=settings.denoising_steps,
+        warp_denoising_step=settings.warp_denoising_step,
+        shift=settings.shift,
+        context_noise=settings.context_noise,
+        state_dict=parity.weights,
+        independent_first_frame=True,
+    )
+    with attach(standin, parity.cache_config) as attachment, torch.no_grad():
+        assert attachment.cache_config == config
+        attached = standin.inference(noise, context, generator=generator)
+    assert (attached - parity.tensors["output"]).abs().max().item() < TOLERANCE

@@ -32,14 +32,25 @@ settings (``compression_method``, ``ema_alpha_long`` / ``ema_alpha_short``, ``em
 ``local_attn_size``, ``sink_size`` on the attention modules or in ``pipeline.args.model_kwargs``),
 else the paper's; ``attach(..., cache_config=...)`` or ``MemRoPEConfig`` options override it.
 
-Not supported yet, and refused with a message naming the feature (at :func:`attach` when the objects
-show it, else at the first such call, before it computes anything): classifier-free guidance with two
-caches (Self-Forcing's ``CausalDiffusionInferencePipeline``, ``kv_cache_pos`` / ``kv_cache_neg``; through
-the wrapper or the model: when the first list comes back after the second), a
-1-frame first block (``independent_first_frame=True``), LongLive's KV re-cache after a prompt switch
-(a call of up to ``local_attn_size`` frames; use :meth:`MemRoPECache.recaching` through
-:attr:`Attachment.cache`, or memrope's own pipeline, instead) and any other call that is not one
-chunk of ``cache_config.chunk_frames`` frames, ``cache_start`` other than ``current_start``, and
+The upstream pipeline shapes (``docs/design.md`` §3, §12):
+
+* classifier-free guidance (Self-Forcing's ``CausalDiffusionInferencePipeline``: ``kv_cache_pos`` /
+  ``kv_cache_neg`` used in turn): every upstream KV list, told apart by its block-0 ``k`` tensor, gets
+  its own MemRoPE cache (:attr:`Attachment.caches`; at most :data:`MAX_BRANCHES`), and its own text
+  context. One cache per branch rather than a batch-of-two cache, since upstream calls the branches
+  one after the other with different prompts, and each branch's calls advance and rewrite its chunk
+  on their own; memory is that of two caches, as upstream.
+* a first chunk of another size (Self-Forcing's ``independent_first_frame=True``: 1 frame, then
+  chunks of ``num_frame_per_block``): ``MemRoPEConfig.first_chunk_frames=1``, read from the pipeline
+  or the model (or passed to :func:`attach`).
+* LongLive's KV re-cache after a prompt switch (``InteractiveCausalInferencePipeline``: one call of up
+  to ``local_attn_size`` clean frames ending at the current frame, ``block_mask`` ignored) runs as
+  :meth:`MemRoPECache.recaching`: its last frames, the recache window (the real frames after the
+  sink), are re-encoded under the new prompt; the sink and the memory keep the past. Upstream
+  discards the call's output; frames before the window get zeros.
+
+Refused with a message naming the feature: a cached call that is neither one chunk nor a re-cache,
+``cache_start`` other than ``current_start``, LongLive's ``sink_recache_after_switch`` and
 image-to-video inputs (``clip_fea`` / ``y``). The modules must be on real devices (accelerate's
 meta-device offloading hooks are bypassed; a model dispatched over several GPUs works, each layer's
 cache lives beside its block).
@@ -65,6 +76,7 @@ from memrope.adapters.peft_lora import lora_layers, merge_lora_layer, unmerge_lo
 from memrope.adapters.registry import Adapter, register_adapter
 from memrope.cache import MemRoPECache
 from memrope.config import MemRoPEConfig
+from memrope.kv_storage import kv_format
 from memrope.models.wan_config import WAN_MODULES, WanConfig
 from memrope.models.wan_forward import (
     CrossAttentionContext,
@@ -78,7 +90,7 @@ __all__ = ["DESCRIPTION", "UPSTREAM_ADAPTER", "Attachment", "attach", "recognise
 
 Kind = Literal["pipeline", "wrapper", "model"]
 _CONFIG_FIELDS = frozenset(field.name for field in dataclasses.fields(MemRoPEConfig))
-_ADAPTER_OPTIONS = frozenset({"merge_lora", "key_workspace"})
+_ADAPTER_OPTIONS = frozenset({"merge_lora", "key_workspace", "kv_dtype"})
 _CALL_ARGUMENTS = (
     "x",
     "t",
@@ -93,8 +105,13 @@ _CALL_ARGUMENTS = (
 )
 _ATTACHED: weakref.WeakKeyDictionary[nn.Module, Attachment] = weakref.WeakKeyDictionary()
 _MISSING = object()
+# passed by LongLive's re-cache call: the MemRoPE cache decides what the re-cached frames attend to
+_IGNORED_ARGUMENTS = frozenset({"block_mask"})
 _NOT_YET = "is not supported yet by memrope.attach"
-_CFG_CACHE_ATTRIBUTES = ("kv_cache_pos", "kv_cache_neg")
+# the per-block cache lists a pipeline holds: one (kv_cache1) or, with classifier-free guidance, one per branch
+_SINGLE_CACHE_ATTRIBUTES = (("kv_cache1",), ("crossattn_cache",))
+_CFG_CACHE_ATTRIBUTES = (("kv_cache_pos", "kv_cache_neg"), ("crossattn_cache_pos", "crossattn_cache_neg"))
+MAX_BRANCHES = 2  # MemRoPE caches held at once: one per CFG branch (conditional, unconditional)
 # the official CausalWanModel's defaults for the cache settings its attention modules hold
 _OFFICIAL_DEFAULTS: dict[str, object] = {
     "compression_method": "eviction",
@@ -199,6 +216,19 @@ def _same_token(a: tuple[object, int | None] | None, b: tuple[object, int | None
     return a is not None and a[0] is b[0] and a[1] == b[1]
 
 
+def _list_anchor(kv_cache: object) -> torch.Tensor | None:
+    """The block-0 ``k`` tensor of an upstream cache list: what stays the same while the list lives.
+
+    Self-Forcing resets a list by re-assigning its end indices, so the ``k`` buffer tells the lists of
+    two CFG branches apart across videos; LongLive and the official code allocate new lists per video.
+    """
+    if isinstance(kv_cache, (list, tuple)) and kv_cache and isinstance(kv_cache[0], dict):
+        keys = kv_cache[0].get("k")
+        if isinstance(keys, torch.Tensor):
+            return keys
+    return None
+
+
 def _flag_token(crossattn_cache: object) -> tuple[object, object] | None:
     """State of the block-0 ``is_init`` flag of an upstream text cache, or ``None`` without one."""
     if not isinstance(crossattn_cache, (list, tuple)) or not crossattn_cache:
@@ -248,14 +278,40 @@ class _TextState:
     flag: tuple[object, object] | None
 
 
+@dataclass
+class _Branch:
+    """One upstream KV cache list (a CFG branch, or the only list) and the MemRoPE cache standing in for it.
+
+    ``anchor``: a weak reference to the list's block-0 ``k`` tensor (``None``: a list without one);
+    ``kv``: the reset token of the list (:func:`_kv_token`); ``text``: the branch's encoded prompt.
+    """
+
+    anchor: weakref.ref[torch.Tensor] | None
+    cache: MemRoPECache
+    cache_key: tuple[object, ...]
+    kv: tuple[object, int | None] | None = None
+    text: _TextState | None = None
+    last_use: int = 0
+
+    def holds(self, anchor: torch.Tensor | None) -> bool:
+        if self.anchor is None or anchor is None:
+            return self.anchor is None and anchor is None
+        return self.anchor() is anchor
+
+    @property
+    def alive(self) -> bool:
+        return self.anchor is None or self.anchor() is not None
+
+
 class Attachment:
-    """A live :func:`attach`: the patched objects, the MemRoPE cache and how to undo it all.
+    """A live :func:`attach`: the patched objects, the MemRoPE caches and how to undo it all.
 
     Use it as a context manager or call :meth:`remove`. Attributes: ``kind`` (``"pipeline"``,
     ``"wrapper"`` or ``"model"``), ``model`` (the causal Wan model that was patched), ``wrapper``,
     ``pipeline`` (``None`` when not given), ``cache_config`` and ``config_source`` (where it came
     from: the ``cache_config`` argument, the official MemRoPE settings of the upstream objects, or the
-    :class:`MemRoPEConfig` defaults, with any overriding options named).
+    :class:`MemRoPEConfig` defaults, with any overriding options named). :attr:`cache` is the MemRoPE
+    cache of the current video, :attr:`caches` one per upstream cache list (two with CFG).
     """
 
     def __init__(
@@ -268,6 +324,7 @@ class Attachment:
         cache_config: MemRoPEConfig,
         config_source: str,
         key_workspace: str,
+        kv_dtype: torch.dtype | str | None = None,
     ) -> None:
         self.kind = kind
         self.model: Any = wan
@@ -276,12 +333,10 @@ class Attachment:
         self.cache_config = cache_config
         self.config_source = config_source
         self.key_workspace = key_workspace
+        self.kv_dtype = kv_dtype
         self.model_config = WanConfig.from_module(wan)
-        self._cache: MemRoPECache | None = None
-        self._cache_key: tuple[object, ...] | None = None
-        self._kv: tuple[object, int | None] | None = None
-        self._previous_kv: tuple[object, int | None] | None = None
-        self._text: _TextState | None = None
+        self._branches: list[_Branch] = []
+        self._calls = 0
         self._patches: list[tuple[object, str, object]] = []
         self._merged: list[tuple[Any, list[str]]] = []
         self._placeholders: list[object] = []
@@ -299,21 +354,30 @@ class Attachment:
 
     @property
     def cache(self) -> MemRoPECache | None:
-        """The MemRoPE cache of the current video (``None`` before the first cached call)."""
-        return self._cache
+        """The MemRoPE cache of the current video (``None`` before the first cached call).
+
+        With classifier-free guidance, the cache of the branch whose list came first (the conditional
+        one in Self-Forcing's ``CausalDiffusionInferencePipeline``); :attr:`caches` lists them all.
+        """
+        return self._branches[0].cache if self._branches else None
+
+    @property
+    def caches(self) -> tuple[MemRoPECache, ...]:
+        """One MemRoPE cache per upstream KV cache list in use (two with CFG), in order of first use."""
+        return tuple(branch.cache for branch in self._branches)
 
     def reset(self) -> None:
         """Forget the current video and prompt: the next call starts a new video."""
-        if self._cache is not None:
-            self._cache.reset()
-        self._kv = None
-        self._previous_kv = None
-        self._text = None
+        for branch in self._branches:
+            branch.cache.reset()
+            branch.kv = None
+            branch.text = None
 
     def remove(self) -> None:
         """Undo :func:`attach`: restore every patched attribute, unmerge LoRA, drop the cache.
 
-        Placeholder cache lists still held by the pipeline (``kv_cache1``, ``crossattn_cache``) or by
+        Placeholder cache lists still held by the pipeline (``kv_cache1``, ``crossattn_cache``; with CFG
+        ``kv_cache_pos`` / ``kv_cache_neg`` and ``crossattn_cache_pos`` / ``crossattn_cache_neg``) or by
         the model (``_kv_cache_attr``, ``_crossattn_cache_attr``) are set to ``None`` so the upstream
         code allocates its own again. Calling it twice is harmless.
         """
@@ -328,8 +392,9 @@ class Attachment:
         while self._merged:
             layer, names = self._merged.pop()
             unmerge_lora_layer(layer, names)
-        holders: list[tuple[object, tuple[str, str]]] = [
-            (self.pipeline, ("kv_cache1", "crossattn_cache")),
+        kv_names, text_names = self._cache_attributes
+        holders: list[tuple[object, tuple[str, ...]]] = [
+            (self.pipeline, (*kv_names, *text_names)),
             (self.model, ("_kv_cache_attr", "_crossattn_cache_attr")),
         ]
         for holder, attributes in holders:
@@ -337,11 +402,7 @@ class Attachment:
                 if holder is not None and any(getattr(holder, name, None) is p for p in self._placeholders):
                     setattr(holder, name, None)
         self._placeholders.clear()
-        self._cache = None
-        self._cache_key = None
-        self._kv = None
-        self._previous_kv = None
-        self._text = None
+        self._branches = []
         self.active = False
         if _ATTACHED.get(self.model) is self:
             del _ATTACHED[self.model]
@@ -358,7 +419,7 @@ class Attachment:
         state = "active" if self.active else "removed"
         return (
             f"Attachment({self.kind}, {type(self.model).__name__}, policy={self.cache_config.policy!r}, "
-            f"{state}, cache={'none' if self._cache is None else 'allocated'})"
+            f"{state}, cache={'none' if not self._branches else 'allocated'})"
         )
 
     # ------------------------------------------------------------------------------- patching
@@ -387,13 +448,20 @@ class Attachment:
                 if hasattr(pipeline, "_initialize_crossattn_cache"):
                     self._patch(pipeline, "_initialize_crossattn_cache", self._placeholder_text_cache)
                 # drop caches upstream allocated before attach(): they would be passed to us and stay resident
-                for name in ("kv_cache1", "crossattn_cache"):
+                for name in (*self._cache_attributes[0], *self._cache_attributes[1]):
                     if getattr(pipeline, name, None) is not None:
                         setattr(pipeline, name, None)
         except BaseException:
             self.remove()
             raise
         _ATTACHED[self.model] = self
+
+    @property
+    def _cache_attributes(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The pipeline's KV and text cache-list attributes: one each, or one per CFG branch."""
+        if self.pipeline is not None and hasattr(self.pipeline, _CFG_CACHE_ATTRIBUTES[0][0]):
+            return _CFG_CACHE_ATTRIBUTES
+        return _SINGLE_CACHE_ATTRIBUTES
 
     def _block_devices(self, device: torch.device | str | None) -> list[torch.device | str | None]:
         devices = getattr(self.pipeline, "block_devices", None)
@@ -409,22 +477,32 @@ class Attachment:
         *args: Any,
         **kwargs: Any,
     ) -> None:
-        """Stand-in for the pipeline's ``_initialize_kv_cache``: tiny dicts with the upstream keys."""
+        """Stand-in for the pipeline's ``_initialize_kv_cache``: tiny dicts with the upstream keys (one list per branch)."""
         heads, head_dim = self.model_config.num_heads, self.model_config.head_dim
-        caches = [
-            {
-                "k": torch.zeros([batch_size, 0, heads, head_dim], dtype=dtype, device=d),
-                "v": torch.zeros([batch_size, 0, heads, head_dim], dtype=dtype, device=d),
-                "global_end_index": torch.tensor([0], dtype=torch.long, device=d),
-                "local_end_index": torch.tensor([0], dtype=torch.long, device=d),
-            }
-            for d in self._block_devices(device)
-        ]
-        self._placeholders = [
-            p for p in self._placeholders if p is getattr(self.pipeline, "crossattn_cache", None)
-        ]
-        self._placeholders.append(caches)
-        self.pipeline.kv_cache1 = caches  # type: ignore[union-attr]
+
+        def placeholder() -> list[dict[str, torch.Tensor]]:
+            return [
+                {
+                    "k": torch.zeros([batch_size, 0, heads, head_dim], dtype=dtype, device=d),
+                    "v": torch.zeros([batch_size, 0, heads, head_dim], dtype=dtype, device=d),
+                    "global_end_index": torch.tensor([0], dtype=torch.long, device=d),
+                    "local_end_index": torch.tensor([0], dtype=torch.long, device=d),
+                }
+                for d in self._block_devices(device)
+            ]
+
+        self._set_placeholders(self._cache_attributes[0], placeholder)
+
+    def _set_placeholders(
+        self, names: tuple[str, ...], make: Callable[[], list[dict[str, torch.Tensor]]]
+    ) -> None:
+        """Give the pipeline a fresh placeholder list under each of ``names``; forget the ones they replace."""
+        replaced = [getattr(self.pipeline, name, None) for name in names]
+        self._placeholders = [p for p in self._placeholders if not any(p is old for old in replaced)]
+        for name in names:
+            caches = make()
+            self._placeholders.append(caches)
+            setattr(self.pipeline, name, caches)
 
     def _placeholder_text_cache(
         self,
@@ -434,19 +512,20 @@ class Attachment:
         *args: Any,
         **kwargs: Any,
     ) -> None:
-        """Stand-in for the pipeline's ``_initialize_crossattn_cache``: tiny dicts with ``is_init``."""
+        """Stand-in for the pipeline's ``_initialize_crossattn_cache``: tiny dicts with ``is_init`` (one list per branch)."""
         heads, head_dim = self.model_config.num_heads, self.model_config.head_dim
-        caches = [
-            {
-                "k": torch.zeros([batch_size, 0, heads, head_dim], dtype=dtype, device=d),
-                "v": torch.zeros([batch_size, 0, heads, head_dim], dtype=dtype, device=d),
-                "is_init": torch.zeros([1], dtype=torch.bool, device=d),
-            }
-            for d in self._block_devices(device)
-        ]
-        self._placeholders = [p for p in self._placeholders if p is getattr(self.pipeline, "kv_cache1", None)]
-        self._placeholders.append(caches)
-        self.pipeline.crossattn_cache = caches  # type: ignore[union-attr]
+
+        def placeholder() -> list[dict[str, torch.Tensor]]:
+            return [
+                {
+                    "k": torch.zeros([batch_size, 0, heads, head_dim], dtype=dtype, device=d),
+                    "v": torch.zeros([batch_size, 0, heads, head_dim], dtype=dtype, device=d),
+                    "is_init": torch.zeros([1], dtype=torch.bool, device=d),
+                }
+                for d in self._block_devices(device)
+            ]
+
+        self._set_placeholders(self._cache_attributes[1], placeholder)
 
     # -------------------------------------------------------------------------------- forward
     def _bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -476,41 +555,21 @@ class Attachment:
                 raise NotImplementedError(
                     f"the MemRoPE adapter supports text-to-video only ({name} was given)"
                 )
-        self._check_call_frames(call)
         if call.get("sink_recache_after_switch"):
             raise NotImplementedError(
-                f"sink_recache_after_switch=True (LongLive's KV re-cache after a prompt switch) {_NOT_YET}; "
-                "for prompt switches use memrope's own CausalInferencePipeline (prompt_switches=...)"
+                f"sink_recache_after_switch=True (LongLive's KV re-cache of the sink after a prompt switch) "
+                f"{_NOT_YET}: the MemRoPE cache keeps the sink and its memory across a switch and re-caches the "
+                "frames after them (attach the InteractiveCausalInferencePipeline without this flag)"
             )
         for name, value in call.items():
-            if name not in _CALL_ARGUMENTS and value is not None and value is not False:
+            if (
+                name not in _CALL_ARGUMENTS
+                and name not in _IGNORED_ARGUMENTS
+                and value is not None
+                and value is not False
+            ):
                 raise NotImplementedError(f"the MemRoPE adapter does not support {name}={value!r}")
         return self._cached_forward(call, kv_cache, crossattn_cache)
-
-    def _check_call_frames(self, call: dict[str, Any]) -> None:
-        """Refuse a cached call that is not one chunk: a 1-frame first block, or LongLive's KV re-cache."""
-        x = call.get("x")
-        if isinstance(x, (list, tuple)) and x and isinstance(x[0], torch.Tensor):
-            frames = int(x[0].shape[1])  # upstream passes a list of [C, F, H, W]
-        elif isinstance(x, torch.Tensor) and x.ndim == 5:
-            frames = int(x.shape[2])
-        else:
-            return  # malformed x: _cached_forward says what is wrong with it
-        chunk = self.cache_config.chunk_frames
-        if frames == chunk:
-            return
-        start = call.get("current_start") or 0
-        if frames == 1 and start == 0:
-            raise NotImplementedError(
-                f"a 1-frame first block (Self-Forcing's independent_first_frame=True) {_NOT_YET}: every cached "
-                f"call must be one chunk of chunk_frames={chunk} latent frames"
-            )
-        raise NotImplementedError(
-            f"a cached call of {frames} latent frames (current_start={start}) is not one chunk of "
-            f"chunk_frames={chunk}: LongLive's KV re-cache after a prompt switch (_recache_after_switch runs up "
-            f"to local_attn_size frames in one call) {_NOT_YET}; for prompt switches use memrope's own "
-            "CausalInferencePipeline (prompt_switches=...)"
-        )
 
     def _cached_forward(
         self, call: dict[str, Any], kv_cache: object, crossattn_cache: object
@@ -537,8 +596,8 @@ class Attachment:
         cache_start = call.get("cache_start")
         if cache_start is not None and int(cache_start) != current_start:
             raise NotImplementedError(
-                "cache_start != current_start (LongLive KV re-cache) is not supported by the adapter; "
-                "use attachment.cache.recaching() for prompt switches"
+                f"cache_start={int(cache_start)} != current_start={current_start} (a KV cache window that "
+                f"starts elsewhere than the frames written, e.g. video extension from start_frame_index) {_NOT_YET}"
             )
         if current_start % frame_seqlen:
             raise ValueError(
@@ -547,8 +606,29 @@ class Attachment:
             )
         start_frame = current_start // frame_seqlen
         dtype = self.model.patch_embedding.weight.dtype
-        cache = self._cache_for(batch, grid, dtype, kv_cache, start_frame)
-        context = self._text_context(call.get("context"), crossattn_cache, batch)
+        branch = self._branch_for(batch, grid, dtype, kv_cache, start_frame, frames)
+        cache = branch.cache
+        context = self._text_context(call.get("context"), crossattn_cache, batch, branch)
+        state = cache.layers[0]
+        # LongLive's re-cache: the frames up to the current end, from before the current chunk, or with
+        # the block_mask only that call passes (a re-cache of the first chunk alone looks like a rewrite)
+        recache_start = start_frame < state.chunk_start or call.get("block_mask") is not None
+        if state.end_frame > 0 and start_frame + frames == state.end_frame and recache_start:
+            return self._recache_forward(cache, x, timesteps, context, start_frame)
+        expected = cache.chunk_frames_at(start_frame)
+        if frames != expected:
+            first = cache.config.first_chunk_frames
+            hint = (
+                " (a 1-frame first block is Self-Forcing's independent_first_frame=True: attach(..., "
+                "first_chunk_frames=1))"
+                if first is None and start_frame == 0 and frames == 1
+                else ""
+            )
+            raise ValueError(
+                f"a cached call at current_start={current_start} (frame {start_frame}) must carry one chunk of "
+                f"{expected} latent frames, got {frames}{hint}; a call of several chunks ending at frame "
+                f"{state.end_frame} re-caches them (LongLive's prompt switch)"
+            )
         return wan_forward(
             self.model,
             x,
@@ -560,48 +640,118 @@ class Attachment:
             channels_first=True,
         )
 
+    def _recache_forward(
+        self,
+        cache: MemRoPECache,
+        x: torch.Tensor,
+        timesteps: torch.Tensor,
+        context: CrossAttentionContext,
+        start_frame: int,
+    ) -> torch.Tensor:
+        """LongLive's KV re-cache call ``x [B, C, F, H, W]`` of frames ``start_frame ..`` up to the cache's end.
+
+        It is mapped onto :meth:`MemRoPECache.recaching`: the last frames of the call, those of the
+        :meth:`~MemRoPECache.recache_window` (the real frames after the sink), are re-encoded under the
+        new prompt; the sink and memory slots keep the past (``docs/design.md`` §3). Upstream discards
+        the output: the window's frames get the model's flow, the frames before it zeros.
+        """
+        window_start, window_frames = cache.recache_window()
+        output = torch.zeros_like(x)
+        if window_frames == 0:
+            return output  # every frame is a sink frame: nothing to re-cache (the new prompt is taken)
+        offset = window_start - start_frame
+        if offset < 0:
+            raise ValueError(
+                f"a re-cache call from frame {start_frame} must cover the frames after the sink, "
+                f"{window_start}..{window_start + window_frames - 1}; pass at least those"
+            )
+        with cache.recaching():
+            output[:, :, offset:] = wan_forward(
+                self.model,
+                x[:, :, offset:],
+                timesteps[:, offset:],
+                context,
+                cache=cache,
+                start_frame=window_start,
+                config=self.model_config,
+                channels_first=True,
+            )
+        return output
+
     # ---------------------------------------------------------------------------------- caches
-    def _cache_for(
-        self, batch: int, grid: tuple[int, int], dtype: torch.dtype, kv_cache: object, start_frame: int
-    ) -> MemRoPECache:
+    def _branch_for(
+        self,
+        batch: int,
+        grid: tuple[int, int],
+        dtype: torch.dtype,
+        kv_cache: object,
+        start_frame: int,
+        frames: int,
+    ) -> _Branch:
+        """The branch of the call's upstream cache list, with a MemRoPE cache ready for the call.
+
+        Every distinct list (told apart by its block-0 ``k`` tensor) has its own MemRoPE cache, so the
+        two caches of classifier-free guidance stay apart; at most :data:`MAX_BRANCHES` are held (the
+        least recently used, or one whose list is gone, is reused for a new list).
+        """
         layer_devices = [block.modulation.device for block in self.model.blocks]
         key = (batch, grid, dtype, tuple(layer_devices))
+        anchor = _list_anchor(kv_cache)
+        self._calls += 1
+        branch = next((b for b in self._branches if b.holds(anchor)), None)
+        if branch is None:
+            branch = self._new_branch(anchor, key, layer_devices)
+        branch.last_use = self._calls
         token = _kv_token(kv_cache)
-        new_video = not _same_token(self._kv, token)
-        if new_video and _same_token(self._previous_kv, token):
-            raise NotImplementedError(
-                "two KV cache lists used in turn, each left as it was (classifier-free guidance with a "
-                f"conditional and an unconditional cache, as Self-Forcing's CausalDiffusionInferencePipeline "
-                f"does with kv_cache_pos / kv_cache_neg) {_NOT_YET}; attach holds one MemRoPE cache per video"
-            )
-        if new_video:
-            # only the small end-index marker is remembered, never a whole upstream cache list
-            self._previous_kv = (
-                self._kv if self._kv is not None and isinstance(self._kv[0], torch.Tensor) else None
-            )
-        if self._cache is None or self._cache_key != key:
-            self._cache = new_wan_cache(
-                self.model_config,
-                self.cache_config,
-                batch,
-                grid,
-                dtype=dtype,
-                layer_devices=layer_devices,
-                key_workspace=self.key_workspace,  # type: ignore[arg-type]
-            )
-            self._cache_key = key
+        new_video = not _same_token(branch.kv, token)
+        if branch.cache_key != key:
+            branch.cache = self._new_cache(key, layer_devices)
+            branch.cache_key = key
         elif new_video:
-            self._cache.reset()
+            branch.cache.reset()
         else:
-            state = self._cache.layers[0]
-            if start_frame == 0 and state.end_frame > 0 and state.chunk_start != 0:
-                self._cache.reset()  # a new video in the same lists, without a reset we could see
-        self._kv = token
-        return self._cache
+            state = branch.cache.layers[0]
+            recache = frames == state.end_frame  # LongLive's re-cache of every frame so far
+            if start_frame == 0 and state.end_frame > 0 and state.chunk_start != 0 and not recache:
+                branch.cache.reset()  # a new video in the same lists, without a reset we could see
+        branch.kv = token
+        return branch
 
-    def _text_context(self, context: object, crossattn_cache: object, batch: int) -> CrossAttentionContext:
+    def _new_branch(
+        self, anchor: torch.Tensor | None, key: tuple[object, ...], layer_devices: list[torch.device]
+    ) -> _Branch:
+        reference = None if anchor is None else weakref.ref(anchor)
+        spare = [b for b in self._branches if not b.alive]
+        if not spare and len(self._branches) >= MAX_BRANCHES:
+            spare = [min(self._branches, key=lambda b: b.last_use)]
+        if spare:
+            branch = spare[0]
+            self._branches.remove(branch)
+            branch.cache.reset()
+            branch.anchor, branch.kv, branch.text = reference, None, None
+        else:
+            branch = _Branch(reference, self._new_cache(key, layer_devices), key)
+        self._branches.append(branch)
+        return branch
+
+    def _new_cache(self, key: tuple[object, ...], layer_devices: list[torch.device]) -> MemRoPECache:
+        batch, grid, dtype, _ = key
+        return new_wan_cache(
+            self.model_config,
+            self.cache_config,
+            batch,  # type: ignore[arg-type]
+            grid,  # type: ignore[arg-type]
+            dtype=dtype,  # type: ignore[arg-type]
+            layer_devices=layer_devices,
+            key_workspace=self.key_workspace,  # type: ignore[arg-type]
+            kv_dtype=self.kv_dtype,
+        )
+
+    def _text_context(
+        self, context: object, crossattn_cache: object, batch: int, branch: _Branch
+    ) -> CrossAttentionContext:
         source = _context_token(context)
-        text = self._text
+        text = branch.text
         if text is not None and _same_context(text.source, source):
             flag = _flag_token(crossattn_cache)
             if flag is None or (
@@ -612,30 +762,20 @@ class Attachment:
         if encoded.batch_size != batch:
             raise ValueError(f"context batch {encoded.batch_size} does not match latents batch {batch}")
         _mark_text_cache_initialised(crossattn_cache)
-        self._text = _TextState(encoded, source, _flag_token(crossattn_cache))
+        branch.text = _TextState(encoded, source, _flag_token(crossattn_cache))
         return encoded
 
 
-# ------------------------------------------------------------------------- unsupported pipelines
-def _refuse_unsupported(pipeline: object | None, wan: Any, chunk_frames: int) -> None:
-    """Raise ``NotImplementedError`` for upstream features the adapter does not support yet.
-
-    Only what the objects show before any call: the CFG pipeline's two cache lists and a 1-frame
-    first block. LongLive's KV re-cache shows only in its call (see ``Attachment._check_call_frames``).
-    """
-    if pipeline is not None and any(hasattr(pipeline, name) for name in _CFG_CACHE_ATTRIBUTES):
-        raise NotImplementedError(
-            f"{type(pipeline).__name__} runs classifier-free guidance with two KV caches (kv_cache_pos / "
-            f"kv_cache_neg, Self-Forcing's CausalDiffusionInferencePipeline), which {_NOT_YET}; attach a "
-            "CausalInferencePipeline (one cache per video) instead"
-        )
-    if chunk_frames > 1:
-        for owner, label in ((pipeline, type(pipeline).__name__), (wan, type(wan).__name__)):
-            if owner is not None and getattr(owner, "independent_first_frame", False) is True:
-                raise NotImplementedError(
-                    f"{label}.independent_first_frame=True (a 1-frame first block before blocks of "
-                    f"num_frame_per_block={chunk_frames}) {_NOT_YET}: every cached call must be one chunk"
-                )
+# ------------------------------------------------------------------------- first chunk
+def _upstream_first_chunk(pipeline: object | None, wan: Any, chunk_frames: int) -> tuple[int, str] | None:
+    """``(1, where)`` when the pipeline or the model has ``independent_first_frame=True`` (Self-Forcing's
+    1-frame first block before blocks of ``num_frame_per_block``), else ``None``."""
+    if chunk_frames == 1:
+        return None
+    for owner in (pipeline, wan):
+        if owner is not None and getattr(owner, "independent_first_frame", False) is True:
+            return 1, f"{type(owner).__name__}.independent_first_frame=True"
+    return None
 
 
 # ------------------------------------------------------------------- official MemRoPE settings
@@ -717,13 +857,14 @@ def attach(obj: object, cache_config: MemRoPEConfig | None = None, **options: An
             ``ema_alpha_long`` / ``ema_alpha_short``; ``ema_adaptive`` -> per-position pooling with the
             adaptive short rate), read from the attention modules or ``pipeline.args.model_kwargs``;
             else :class:`MemRoPEConfig` (paper settings). Either way ``chunk_frames`` is the upstream
-            ``num_frame_per_block``. :attr:`Attachment.config_source` says which was used.
+            ``num_frame_per_block``, and ``first_chunk_frames`` is 1 when the pipeline or the model has
+            ``independent_first_frame=True``. :attr:`Attachment.config_source` says which was used.
         **options: any :class:`MemRoPEConfig` field (overrides the settings above or ``cache_config``),
             plus ``merge_lora`` (default ``False``): merge the active LoRA adapters into the base
             weights in place for speed (PEFT's own ``merge()`` when the layer has it); :meth:`Attachment.remove`
             unmerges by subtracting the same delta, so the weights come back up to float rounding
-            (not bit for bit), and ``key_workspace`` (``"per_layer"`` or ``"shared"``, see
-            :class:`MemRoPECache`).
+            (not bit for bit), ``key_workspace`` (``"per_layer"`` or ``"shared"``) and ``kv_dtype``
+            (8-bit keys and values: ``"fp8"``, ``"e5m2"``, ``"int8"`` or ``None``), see :class:`MemRoPECache`.
 
     Returns:
         the :class:`Attachment`; a context manager whose exit (or :meth:`Attachment.remove`)
@@ -731,11 +872,9 @@ def attach(obj: object, cache_config: MemRoPEConfig | None = None, **options: An
 
     Raises:
         TypeError: for an object of another shape or an unknown option.
-        ValueError: when ``chunk_frames`` disagrees with the pipeline's ``num_frame_per_block``, or the
-            official settings read do not make a valid cache.
-        NotImplementedError: for upstream features not supported yet: classifier-free guidance with two
-            caches (Self-Forcing's ``CausalDiffusionInferencePipeline``), a 1-frame first block
-            (``independent_first_frame=True``); LongLive's KV re-cache call is refused when it comes.
+        ValueError: when ``chunk_frames`` disagrees with the pipeline's ``num_frame_per_block`` (or
+            ``first_chunk_frames`` with its ``independent_first_frame``), or the official settings read
+            do not make a valid cache.
         RuntimeError: when the model is already attached (through any of the three objects).
     """
     unknown = sorted(set(options) - _CONFIG_FIELDS - _ADAPTER_OPTIONS)
@@ -777,10 +916,22 @@ def attach(obj: object, cache_config: MemRoPEConfig | None = None, **options: An
             f"cache_config.chunk_frames={cache_config.chunk_frames} but the pipeline generates "
             f"num_frame_per_block={upstream_chunk} frames per chunk"
         )
-    _refuse_unsupported(pipeline, wan, cache_config.chunk_frames)
+    first_chunk = _upstream_first_chunk(pipeline, wan, cache_config.chunk_frames)
+    if first_chunk is not None:
+        frames, where = first_chunk
+        if cache_config.first_chunk_frames is None and "first_chunk_frames" not in overrides:
+            cache_config = dataclasses.replace(cache_config, first_chunk_frames=frames)
+            config_source += f", first_chunk_frames=1 from {where}"
+        elif cache_config.first_chunk_frames != frames:
+            raise ValueError(
+                f"cache_config.first_chunk_frames={cache_config.first_chunk_frames} but {where} generates a "
+                f"first block of {frames} frame"
+            )
     key_workspace = options.get("key_workspace", "per_layer")
     if key_workspace not in ("per_layer", "shared"):
         raise ValueError(f"key_workspace must be 'per_layer' or 'shared', got {key_workspace!r}")
+    kv_dtype = options.get("kv_dtype")
+    kv_format(kv_dtype, torch.float32)  # refuse a bad name now, not at the first call
     attachment = Attachment(
         kind=kind,
         wan=wan,
@@ -789,6 +940,7 @@ def attach(obj: object, cache_config: MemRoPEConfig | None = None, **options: An
         cache_config=cache_config,
         config_source=config_source,
         key_workspace=key_workspace,
+        kv_dtype=kv_dtype,
     )
     attachment._install(bool(options.get("merge_lora", False)))
     return attachment

@@ -380,6 +380,7 @@ class CausalWanStandin(nn.Module):
         crossattn_cache: list[Any] | None = None,
         current_start: int = 0,
         cache_start: int | None = None,
+        block_mask: Any = None,
     ) -> torch.Tensor:
         embedded = [self.patch_embedding(u.unsqueeze(0)) for u in x]
         frames, height, width = (int(n) for n in embedded[0].shape[2:])

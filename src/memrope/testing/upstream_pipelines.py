@@ -48,9 +48,13 @@ class WanDiffusionWrapperStandin(nn.Module):
         crossattn_cache: list[Any] | None = None,
         current_start: int | None = None,
         cache_start: int | None = None,
+        block_mask: Any = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.attribute_caches and kv_cache is not None:
             kv_cache, crossattn_cache = True, None
+        extra = (
+            {} if block_mask is None else {"block_mask": block_mask}
+        )  # LongLive's re-cache call passes one
         flow = self.model(
             noisy_image_or_video.permute(0, 2, 1, 3, 4),
             t=timestep,
@@ -60,6 +64,7 @@ class WanDiffusionWrapperStandin(nn.Module):
             crossattn_cache=crossattn_cache,
             current_start=current_start,
             cache_start=cache_start,
+            **extra,
         ).permute(0, 2, 1, 3, 4)
         sigma = self.sigma_of(timestep.flatten(), torch.float64).reshape(-1, 1, 1, 1)
         x0 = (noisy_image_or_video.flatten(0, 1).double() - sigma * flow.flatten(0, 1).double()).to(
@@ -281,13 +286,21 @@ class InteractiveCausalInferencePipelineStandin(CausalInferencePipelineStandin):
     """LongLive's ``InteractiveCausalInferencePipeline``-like: prompt switches with a KV re-cache.
 
     At a switch, ``_recache_after_switch`` re-runs the last ``min(local_attn_size, frame)`` generated
-    frames (all of them for -1) in *one* call at the context timestep under the new prompt.
+    frames (all of them for -1) in *one* call at the context timestep under the new prompt, with a
+    blockwise causal ``block_mask``, resetting the text cache (``k``/``v`` zeroed, ``is_init = False``)
+    before and after it, as LongLive's ``pipeline/interactive_causal_inference.py`` does.
     """
+
+    def _reset_text_cache(self) -> None:
+        for entry in self.crossattn_cache or []:
+            entry["k"].zero_()
+            entry["v"].zero_()
+            entry["is_init"] = False
 
     def _recache_after_switch(
         self, output: torch.Tensor, current_start_frame: int, new_conditional_dict: dict[str, torch.Tensor]
     ) -> None:
-        _reset_text_flags(self.crossattn_cache)
+        self._reset_text_cache()
         if current_start_frame == 0:
             return
         frames = (
@@ -305,8 +318,9 @@ class InteractiveCausalInferencePipelineStandin(CausalInferencePipelineStandin):
             kv_cache=self.kv_cache1,
             crossattn_cache=self.crossattn_cache,
             current_start=recache_start * self.frame_seq_length,
+            block_mask=("blockwise causal", frames, self.num_frame_per_block),
         )
-        _reset_text_flags(self.crossattn_cache)
+        self._reset_text_cache()
 
     def inference(  # type: ignore[override]
         self,
@@ -338,9 +352,15 @@ class InteractiveCausalInferencePipelineStandin(CausalInferencePipelineStandin):
 class CausalDiffusionInferencePipelineStandin(nn.Module):
     """Self-Forcing's ``CausalDiffusionInferencePipeline``-like: classifier-free guidance with two caches.
 
-    Every step calls the generator twice, with ``kv_cache_pos`` / ``crossattn_cache_pos`` (the prompt)
-    and ``kv_cache_neg`` / ``crossattn_cache_neg`` (the negative prompt), and mixes the flows; an Euler
-    step on ``sigma = t / 1000`` follows. Both caches then get the clean block.
+    The call pattern of Self-Forcing's ``pipeline/causal_diffusion_inference.py`` (text to video, no
+    ``initial_latent``): the caches are allocated on the first video and reset for later ones
+    (``is_init.fill_(False)``, end indices re-assigned); blocks of ``num_frame_per_block`` frames,
+    after a 1-frame block with ``independent_first_frame``; every sampling step calls the generator
+    with ``kv_cache_pos`` / ``crossattn_cache_pos`` (the prompt), then ``kv_cache_neg`` /
+    ``crossattn_cache_neg`` (the negative prompt), both with ``current_start = cache_start``, and mixes
+    the flows ``uncond + guidance_scale * (cond - uncond)``; then both caches get the clean block at
+    ``timestep * 0``. The sampler is an Euler step on ``sigma = t / 1000`` (upstream: UniPC over 50
+    shifted steps), which does not change the cache calls.
     """
 
     def __init__(
@@ -381,47 +401,81 @@ class CausalDiffusionInferencePipelineStandin(nn.Module):
         self.crossattn_cache_pos = _text_cache_list(self.wan[0], batch_size, dtype, device, tensor_flag=True)
         self.crossattn_cache_neg = _text_cache_list(self.wan[0], batch_size, dtype, device, tensor_flag=True)
 
+    def _block_sizes(self, num_frames: int) -> list[int]:
+        chunk = self.num_frame_per_block
+        first = 1 if self.independent_first_frame else 0
+        if num_frames < first or (num_frames - first) % chunk:
+            raise ValueError(
+                f"the noise has {num_frames} frames, not {first} + a multiple of {chunk} per block"
+            )
+        return [1] * first + [chunk] * ((num_frames - first) // chunk)
+
+    def _start_video(self, batch: int, dtype: torch.dtype, device: torch.device) -> None:
+        if self.kv_cache_pos is None:
+            self._initialize_kv_cache(batch_size=batch, dtype=dtype, device=device)
+            self._initialize_crossattn_cache(batch_size=batch, dtype=dtype, device=device)
+            return
+        for text in (self.crossattn_cache_pos, self.crossattn_cache_neg):
+            for entry in text or []:
+                entry["is_init"].fill_(False)
+        for kv in (self.kv_cache_pos, self.kv_cache_neg):
+            for entry in kv or []:
+                entry["global_end_index"] = torch.tensor([0], dtype=torch.long, device=device)
+                entry["local_end_index"] = torch.tensor([0], dtype=torch.long, device=device)
+
     def inference(
         self, noise: torch.Tensor, prompt_embeds: torch.Tensor, negative_prompt_embeds: torch.Tensor
     ) -> torch.Tensor:
+        """Latents ``[B, F, C, H, W]`` from ``noise`` (same shape), guided by the two prompts."""
         batch, num_frames = noise.shape[:2]
-        chunk = self.num_frame_per_block
-        if num_frames % chunk:
-            raise ValueError(f"the noise has {num_frames} frames, not a multiple of {chunk} per block")
-        self._initialize_kv_cache(batch, noise.dtype, noise.device)
-        self._initialize_crossattn_cache(batch, noise.dtype, noise.device)
-        branches = (
-            ({"prompt_embeds": prompt_embeds}, self.kv_cache_pos, self.crossattn_cache_pos),
-            ({"prompt_embeds": negative_prompt_embeds}, self.kv_cache_neg, self.crossattn_cache_neg),
-        )
+        blocks = self._block_sizes(num_frames)
+        self._start_video(batch, noise.dtype, noise.device)
+        conditional = {"prompt_embeds": prompt_embeds}
+        unconditional = {"prompt_embeds": negative_prompt_embeds}
         output = torch.zeros_like(noise)
         sigmas = [t / NUM_TRAIN_TIMESTEPS for t in self.sampling_timesteps] + [0.0]
-        for start in range(0, num_frames, chunk):
-            latents = noise[:, start : start + chunk]
+        start = 0
+        for frames in blocks:
+            latents = noise[:, start : start + frames]
             call = {
                 "current_start": start * self.frame_seq_length,
                 "cache_start": start * self.frame_seq_length,
             }
+            timestep = torch.ones([batch, frames], device=noise.device, dtype=torch.float32)
             for index, value in enumerate(self.sampling_timesteps):
-                timestep = torch.full([batch, chunk], value, device=noise.device)
-                flows = [
-                    self.generator(latents, conditional, timestep, kv_cache=kv, crossattn_cache=text, **call)[
-                        0
-                    ]
-                    for conditional, kv, text in branches
-                ]
-                flow = flows[1] + self.guidance_scale * (flows[0] - flows[1])
+                timestep = value * torch.ones([batch, frames], device=noise.device, dtype=torch.float32)
+                flow_cond, _ = self.generator(
+                    noisy_image_or_video=latents,
+                    conditional_dict=conditional,
+                    timestep=timestep,
+                    kv_cache=self.kv_cache_pos,
+                    crossattn_cache=self.crossattn_cache_pos,
+                    **call,
+                )
+                flow_uncond, _ = self.generator(
+                    noisy_image_or_video=latents,
+                    conditional_dict=unconditional,
+                    timestep=timestep,
+                    kv_cache=self.kv_cache_neg,
+                    crossattn_cache=self.crossattn_cache_neg,
+                    **call,
+                )
+                flow = flow_uncond + self.guidance_scale * (flow_cond - flow_uncond)
                 latents = latents + (sigmas[index + 1] - sigmas[index]) * flow
-            output[:, start : start + chunk] = latents
-            for conditional, kv, text in branches:
+            output[:, start : start + frames] = latents
+            for conditional_dict, kv, text in (
+                (conditional, self.kv_cache_pos, self.crossattn_cache_pos),
+                (unconditional, self.kv_cache_neg, self.crossattn_cache_neg),
+            ):
                 self.generator(
-                    latents,
-                    conditional,
-                    torch.zeros([batch, chunk], device=noise.device),
+                    noisy_image_or_video=latents,
+                    conditional_dict=conditional_dict,
+                    timestep=timestep * 0,
                     kv_cache=kv,
                     crossattn_cache=text,
                     **call,
                 )
+            start += frames
         return output
 
 
