@@ -46,6 +46,7 @@ def test_every_example_is_tested() -> None:
         "own_dit.py",
         "two_gpu_split.py",
         "prompt_schedule.py",
+        "diffusers_wan.py",
     }
     assert {path.name for path in EXAMPLES.glob("*.py")} == tested
 
@@ -63,6 +64,17 @@ def test_generate_60s(tmp_path: Path) -> None:
     assert "wrote fox.mp4: 105 frames" in out
     assert "filled 12/12 frames" in out
     assert frame_count(tmp_path / "fox.mp4") == 105  # at least 6 s: 27 latent frames -> 4 * 27 - 3
+
+
+@needs_video
+def test_diffusers_wan(tmp_path: Path) -> None:
+    pytest.importorskip("diffusers")
+    out = run_example("diffusers_wan.py", "--tiny", "--seconds", "3", "--output", "fox.mp4", cwd=tmp_path)
+    assert "wrote fox.mp4: 57 frames" in out and "through diffusers" in out
+    assert "filled 12/12 frames" in out
+    difference = float(out.split("max difference to memrope's own DiT: ")[1].split()[0])
+    assert difference < 1e-5
+    assert frame_count(tmp_path / "fox.mp4") == 57
 
 
 def test_own_dit(tmp_path: Path) -> None:

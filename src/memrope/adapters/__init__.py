@@ -7,7 +7,10 @@ official-MemRoPE causal inference pipeline, its ``WanDiffusionWrapper`` generato
 model itself (PEFT-wrapped or not); it returns an :class:`Attachment` that undoes everything on
 :meth:`Attachment.remove` or on leaving a ``with`` block. The official MemRoPE pipeline's own cache
 settings are used unless overridden; pipeline features not supported yet are refused with a message
-naming them.
+naming them. And ``diffusers`` (:mod:`memrope.adapters.diffusers_wan`): a stock diffusers
+``WanTransformer3DModel``, recognised without importing diffusers, returning a
+:class:`~memrope.adapters.diffusers_wan.DiffusersAttachment` that is also the model memrope's
+pipeline drives.
 """
 
 from memrope.adapters.registry import (
@@ -21,6 +24,8 @@ from memrope.adapters.registry import (
     unregister_adapter,
 )
 from memrope.adapters.upstream import Attachment
+
+from memrope.adapters import diffusers_wan as _diffusers_wan  # noqa: F401  # isort: skip (registers "diffusers")
 
 __all__ = [
     "Adapter",

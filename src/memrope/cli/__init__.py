@@ -44,6 +44,7 @@ import sys
 from collections.abc import Sequence
 
 from memrope import __version__
+from memrope.cli import convert as convert
 from memrope.cli import generate as generate
 from memrope.cli import plot_attention as plot_attention
 from memrope.cli import presets as presets
