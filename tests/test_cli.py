@@ -75,8 +75,22 @@ def test_default_length_seconds_and_policy_options(tmp_path: Path) -> None:
     assert report["requested"] == {"seconds": 3.0}
     assert report["produced"] == {"latent_frames": 15, "video_frames": 57, "seconds": 57 / 16}
     assert report["cache"]["config"]["policy"] == "sink"
+    assert report["cache"]["config"]["protect_sink_on_rewrite"] is True
     assert report["cache"]["slot_layout"] == ["f0", "f10", "f11", "f12", "f13", "f14"]
     assert read_frames(output).shape[0] == 57
+
+
+def test_no_protect_sink_reaches_the_cache_config(tmp_path: Path) -> None:
+    from memrope.cli import build_parser
+    from memrope.cli.generate_plan import _cache_config
+    from memrope.presets import get_preset
+
+    parser = build_parser()
+    preset = get_preset("causal-forcing-framewise-30s")
+    protected = _cache_config(parser.parse_args(["generate", "--prompt", "x"]), preset)
+    written = _cache_config(parser.parse_args(["generate", "--prompt", "x", "--no-protect-sink"]), preset)
+    assert protected.protect_sink_on_rewrite and not written.protect_sink_on_rewrite
+    assert written.chunk_frames == 1
 
 
 def test_prompts_file_gives_one_video_per_prompt(tmp_path: Path) -> None:
@@ -103,7 +117,7 @@ def test_prompts_file_gives_one_video_per_prompt(tmp_path: Path) -> None:
 
 
 BAD_INPUTS = [
-    (["--model", "self-forcing-2h"], "valid presets: tiny, self-forcing-30s"),
+    (["--model", "self-forcing-2h"], "nearest: 'self-forcing-1h'"),
     (["--checkpoint", "/nonexistent/self_forcing_dmd.pt"], "checkpoint not available"),
     (["--alpha-long", "2"], "--alpha-long"),
     (["--alpha-short", "x"], "expected a number"),
@@ -223,7 +237,10 @@ def test_missing_hub_checkpoint_offline_gives_guidance(
 def test_presets_command_and_list_presets(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["presets"]) == 0
     table = capsys.readouterr().out
-    assert "self-forcing-60s" in table and "longlive-1h" in table and "14400" in table and "GiB" in table
+    assert "self-forcing-<length>" in table and "longlive-<length>" in table and "GiB" in table
+    assert main(["presets", "--all"]) == 0
+    every = capsys.readouterr().out
+    assert "self-forcing-60s" in every and "longlive-1h" in every and "14400" in every
     assert main(["generate", "--list-presets"]) == 0
     assert capsys.readouterr().out == table
     assert main(["presets", "--json"]) == 0

@@ -251,11 +251,70 @@ def test_plan_to_dict_is_json_and_describe_is_readable() -> None:
     assert "blocks.0-29, head (~12.0 GiB)" in text and "VAE: waits on the CPU, moved to cuda:0" in text
 
 
+# ------------------------------------------------------------ the text encoder on the CPU
+def test_the_text_encoder_on_the_cpu_takes_nothing_on_the_gpu() -> None:
+    gpu = plan_devices("single", ("cuda:0",), num_layers=30, memory=RUN, probe=_gpus(16))
+    cpu = plan_devices("single", ("cuda:0",), num_layers=30, memory=RUN, probe=_gpus(16), text_encoder="cpu")
+    assert gpu.text_encoder_device == torch.device("cuda:0") and gpu.needed_bytes == (13 * GIB,)
+    assert cpu.text_encoder_device == torch.device("cpu") and not cpu.offload_text_encoder
+    large = dataclasses.replace(RUN, text_encoder=20 * GIB)  # a text encoder larger than the generation
+    assert plan_devices("single", ("cuda:0",), num_layers=30, memory=large, probe=_gpus(16)).needed_bytes == (
+        21 * GIB,
+    )
+    on_cpu = plan_devices(
+        "split", ("cuda:0", "cuda:1"), num_layers=30, memory=large, probe=_gpus(16, 16), text_encoder="cpu"
+    )
+    assert on_cpu.needed_bytes == (6 * GIB, 9 * GIB) and not on_cpu.offload_text_encoder  # 7 + 9 with it
+    assert "text encoder: runs on the CPU (nothing of it on a GPU)" in on_cpu.describe()
+
+
+@pytest.mark.parametrize(
+    "free_gib, text_device",
+    [((8,), "cpu"), ((7.5,), "cpu"), ((16,), "cuda:0")],  # umT5's phase here is 6 + 1 GiB
+)
+def test_text_encoder_auto_runs_it_on_the_gpu_only_where_its_phase_fits(
+    free_gib: tuple[float, ...], text_device: str
+) -> None:
+    heavy = dataclasses.replace(RUN, text_encoder=10 * GIB)  # phase 11 GiB, generation 13 GiB
+    plan = plan_devices(
+        "single", ("cuda:0",), num_layers=30, memory=heavy, probe=_gpus(*free_gib), text_encoder="auto"
+    )
+    expected = "cpu" if free_gib[0] < 11 else text_device
+    assert str(plan.text_encoder_device) == expected
+    assert (
+        plan_devices("single", ("cpu",), num_layers=30, text_encoder="auto").text_encoder_device.type == "cpu"
+    )
+    # without an estimate there is nothing to decide with: the GPU, as before
+    assert plan_devices(
+        "single", ("cuda:0",), num_layers=30, probe=_gpus(1), text_encoder="auto"
+    ).text_encoder_device == torch.device("cuda:0")
+
+
+def test_auto_placement_tries_one_gpu_with_the_text_encoder_on_the_cpu_before_two_gpus() -> None:
+    heavy = dataclasses.replace(RUN, text_encoder=12 * GIB)  # one GPU: 13 GiB, offloaded 12; umT5 phase 13
+    both = plan_devices(num_layers=30, memory=heavy, probe=_gpus(12.5, 12.5), text_encoder="auto")
+    assert both.mode == "single" and both.text_encoder_device == torch.device("cpu") and both.offload_vae
+    with pytest.raises(NotEnoughMemoryError):  # kept on a GPU, umT5's 13 GiB phase fits nowhere
+        plan_devices(num_layers=30, memory=heavy, probe=_gpus(12.5, 12.5))
+    with pytest.raises(NotEnoughMemoryError, match=r"1 GPU, text encoder on the CPU: 13\.0 GiB"):
+        plan_devices(num_layers=30, memory=heavy, probe=_gpus(5), text_encoder="auto")
+
+
+def test_a_real_estimate_with_the_text_encoder_on_the_cpu_fits_a_12_gib_gpu_with_an_8_bit_cache() -> None:
+    preset = get_preset("self-forcing-60s")
+    estimate = preset.memory_estimate(kv_dtype="fp8")
+    plan = plan_devices(num_layers=30, memory=estimate, probe=_gpus(11.5), text_encoder="auto")
+    assert plan.mode == "single" and plan.text_encoder_device.type == "cpu" and not plan.offload_vae
+    with pytest.raises(NotEnoughMemoryError):
+        plan_devices(num_layers=30, memory=preset.memory_estimate(), probe=_gpus(11.5), text_encoder="auto")
+
+
 # ------------------------------------------------------------ (d) bad input
 @pytest.mark.parametrize(
     "kwargs, error, message",
     [
         ({"mode": "dual"}, ValueError, r"mode must be one of \('auto', 'single', 'split'\)"),
+        ({"text_encoder": "tpu"}, ValueError, r"text_encoder must be one of \('auto', 'gpu', 'cpu'\)"),
         ({"mode": "single", "devices": ["cpu", "cpu"]}, ValueError, r"mode='single' takes exactly 1 device"),
         ({"mode": "split", "devices": ["cpu"]}, ValueError, r"mode='split' takes 2 to num_layers=30 devices"),
         (

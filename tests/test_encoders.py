@@ -3,10 +3,12 @@ encoder."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import shutil
 import sys
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -309,3 +311,39 @@ def test_hash_encoder_truncates_but_keeps_the_end_token_and_checks_input() -> No
         encoder.encode("a cat")
     with pytest.raises(ValueError, match="at least one"):
         encoder.encode([])
+
+
+def test_encode_prompts_runs_umt5_on_the_cpu_in_bfloat16_and_frees_it(
+    tiny_umt5: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``components.encode_prompts``: what ``memrope generate --text-encoder-device cpu`` relies on."""
+    from memrope import components
+    from memrope.presets import TINY_MODEL_CONFIG, get_preset
+
+    shape = dataclasses.replace(TINY_MODEL_CONFIG, text_dim=D_MODEL, text_len=TEXT_LEN)
+    preset = dataclasses.replace(get_preset("tiny"), text_encoder=str(tiny_umt5), model_config=shape)
+    loaded: list[weakref.ref[Any]] = []
+    load_text_encoder = components.load_text_encoder
+
+    def recording(*args: Any, **kwargs: Any) -> TextEncoder:
+        encoder = load_text_encoder(*args, **kwargs)
+        assert isinstance(encoder, UMT5TextEncoder)
+        loaded.append(weakref.ref(encoder.model))
+        assert encoder.model.dtype == torch.bfloat16 and encoder.model.device.type == "cpu"
+        return encoder
+
+    monkeypatch.setattr(components, "load_text_encoder", recording)
+    prompts = ["a cat runs", LONG_PROMPT]
+    embeddings = components.encode_prompts(preset, prompts)
+    assert len(loaded) == 1 and loaded[0]() is None  # freed before encode_prompts returned
+    assert embeddings.dtype == torch.float32 and embeddings.device.type == "cpu"
+    expected = load(tiny_umt5, dtype=torch.bfloat16).encode(prompts).float()
+    assert torch.equal(embeddings, expected)
+
+
+def test_encode_prompts_with_the_hash_encoder_gives_its_embeddings() -> None:
+    from memrope import components
+    from memrope.presets import get_preset, tiny_text_encoder
+
+    embeddings = components.encode_prompts(get_preset("tiny"), ["a red fox"], device="cpu")
+    assert torch.equal(embeddings, tiny_text_encoder().encode(["a red fox"]))

@@ -96,9 +96,15 @@ def test_a_registered_family_shows_in_memrope_presets(capsys: pytest.CaptureFixt
     with registries_as_shipped():
         family = _run(code, line)["preset"].family
         expected = list(presets.MODEL_FAMILIES[family].presets())
+        assert main(["presets", "--all"]) == 0
+        every = capsys.readouterr().out
         assert main(["presets"]) == 0
-    rows = [row.split()[0] for row in capsys.readouterr().out.splitlines() if row.startswith(f"{family}-")]
+        grouped = capsys.readouterr().out
+    rows = [row.split()[0] for row in every.splitlines() if row.startswith(f"{family}-")]
     assert rows == expected and len(expected) >= 2
+    assert [row.split()[0] for row in grouped.splitlines() if row.startswith(f"{family}-")] == [
+        f"{family}-<length>"
+    ]
     assert family not in presets.MODEL_FAMILIES and not set(expected) & set(presets.PRESETS)
 
 

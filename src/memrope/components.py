@@ -9,6 +9,8 @@ The same code serves ``memrope generate`` and Python users::
     encoder = components.load_text_encoder(preset, device="cuda")
     prompt = encoder.encode(["a red fox running through snow"])
     del encoder                                   # umT5-XXL is 10.6 GiB in bf16: free it first
+    # or, where the GPU cannot hold umT5: umT5 on the CPU, freed before this returns
+    prompt = components.encode_prompts(preset, ["a red fox running through snow"], device="cpu")
     model = components.load_model(preset, device="cuda")          # downloads the checkpoint once
     decoder = components.load_decoder(preset, device="cuda")
 
@@ -29,7 +31,9 @@ not fit, :class:`~memrope.errors.NonFiniteError` for weights or LoRA factors hol
 
 from __future__ import annotations
 
+import gc
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -41,9 +45,16 @@ from memrope.loading import CheckpointKind, load_wan_weights
 from memrope.models.wan import CausalWanModel
 from memrope.pipeline import CausalInferencePipeline
 from memrope.presets import TINY_MODEL_CONFIG, Preset, tiny_decoder, tiny_model
-from memrope.vae import TinyDecoder, VideoDecoder, WanVAEDecoder
+from memrope.vae import VideoDecoder, WanVAEDecoder
 
-__all__ = ["default_device", "load_decoder", "load_model", "load_text_encoder", "make_pipeline"]
+__all__ = [
+    "default_device",
+    "encode_prompts",
+    "load_decoder",
+    "load_model",
+    "load_text_encoder",
+    "make_pipeline",
+]
 
 PathLike = str | os.PathLike[str]
 
@@ -120,14 +131,41 @@ def load_text_encoder(
     )
 
 
+def encode_prompts(
+    preset: Preset,
+    prompts: Sequence[str],
+    source: str | Path | None = None,
+    *,
+    device: torch.device | str | None = "cpu",
+    dtype: torch.dtype | None = torch.bfloat16,
+) -> torch.Tensor:
+    """Encode ``prompts`` with the preset's text encoder, free the encoder, return ``[B, text_len, text_dim]``.
+
+    The embeddings come back in float32 on the CPU, and the encoder is gone (host memory collected, the
+    CUDA cache emptied) before this returns, so the DiT loads into a GPU that never held both. By
+    default umT5 runs on the CPU in bfloat16: nothing on the GPU, 10.6 GiB of host memory (22.7 in
+    float32), the dtype it has on a GPU; slower than a GPU (about a minute per prompt on a desktop CPU).
+    ``device="cuda"`` encodes on the GPU instead (it must then hold the encoder's ~11.6 GiB alone).
+    """
+    encoder = load_text_encoder(preset, source, device=device, dtype=dtype)
+    embeddings = encoder.encode(list(prompts)).float().cpu()
+    on_cuda = _device(device).type == "cuda"
+    del encoder
+    gc.collect()
+    if on_cuda:
+        torch.cuda.empty_cache()
+    return embeddings
+
+
 def load_decoder(
     preset: Preset,
     source: str | Path | None = None,
     *,
     device: torch.device | str | None = None,
     offload: bool = False,
-) -> TinyDecoder | WanVAEDecoder:
-    """The preset's streaming decoder: ``"tiny"`` (weight-free) or the Wan VAE (float32) from a Hub id / folder.
+) -> VideoDecoder:
+    """The preset's streaming decoder: ``"tiny"`` or ``"toy"`` (weight-free) or the Wan VAE (float32) from a
+    Hub id / folder.
 
     ``offload`` keeps the Wan VAE's weights on the CPU between chunks (the tiny decoder has none).
     """
@@ -136,6 +174,12 @@ def load_decoder(
         if preset.model_config.out_dim != TINY_MODEL_CONFIG.out_dim:
             raise ValueError(f"the tiny decoder decodes {TINY_MODEL_CONFIG.out_dim}-channel latents only")
         return tiny_decoder()
+    if source == "toy":
+        from memrope.toy import TOY_MODEL_CONFIG, ToyDecoder
+
+        if preset.model_config.out_dim != TOY_MODEL_CONFIG.out_dim:
+            raise ValueError(f"the toy decoder decodes {TOY_MODEL_CONFIG.out_dim}-channel toy latents only")
+        return ToyDecoder()
     return WanVAEDecoder.from_pretrained(source, dtype=torch.float32, device=_device(device), offload=offload)
 
 
@@ -147,12 +191,16 @@ def make_pipeline(
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
     decoder: VideoDecoder | None = None,
+    kv_dtype: torch.dtype | str | None = None,
 ) -> CausalInferencePipeline:
     """A pipeline with the preset's sampler and cache policy (``cache`` overrides the policy).
 
-    ``device`` and ``dtype`` default to the model's (its first parameter's).
+    ``device`` and ``dtype`` default to the model's (its first parameter's); ``kv_dtype`` stores the
+    cached keys and values in 8 bits (``torch.float8_e4m3fn``, ``torch.float8_e5m2``, ``torch.int8`` or
+    ``"fp8"``, ...; ``None``: in ``dtype``), see :class:`~memrope.cache.MemRoPECache`.
     """
     weight = next(model.parameters())
+    storage: dict[str, torch.dtype | str] = {} if kv_dtype is None else {"kv_dtype": kv_dtype}
     return CausalInferencePipeline(
         model,
         preset.cache if cache is None else cache,
@@ -163,4 +211,5 @@ def make_pipeline(
         dtype=weight.dtype if dtype is None else dtype,
         device=weight.device if device is None else device,
         decoder=decoder,
+        **storage,
     )

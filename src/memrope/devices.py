@@ -18,8 +18,9 @@
 
 The device map uses accelerate's format (``{"patch_embedding": device, ..., "blocks.0": device,
 ..., "head": device}``) so it can be handed to accelerate's tools, but nothing here needs
-accelerate: the memory model is the analytic :class:`~memrope.presets.MemoryEstimate` (the KV cache,
-which accelerate does not see, is the larger half of it).
+accelerate: the memory model is the analytic :class:`~memrope.memory_plan.MemoryEstimate` (the KV cache,
+which accelerate does not see, is the larger half of it). The text encoder can run on the CPU
+(``plan_devices(text_encoder="cpu")``, or ``"auto"``: there when its phase does not fit the GPU).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from memrope._validation import check_int
 __all__ = [
     "PLACEABLE_MODULES_ATTRIBUTE",
     "PLAN_MODES",
+    "TEXT_ENCODER_CHOICES",
     "CudaMemoryProbe",
     "DevicePlan",
     "MemoryBreakdown",
@@ -53,9 +55,13 @@ __all__ = [
     "offloaded",
     "place_model",
     "plan_devices",
+    "single_device_need",
+    "split_device_needs",
 ]
 
 PLAN_MODES = ("auto", "single", "split")
+#: Where ``plan_devices(text_encoder=...)`` runs the text encoder.
+TEXT_ENCODER_CHOICES = ("auto", "gpu", "cpu")
 PLACED_MODES = ("single", "split")
 #: The class attribute naming a model's top-level modules in forward order, the block list as ``"name.*"``.
 PLACEABLE_MODULES_ATTRIBUTE = "_placeable_modules"
@@ -154,7 +160,7 @@ class NotEnoughMemoryError(RuntimeError):
 
 
 class MemoryBreakdown(Protocol):
-    """Bytes a run needs per component (:class:`memrope.presets.MemoryEstimate` is one).
+    """Bytes a run needs per component (:class:`memrope.memory_plan.MemoryEstimate` is one).
 
     Explicit numbers: build a ``MemoryEstimate(weights=..., cache=..., activations=...,
     text_encoder=..., vae=..., overhead=...)``.
@@ -304,9 +310,10 @@ class DevicePlan:
                 total = sum(n for n, d in zip(self.needed_bytes, self.devices) if d == device)
                 need = f" (~{total / GIB:.1f} GiB)"
             lines.append(f"  {device}: {', '.join(parts) or '(nothing)'}{need}")
-        lines.append(
-            f"  text encoder: {_component_line(self.text_encoder_device, self.offload_text_encoder)}"
-        )
+        text = _component_line(self.text_encoder_device, self.offload_text_encoder)
+        if self.text_encoder_device.type == "cpu" and self.primary_device.type != "cpu":
+            text = "runs on the CPU (nothing of it on a GPU)"
+        lines.append(f"  text encoder: {text}")
         lines.append(f"  VAE: {_component_line(self.vae_device, self.offload_vae)}")
         return "\n".join(lines)
 
@@ -410,29 +417,63 @@ def _boundaries(split_at: int | Sequence[int] | None, num_layers: int, parts: in
 
 
 # ---------------------------------------------------------------------- memory model
-def _single_need(memory: MemoryBreakdown, offload: bool) -> int:
+def _memory_parts(memory: MemoryBreakdown) -> tuple[int, int, int | None, Any]:
+    """``(transient activations, persistent activations, resident VAE weights or None, block split or None)``."""
+    split = getattr(memory, "split", None)
+    transient = memory.activations if split is None else split.transient
+    return transient, memory.activations - transient, getattr(memory, "vae_weights", None), split
+
+
+def _vae_extra(memory: MemoryBreakdown, transient: int, vae_weights: int | None, offload: bool) -> int:
+    """Bytes the VAE and one call's activations add on the device that decodes."""
+    if offload:  # the VAE visits between DiT calls and shares the room of the activations
+        return max(transient, memory.vae)
+    if vae_weights is None:
+        return transient + memory.vae
+    return vae_weights + max(transient, memory.vae - vae_weights)  # decoding runs between DiT calls
+
+
+def single_device_need(memory: MemoryBreakdown, *, offload: bool, text_encoder: bool = True) -> int:
     """Peak bytes on one device holding everything.
 
-    As in :class:`~memrope.presets.MemoryEstimate`, prompts are encoded before the DiT is loaded, so
-    the text encoder's phase and the generation phase do not add up. Offloaded, the VAE visits
-    between DiT calls and shares the room of the activations.
+    Prompts are encoded before the DiT is loaded, so the text encoder's phase and the generation phase
+    do not add up; with ``text_encoder=False`` (it runs on the CPU) the text phase holds the overhead
+    only. Offloaded, the VAE visits between DiT calls and shares the room of the activations. When
+    ``memory`` says which part of the VAE is resident (``vae_weights``) and which activations are
+    transient (``split.transient``), the VAE's decoding workspace shares the room of the transients too.
     """
-    text_phase = memory.text_encoder + memory.overhead
-    resident = memory.weights + memory.cache + memory.overhead
-    extra = max(memory.activations, memory.vae) if offload else memory.activations + memory.vae
-    return max(text_phase, resident + extra)
+    transient, persistent, vae_weights, _ = _memory_parts(memory)
+    text_phase = (memory.text_encoder if text_encoder else 0) + memory.overhead
+    resident = memory.weights + memory.cache + persistent + memory.overhead
+    return max(text_phase, resident + _vae_extra(memory, transient, vae_weights, offload))
 
 
-def _split_needs(memory: MemoryBreakdown, block_counts: Sequence[int], offload: bool) -> tuple[int, ...]:
-    """Peak bytes per device of a split: each holds its blocks' share of weights and cache and
-    the activations of one call; the first also hosts the text encoder's phase, the last the VAE."""
+def split_device_needs(
+    memory: MemoryBreakdown, block_counts: Sequence[int], *, offload: bool, text_encoder: bool = True
+) -> tuple[int, ...]:
+    """Peak bytes per device of a split over contiguous block groups of ``block_counts``.
+
+    Each device holds its blocks' weights and cache layers and the activations of one call; the first
+    also the embeddings and the text encoder's phase (unless ``text_encoder=False``), the last the head
+    and the VAE. With ``memory.split`` (a :class:`~memrope.memory_plan.BlockSplit`) the shares are exact
+    per block and per device; without it, weights and cache divide in proportion to the blocks.
+    """
+    transient, _, vae_weights, split = _memory_parts(memory)
     total = sum(block_counts)
+    last = len(block_counts) - 1
     needs = []
     for position, count in enumerate(block_counts):
-        need = (memory.weights + memory.cache) * count // total + memory.activations + memory.overhead
-        if position == len(block_counts) - 1:
-            need += max(memory.vae - memory.activations, 0) if offload else memory.vae
-        if position == 0:
+        if split is None:
+            need = (memory.weights + memory.cache) * count // total + memory.activations + memory.overhead
+            vae = max(memory.vae - memory.activations, 0) if offload else memory.vae
+        else:
+            need = count * split.per_block + split.per_device + memory.overhead
+            need += (split.inputs if position == 0 else 0) + (split.outputs if position == last else 0)
+            vae = _vae_extra(memory, transient, vae_weights, offload)
+            need += transient if position != last else 0
+        if position == last:
+            need += vae
+        if position == 0 and text_encoder:
             need = max(need, memory.text_encoder + memory.overhead)
         needs.append(need)
     return tuple(needs)
@@ -457,18 +498,26 @@ def _device_map(
 
 
 def _single_plan(
-    device: torch.device, num_layers: int, offload: bool, memory: MemoryBreakdown | None, layout: ModuleLayout
+    device: torch.device,
+    num_layers: int,
+    offload: bool,
+    memory: MemoryBreakdown | None,
+    layout: ModuleLayout,
+    text_on_gpu: bool = True,
 ) -> DevicePlan:
     offload = offload and device.type != "cpu"
+    text_device = device if text_on_gpu else torch.device("cpu")
     return DevicePlan(
         mode="single",
         devices=(device,),
         device_map=_device_map((device,), (), num_layers, layout),
         vae_device=device,
-        text_encoder_device=device,
-        offload_text_encoder=offload,
+        text_encoder_device=text_device,
+        offload_text_encoder=offload and text_device.type != "cpu",
         offload_vae=offload,
-        needed_bytes=None if memory is None else (_single_need(memory, offload),),
+        needed_bytes=None
+        if memory is None
+        else (single_device_need(memory, offload=offload, text_encoder=text_device.type != "cpu"),),
     )
 
 
@@ -479,18 +528,47 @@ def _split_plan(
     offload: bool,
     memory: MemoryBreakdown | None,
     layout: ModuleLayout,
+    text_on_gpu: bool = True,
 ) -> DevicePlan:
-    needs = None if memory is None else _split_needs(memory, _block_counts(boundaries, num_layers), offload)
+    text_device = devices[0] if text_on_gpu else torch.device("cpu")
+    counts = _block_counts(boundaries, num_layers)
+    needs = (
+        None
+        if memory is None
+        else split_device_needs(memory, counts, offload=offload, text_encoder=text_device.type != "cpu")
+    )
     return DevicePlan(
         mode="split",
         devices=devices,
         device_map=_device_map(devices, boundaries, num_layers, layout),
         vae_device=devices[-1],
-        text_encoder_device=devices[0],
-        offload_text_encoder=devices[0].type != "cpu",
+        text_encoder_device=text_device,
+        offload_text_encoder=text_device.type != "cpu",
         offload_vae=offload and devices[-1].type != "cpu",
         needed_bytes=needs,
     )
+
+
+def _free_bytes(probe: MemoryProbe, device: torch.device) -> int:
+    """Free memory of ``device`` (``cuda`` without an index: the first CUDA device)."""
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", 0)
+    return probe.free_bytes(device)
+
+
+def _text_on_gpu(
+    choice: str, device: torch.device, memory: MemoryBreakdown | None, probe: MemoryProbe
+) -> bool:
+    """Whether the text encoder runs on ``device`` (``choice`` ``"gpu"``/``"cpu"``/``"auto"``).
+
+    ``"auto"``: on the GPU when its phase (``memory.text_encoder + memory.overhead``) fits in the free
+    memory of ``device``, else on the CPU; on the GPU without a memory estimate (the default before the text encoder could run on the CPU).
+    """
+    if choice != "auto" or device.type == "cpu":
+        return choice != "cpu"
+    if memory is None or device.type != "cuda":
+        return True
+    return memory.text_encoder + memory.overhead <= _free_bytes(probe, device)
 
 
 def _explicit_single(
@@ -500,6 +578,7 @@ def _explicit_single(
     memory: MemoryBreakdown | None,
     probe: MemoryProbe,
     layout: ModuleLayout,
+    text_encoder: str,
 ) -> DevicePlan:
     if devices is None:
         visible = probe.accelerators()
@@ -508,7 +587,8 @@ def _explicit_single(
         raise ValueError(
             f"mode='single' takes exactly 1 device in devices, got {len(devices)}: {list(devices)}"
         )
-    return _single_plan(devices[0], num_layers, offload, memory, layout)
+    text_on_gpu = _text_on_gpu(text_encoder, devices[0], memory, probe)
+    return _single_plan(devices[0], num_layers, offload, memory, layout, text_on_gpu)
 
 
 def _explicit_split(
@@ -519,6 +599,7 @@ def _explicit_split(
     memory: MemoryBreakdown | None,
     probe: MemoryProbe,
     layout: ModuleLayout,
+    text_encoder: str,
 ) -> DevicePlan:
     if devices is None:
         devices = tuple(probe.accelerators())
@@ -533,7 +614,8 @@ def _explicit_split(
             f"got {len(devices)}: {list(devices)}"
         )
     boundaries = _boundaries(split_at, num_layers, len(devices))
-    return _split_plan(devices, boundaries, num_layers, offload, memory, layout)
+    text_on_gpu = _text_on_gpu(text_encoder, devices[0], memory, probe)
+    return _split_plan(devices, boundaries, num_layers, offload, memory, layout, text_on_gpu)
 
 
 def _fits(plan: DevicePlan, free: Mapping[torch.device, int]) -> bool:
@@ -551,11 +633,14 @@ def _auto_candidates(
     split_at: int | Sequence[int] | None,
     memory: MemoryBreakdown,
     layout: ModuleLayout,
+    text_encoder: str,
 ) -> Iterator[DevicePlan]:
     """Layouts from cheapest to most spread: one GPU, one GPU offloaded, then splits over 2, 3, ...
     GPUs (each without, then with, the VAE offloaded), on the GPUs with the most free memory, kept
-    in ``pool`` order."""
+    in ``pool`` order. With ``text_encoder="auto"`` each layout is tried with the text encoder on the
+    GPU, then on the CPU (so one GPU with the text encoder on the CPU comes before two GPUs)."""
     offload_choices = (True,) if offload else (False, True)
+    text_choices = {"gpu": (True,), "cpu": (False,), "auto": (True, False)}[text_encoder]
     ranked = sorted(pool, key=lambda device: -free[device])
     if split_at is None:
         split_sizes = list(range(2, min(len(pool), num_layers) + 1))
@@ -563,18 +648,22 @@ def _auto_candidates(
         parts = 2 if isinstance(split_at, int) else len(split_at) + 1
         split_sizes = [parts] if parts <= len(pool) else []
     for choice in offload_choices:
-        yield _single_plan(ranked[0], num_layers, choice, memory, layout)
+        for text_on_gpu in text_choices:
+            yield _single_plan(ranked[0], num_layers, choice, memory, layout, text_on_gpu)
     for parts in split_sizes:
         chosen = tuple(device for device in pool if device in ranked[:parts])
         boundaries = _boundaries(split_at, num_layers, parts)
         for choice in offload_choices:
-            yield _split_plan(chosen, boundaries, num_layers, choice, memory, layout)
+            for text_on_gpu in text_choices:
+                yield _split_plan(chosen, boundaries, num_layers, choice, memory, layout, text_on_gpu)
 
 
 def _layout_label(plan: DevicePlan) -> str:
     if plan.mode == "single":
-        return "1 GPU with the text encoder and VAE offloaded" if plan.offload_vae else "1 GPU"
-    return f"{len(plan.devices)} GPUs" + (" with the VAE offloaded" if plan.offload_vae else "")
+        label = "1 GPU with the text encoder and VAE offloaded" if plan.offload_vae else "1 GPU"
+    else:
+        label = f"{len(plan.devices)} GPUs" + (" with the VAE offloaded" if plan.offload_vae else "")
+    return label + (", text encoder on the CPU" if plan.text_encoder_device.type == "cpu" else "")
 
 
 def _not_enough_memory(plans: list[DevicePlan], free: Mapping[torch.device, int]) -> NotEnoughMemoryError:
@@ -587,7 +676,7 @@ def _not_enough_memory(plans: list[DevicePlan], free: Mapping[torch.device, int]
     available = ", ".join(f"{device} {gib(count)}" for device, count in free.items())
     return NotEnoughMemoryError(
         f"the run does not fit in the free GPU memory. Needed: {'; '.join(options)}. "
-        f"Free: {available}. Free some memory, use a smaller dtype or batch, "
+        f"Free: {available}. Free some memory, use a smaller dtype, batch or an 8-bit KV cache, "
         "or run on the CPU with mode='single', devices=['cpu']"
     )
 
@@ -600,6 +689,7 @@ def _auto_plan(
     memory: MemoryBreakdown | None,
     probe: MemoryProbe,
     layout: ModuleLayout,
+    text_encoder: str,
 ) -> DevicePlan:
     pool = list(dict.fromkeys(devices if devices is not None else probe.accelerators()))
     if not pool:
@@ -615,7 +705,7 @@ def _auto_plan(
             "to choose a layout; or pass mode='single' or mode='split'"
         )
     free = {device: probe.free_bytes(device) for device in pool}
-    plans = list(_auto_candidates(pool, free, num_layers, offload, split_at, memory, layout))
+    plans = list(_auto_candidates(pool, free, num_layers, offload, split_at, memory, layout, text_encoder))
     for plan in plans:
         if _fits(plan, free):
             return plan
@@ -632,6 +722,7 @@ def plan_devices(
     memory: MemoryBreakdown | None = None,
     probe: MemoryProbe | None = None,
     model: nn.Module | type[nn.Module] | None = None,
+    text_encoder: str = "gpu",
 ) -> DevicePlan:
     """Decide where the DiT blocks, its cache, the text encoder and the VAE go.
 
@@ -643,7 +734,8 @@ def plan_devices(
             the CPU; otherwise the first layout that fits in the free memory of ``devices`` (default:
             every visible GPU), in this order: one GPU (the one with the most free memory), the same
             with the text encoder and VAE offloaded, a split over the 2 GPUs with the most free
-            memory, the same with the VAE offloaded, then over 3, 4, ... GPUs. Raises
+            memory, the same with the VAE offloaded, then over 3, 4, ... GPUs (each with the text
+            encoder on the GPU, then on the CPU, when ``text_encoder="auto"``). Raises
             :class:`NotEnoughMemoryError` (needed and free bytes in the message) when none fits.
         devices: devices to use, e.g. ``["cuda:0", "cuda:1"]`` (ints are CUDA indices).
         num_layers: the model's block count (``model.config.num_layers``); may be left out when
@@ -653,22 +745,29 @@ def plan_devices(
             that is what makes the run fit.
         split_at: first block of the second device (2 devices; default ``num_layers // 2``), or
             the first block of each device after the first (more devices; default: even groups).
-        memory: the run's memory needs (``preset.memory_estimate(dtype, batch_size)``); needed by
-            ``"auto"`` with GPUs, and recorded as ``needed_bytes`` by the other modes.
+        memory: the run's memory needs (``preset.memory_estimate(dtype, batch_size)``, text encoder on
+            the GPU); needed by ``"auto"`` with GPUs and by ``text_encoder="auto"``, and recorded as
+            ``needed_bytes`` by the other modes.
         probe: visible GPUs and their free memory (default :class:`CudaMemoryProbe`; tests and
             schedulers can pass a :class:`StaticMemoryProbe`).
         model: the model or its class, whose ``_placeable_modules`` name the modules the plan
             places (see :func:`module_layout`; default :class:`~memrope.models.wan.CausalWanModel`).
+        text_encoder: where the text encoder runs: ``"gpu"`` (the first device; default), ``"cpu"``
+            (``plan.text_encoder_device`` is the CPU: nothing of it on a GPU) or ``"auto"``: the GPU when
+            its phase fits in the first device's free memory (``"auto"`` mode: the first layout that
+            fits, the GPU tried first), else the CPU.
 
     Raises:
-        ValueError: unknown ``mode``, wrong number of ``devices``, an unavailable device,
-            ``split_at`` out of range or given to ``"single"``, bad ``num_layers``, a ``model``
+        ValueError: unknown ``mode`` or ``text_encoder``, wrong number of ``devices``, an unavailable
+            device, ``split_at`` out of range or given to ``"single"``, bad ``num_layers``, a ``model``
             without ``_placeable_modules``.
         TypeError: ``num_layers`` left out without a model instance to count the blocks of.
         NotEnoughMemoryError: ``"auto"`` found no layout that fits.
     """
     if mode not in PLAN_MODES:
         raise ValueError(f"mode must be one of {PLAN_MODES}, got {mode!r}")
+    if text_encoder not in TEXT_ENCODER_CHOICES:
+        raise ValueError(f"text_encoder must be one of {TEXT_ENCODER_CHOICES}, got {text_encoder!r}")
     if not isinstance(offload, bool):
         raise TypeError(f"offload must be True or False, got {offload!r}")
     layout = module_layout(model)
@@ -680,10 +779,10 @@ def plan_devices(
             raise ValueError(
                 f"split_at only applies to mode='split' or mode='auto', got mode='single' with {split_at!r}"
             )
-        return _explicit_single(checked, num_layers, offload, memory, probe, layout)
+        return _explicit_single(checked, num_layers, offload, memory, probe, layout, text_encoder)
     if mode == "split":
-        return _explicit_split(checked, num_layers, offload, split_at, memory, probe, layout)
-    return _auto_plan(checked, num_layers, offload, split_at, memory, probe, layout)
+        return _explicit_split(checked, num_layers, offload, split_at, memory, probe, layout, text_encoder)
+    return _auto_plan(checked, num_layers, offload, split_at, memory, probe, layout, text_encoder)
 
 
 def _block_count(model: nn.Module | type[nn.Module] | None, layout: ModuleLayout) -> int:

@@ -6,6 +6,11 @@
 * :class:`HashTextEncoder` needs no download: every token gets a fixed pseudo-random vector derived
   from a hash of the token, which is all the built-in tiny model needs.
 
+umT5-XXL needs 10.6 GiB in bf16 (22.7 in float32). It runs on the CPU with ``device="cpu"`` (slower,
+nothing on the GPU); :func:`memrope.components.encode_prompts` encodes there in bf16 and frees the
+encoder before it returns, so the DiT loads into a GPU that never held both
+(``memrope generate --text-encoder-device cpu``).
+
 Both set the rows after the last token to exactly zero, as the Wan DiT expects. umT5's output is
 checked: an embedding holding NaN or infinity (damaged weights, or float16, in which umT5 overflows)
 raises :class:`~memrope.errors.NonFiniteError` naming the prompt, instead of giving a black video.

@@ -1,4 +1,4 @@
-"""Checkpoint loading for the Wan2.1 causal DiT (Self-Forcing, LongLive, plain Wan safetensors).
+"""Checkpoint loading for the Wan2.1 causal DiT (Self-Forcing and its family, LongLive, Krea, plain Wan).
 
 Formats understood (every tensor lands on the CPU):
 
@@ -8,7 +8,9 @@ Formats understood (every tensor lands on the CPU):
 * A bare state dict saved with ``torch.save`` (name -> tensor).
 * A safetensors file, or a directory of ``*.safetensors`` shards (with or without a
   ``*.safetensors.index.json`` weight map), e.g. the original Wan layout
-  ``diffusion_pytorch_model*.safetensors``.
+  ``diffusion_pytorch_model*.safetensors``. Tensors named as in diffusers' ``WanTransformer3DModel``
+  (``condition_embedder.*``, ``blocks.<i>.attn1.*``, ``proj_out.*``, e.g. a diffusers ``transformer/``
+  folder) are renamed to the Wan names with :func:`memrope.convert.from_diffusers_state_dict`.
 * PEFT LoRA files (LongLive's ``lora.pt``): a dict with ``generator_lora`` or a bare dict of
   ``...<module>.lora_A[.<adapter>].weight`` ``[rank, in]`` / ``...lora_B[.<adapter>].weight``
   ``[out, rank]`` tensors, merged into the base weights as ``W += (alpha / rank) * B @ A``.
@@ -29,7 +31,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -37,7 +39,7 @@ from typing import Literal, get_args
 
 import torch
 from huggingface_hub import constants as hub_constants
-from huggingface_hub import hf_hub_download
+from huggingface_hub import hf_hub_download, snapshot_download
 from huggingface_hub.utils import (
     EntryNotFoundError,
     HfHubHTTPError,
@@ -71,6 +73,7 @@ __all__ = [
     "CheckpointKind",
     "CheckpointSource",
     "HubFile",
+    "PackageFile",
     "check_safetensors_file",
     "load_state_dict_strict",
     "load_wan_weights",
@@ -91,6 +94,8 @@ GENERATOR_EMA_KEY = "generator_ema"
 GENERATOR_LORA_KEY = "generator_lora"
 WRAPPER_SEGMENTS: tuple[str, ...] = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
 LEADING_PREFIXES: tuple[str, ...] = ("base_model.model.", "model.")
+# Names only diffusers' WanTransformer3DModel uses (the Wan layout has none of them).
+DIFFUSERS_NAME_MARKERS: tuple[str, ...] = ("condition_embedder.", ".attn1.", "proj_out.", "scale_shift_table")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -100,15 +105,50 @@ LEADING_PREFIXES: tuple[str, ...] = ("base_model.model.", "model.")
 
 @dataclass(frozen=True)
 class HubFile:
-    """One file of a Hugging Face Hub model repository."""
+    """One file, or one folder (``filename`` ending in ``/``), of a Hugging Face Hub model repository."""
 
     repo_id: str
     filename: str
 
     @property
+    def is_folder(self) -> bool:
+        """Whether this names a folder (e.g. the ``transformer/`` shards of a diffusers layout)."""
+        return self.filename.endswith("/")
+
+    @property
     def uri(self) -> str:
         """The ``hf://repo_id/filename`` form accepted by :func:`resolve_checkpoint`."""
         return f"{HF_URI_SCHEME}{self.repo_id}/{self.filename}"
+
+    @property
+    def display(self) -> str:
+        """How tables and reports name it: its :attr:`uri`."""
+        return self.uri
+
+
+@dataclass(frozen=True)
+class PackageFile:
+    """A weights file shipped inside an installed Python package (the toy model's), read in place."""
+
+    package: str
+    filename: str
+
+    @property
+    def path(self) -> Path:
+        """The file's local path inside the installed package."""
+        from importlib import resources
+
+        return Path(str(resources.files(self.package).joinpath(self.filename)))
+
+    @property
+    def uri(self) -> str:
+        """The local path, which :func:`resolve_checkpoint` accepts as it is."""
+        return str(self.path)
+
+    @property
+    def display(self) -> str:
+        """How tables and reports name it, the same on every machine: ``"memrope.toy/toy_dit.safetensors (shipped)"``."""
+        return f"{self.package}/{self.filename} (shipped)"
 
 
 @dataclass(frozen=True)
@@ -116,16 +156,24 @@ class CheckpointSource:
     """A named, downloadable set of DiT weights.
 
     Attributes:
-        weights: the file holding the DiT weights.
+        weights: the file (or folder of shards) holding the DiT weights.
         kind: how to read ``weights`` (see :func:`read_state_dict`).
         lora: a PEFT LoRA merged into ``weights`` on load, or None.
         description: one line for humans.
+        use_ema: which generator of a training checkpoint the family's own inference loads
+            (``generator_ema`` when True, ``generator`` when False); the default of
+            :func:`load_wan_weights` for this name.
     """
 
-    weights: HubFile
+    weights: HubFile | PackageFile
     kind: CheckpointKind
     lora: HubFile | None = None
     description: str = ""
+    use_ema: bool = True
+
+
+CAUSAL_FORCING_REPO = "zhuhz22/Causal-Forcing"
+KREA_REALTIME_REPO = "krea/krea-realtime-video"
 
 
 CHECKPOINTS: Mapping[str, CheckpointSource] = MappingProxyType(
@@ -145,6 +193,73 @@ CHECKPOINTS: Mapping[str, CheckpointSource] = MappingProxyType(
             weights=HubFile("Wan-AI/Wan2.1-T2V-1.3B", "diffusion_pytorch_model.safetensors"),
             kind="safetensors",
             description="original bidirectional Wan2.1-T2V-1.3B DiT",
+        ),
+        # Causal Forcing: file names from thu-ml/Causal-Forcing/README.md (the table and the `hf download`
+        # lines). Its inference.py loads checkpoint["generator_ema" if --use_ema else "generator"] into
+        # the training wrapper (names "model." or "model._fsdp_wrapped_module."); the README runs the
+        # chunk-wise model without --use_ema and every frame-wise and long-video model with it.
+        "causal-forcing-chunkwise": CheckpointSource(
+            weights=HubFile(CAUSAL_FORCING_REPO, "chunkwise/causal_forcing.pt"),
+            kind="self_forcing",
+            description="Causal Forcing chunk-wise 4-step Wan2.1-T2V-1.3B (generator, as its README runs it)",
+            use_ema=False,
+        ),
+        "causal-forcing-longvideo": CheckpointSource(
+            weights=HubFile(CAUSAL_FORCING_REPO, "chunkwise/longvideo.pt"),
+            kind="self_forcing",
+            description="Causal Forcing minute-long chunk-wise generator (EMA), trained with Rolling Forcing",
+        ),
+        "causal-forcing-framewise": CheckpointSource(
+            weights=HubFile(CAUSAL_FORCING_REPO, "framewise/causal_forcing.pt"),
+            kind="self_forcing",
+            description="Causal Forcing frame-wise 4-step Wan2.1-T2V-1.3B (EMA generator)",
+        ),
+        "causal-forcing-framewise-2step": CheckpointSource(
+            weights=HubFile(CAUSAL_FORCING_REPO, "causal-forcing++/framewise-2step.pt"),
+            kind="self_forcing",
+            description="Causal Forcing++ frame-wise 2-step Wan2.1-T2V-1.3B (EMA generator)",
+        ),
+        "causal-forcing-framewise-1step": CheckpointSource(
+            weights=HubFile(CAUSAL_FORCING_REPO, "causal-forcing++/framewise-1step.pt"),
+            kind="self_forcing",
+            description="Causal Forcing++ frame-wise 1-step Wan2.1-T2V-1.3B (EMA generator)",
+        ),
+        # CausVid: tianweiy/CausVid/README.md links autoregressive_checkpoint/; its
+        # minimal_inference/autoregressive_inference.py loads torch.load(<folder>/model.pt)["generator"]
+        # strictly into the training wrapper (names "model.<Wan name>"); the file has no EMA copy.
+        "causvid": CheckpointSource(
+            weights=HubFile("tianweiy/CausVid", "autoregressive_checkpoint/model.pt"),
+            kind="self_forcing",
+            description="CausVid autoregressive 3-step Wan2.1-T2V-1.3B (generator)",
+            use_ema=False,
+        ),
+        # Reward Forcing: repo from JaydenLyh/Reward-Forcing/README.md (Models badge); its inference
+        # command reads checkpoints/Reward-Forcing/rewardforcing.pt with --use_ema (Self-Forcing's
+        # inference.py: generator_ema). The file name at the repository root is taken from that path.
+        "reward-forcing": CheckpointSource(
+            weights=HubFile("JaydenLu666/Reward-Forcing-T2V-1.3B", "rewardforcing.pt"),
+            kind="self_forcing",
+            description="Reward Forcing (Re-DMD) 4-step Wan2.1-T2V-1.3B (EMA generator)",
+        ),
+        # Krea Realtime 14B: both layouts of the same transformer are in krea/krea-realtime-video
+        # (single file and transformer/diffusion_pytorch_model-0000{1,2,3}-of-00003.safetensors). The
+        # single file is read by krea-ai/realtime-video/release_server.py with safetensors' load_file into
+        # the training wrapper (it tests state_dict["model.blocks.0.self_attn.k.weight"]): "model." names.
+        "krea-realtime-video-14b": CheckpointSource(
+            weights=HubFile(KREA_REALTIME_REPO, "krea-realtime-video-14b.safetensors"),
+            kind="safetensors",
+            description="Krea Realtime 14B (Wan2.1-T2V-14B, Self-Forcing distilled), single safetensors file",
+        ),
+        "krea-realtime-video-14b-diffusers": CheckpointSource(
+            weights=HubFile(KREA_REALTIME_REPO, "transformer/"),
+            kind="safetensors",
+            description="Krea Realtime 14B, the 3-shard diffusers-layout transformer/ folder",
+        ),
+        # The toy DiT (memrope.toy), trained by scripts/train_toy.py and shipped as package data.
+        "toy": CheckpointSource(
+            weights=PackageFile("memrope.toy", "toy_dit.safetensors"),
+            kind="safetensors",
+            description="toy causal DiT trained on memrope's bouncing-shapes world (shipped, no download)",
         ),
     }
 )
@@ -180,7 +295,15 @@ def resolve_checkpoint(
     if text.startswith(HF_URI_SCHEME):
         hub_file = parse_hf_uri(text)
     elif text in CHECKPOINTS:
-        hub_file = CHECKPOINTS[text].weights
+        weights = CHECKPOINTS[text].weights
+        if isinstance(weights, PackageFile):
+            if not weights.path.is_file():
+                raise FileNotFoundError(
+                    f"checkpoint {text!r}: the packaged file {weights.path} is missing; reinstall memrope "
+                    "or retrain it with scripts/train_toy.py"
+                )
+            return weights.path
+        hub_file = weights
     else:
         raise FileNotFoundError(
             f"checkpoint source {text!r} is not an existing file or directory, not an "
@@ -191,7 +314,7 @@ def resolve_checkpoint(
 
 
 def parse_hf_uri(uri: str) -> HubFile:
-    """Split ``hf://owner/name/path/in/repo`` into repository id and file path.
+    """Split ``hf://owner/name/path/in/repo`` into repository id and file path (``.../folder/``: a folder).
 
     Raises:
         ValueError: the URI lacks the owner, the name or the file path.
@@ -200,7 +323,7 @@ def parse_hf_uri(uri: str) -> HubFile:
     if len(parts) < 3 or not all(parts):
         raise ValueError(f"source must look like '{HF_URI_SCHEME}owner/name/path/in/repo', got {uri!r}")
     owner, name, filename = parts
-    return HubFile(f"{owner}/{name}", filename)
+    return HubFile(f"{owner}/{name}", filename + "/" if uri.endswith("/") else filename)
 
 
 def _download(
@@ -211,14 +334,22 @@ def _download(
     local_dir: PathLike | None,
     revision: str | None,
 ) -> Path:
-    """Fetch one Hub file through ``hf_hub_download`` (which honours ``HF_HUB_OFFLINE``)."""
+    """Fetch one Hub file through ``hf_hub_download``, or one folder through ``snapshot_download`` (both
+    honour ``HF_HUB_OFFLINE``: offline, a folder comes from the cached snapshot of ``revision``)."""
+    cache = os.fspath(cache_dir) if cache_dir is not None else None
+    local = os.fspath(local_dir) if local_dir is not None else None
     try:
+        if hub_file.is_folder:
+            snapshot = snapshot_download(
+                hub_file.repo_id,
+                revision=revision,
+                cache_dir=cache,
+                local_dir=local,
+                allow_patterns=[f"{hub_file.filename}*"],
+            )
+            return _snapshot_folder(Path(snapshot), hub_file, source)
         downloaded = hf_hub_download(
-            hub_file.repo_id,
-            hub_file.filename,
-            revision=revision,
-            cache_dir=os.fspath(cache_dir) if cache_dir is not None else None,
-            local_dir=os.fspath(local_dir) if local_dir is not None else None,
+            hub_file.repo_id, hub_file.filename, revision=revision, cache_dir=cache, local_dir=local
         )
     except (
         EntryNotFoundError,
@@ -231,6 +362,17 @@ def _download(
     return Path(downloaded)
 
 
+def _snapshot_folder(snapshot: Path, hub_file: HubFile, source: str) -> Path:
+    """``hub_file``'s folder inside a downloaded (or cached) snapshot of its repository."""
+    folder = snapshot / hub_file.filename
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"checkpoint {source!r}: folder {hub_file.filename!r} of Hugging Face repo {hub_file.repo_id!r} "
+            f"is not in its snapshot {snapshot}"
+        )
+    return folder
+
+
 def _not_available_message(
     hub_file: HubFile, source: str, cache_dir: PathLike | None, revision: str | None, err: Exception
 ) -> str:
@@ -238,11 +380,13 @@ def _not_available_message(
     offline = " (HF_HUB_OFFLINE is set, so nothing is downloaded)" if hub_constants.HF_HUB_OFFLINE else ""
     revision_flag = f" --revision {revision}" if revision else ""
     cache_flag = f" --cache-dir {cache}" if cache_dir is not None else ""
+    what = "folder" if hub_file.is_folder else "file"
+    files = f"--include '{hub_file.filename}*'" if hub_file.is_folder else hub_file.filename
     return (
-        f"checkpoint {source!r}: file {hub_file.filename!r} of Hugging Face repo {hub_file.repo_id!r} "
+        f"checkpoint {source!r}: {what} {hub_file.filename!r} of Hugging Face repo {hub_file.repo_id!r} "
         f"is not in the local cache {cache} and could not be downloaded{offline}: "
         f"{type(err).__name__}: {str(err).rstrip('.')}. Run `huggingface-cli download {hub_file.repo_id} "
-        f"{hub_file.filename}{revision_flag}{cache_flag}` (or `hf download ...`) with network access, "
+        f"{files}{revision_flag}{cache_flag}` (or `hf download ...`) with network access, "
         f"or pass a local path to the file."
     )
 
@@ -272,7 +416,21 @@ def normalise_key(name: str) -> str:
     return name
 
 
+def _is_diffusers_layout(names: Iterable[str]) -> bool:
+    """Whether tensor names are diffusers' ``WanTransformer3DModel`` names (``condition_embedder.*``, ...)."""
+    return any(marker in name for name in names for marker in DIFFUSERS_NAME_MARKERS)
+
+
 def _normalise_keys(state_dict: Mapping[str, torch.Tensor], origin: str) -> dict[str, torch.Tensor]:
+    if _is_diffusers_layout(state_dict):
+        from memrope.convert import from_diffusers_state_dict  # convert imports this module
+
+        try:
+            state_dict = from_diffusers_state_dict(state_dict)
+        except ValueError as err:
+            raise CheckpointFormatError(
+                f"{origin}: diffusers-layout names that cannot be mapped: {err}"
+            ) from err
     normalised: dict[str, torch.Tensor] = {}
     originals: dict[str, str] = {}
     for name, tensor in state_dict.items():
@@ -590,7 +748,7 @@ def load_wan_weights(
     source: PathLike,
     *,
     kind: CheckpointKind = "auto",
-    use_ema: bool = True,
+    use_ema: bool | None = None,
     lora: PathLike | None = None,
     lora_alpha: float | None = None,
     cache_dir: PathLike | None = None,
@@ -603,7 +761,9 @@ def load_wan_weights(
         source: local file/directory, ``hf://owner/name/path``, or a :data:`CHECKPOINTS` name.
         kind: file format (see :func:`read_state_dict`); ``"auto"`` takes a registry name's own kind.
             ``"longlive"`` needs a LoRA: ``lora=`` or the registry's.
-        use_ema: prefer the ``generator_ema`` weights of a training checkpoint.
+        use_ema: prefer the ``generator_ema`` weights of a training checkpoint; None: the registry
+            entry's choice (:attr:`CheckpointSource.use_ema`, what the family's own inference loads)
+            when ``source`` is a registry name, else True.
         lora: source of a PEFT LoRA to merge (same forms as ``source``); default: the registry
             entry's LoRA when ``source`` is a registry name.
         lora_alpha: LoRA alpha; None means alpha = rank (scale 1).
@@ -620,6 +780,10 @@ def load_wan_weights(
     _check_kind(kind)
     registry_entry = _registry_entry(source)
     effective_kind: CheckpointKind = registry_entry.kind if kind == "auto" and registry_entry else kind
+    if use_ema is None:
+        use_ema = registry_entry.use_ema if registry_entry is not None else True
+    elif not isinstance(use_ema, bool):
+        raise TypeError(f"use_ema must be True, False or None (the registry entry's choice), got {use_ema!r}")
     weights_path = resolve_checkpoint(source, cache_dir=cache_dir)
     state_dict = read_state_dict(weights_path, use_ema=use_ema, kind=effective_kind)
     _check_finite_tensors(state_dict, origin=f"checkpoint {weights_path}", advice=NONFINITE_WEIGHTS_ADVICE)

@@ -14,11 +14,28 @@ new family is one entry there or one :func:`register_model_family` call.
   with weights drawn from a fixed seed, the download-free :class:`~memrope.encoders.HashTextEncoder`
   and the weight-free :class:`~memrope.vae.TinyDecoder`. It runs anywhere in seconds; its weights
   are random, so its videos show coloured, temporally blended noise, not the prompt.
+* ``toy``: a 0.69M-parameter causal Wan DiT trained by ``scripts/train_toy.py`` on memrope's
+  synthetic world of coloured shapes bouncing over a fixed background (:mod:`memrope.toy`), its
+  weights shipped in the package (:data:`memrope.loading.CHECKPOINTS` ``"toy"``), with the hash
+  text encoder (the model is unconditional) and the exact weight-free :class:`~memrope.toy.ToyDecoder`;
+  128x192, the MemRoPE cache, steps [1000, 750, 500, 250] on the unshifted schedule (shift 1).
 * ``self-forcing-<length>`` / ``longlive-<length>`` for the official lengths 30 s (120 latent
   frames), 60 s (240), 120 s (480), 240 s (960), 480 s (1920) and 1 h (14400): Wan2.1-T2V-1.3B at
   480x832 (latents 60x104), chunks of 3 latent frames, the paper's MemRoPE cache, steps
   [1000, 750, 500, 250] warped onto the shift-5 schedule, umT5-XXL text and the Wan2.1 VAE read from
   ``Wan-AI/Wan2.1-T2V-1.3B-Diffusers``.
+
+* The Self-Forcing family, each with its own checkpoint, chunk size and sampler taken from its own
+  configs (cited next to each entry below): ``causal-forcing-chunkwise-<length>``,
+  ``causal-forcing-longvideo-<length>``, ``causal-forcing-framewise-<length>`` (1-frame chunks),
+  ``causal-forcing-framewise-2step-<length>`` / ``-1step-<length>`` (Causal Forcing++),
+  ``causvid-<length>``, ``reward-forcing-<length>`` and ``krea-realtime-14b-<length>``
+  (Wan2.1-T2V-14B: :data:`WAN21_T2V_14B_CONFIG`).
+
+Every preset names the license of its weights (:attr:`Preset.license`; several are not
+commercial-use licenses or state none); memrope bundles no published weights, it downloads them from
+their publishers' Hub repositories (only the toy model's own weights, trained by
+``scripts/train_toy.py``, ship in the package).
 
 Video length: ``N`` latent frames decode to ``4N - 3`` frames at 16 fps (``30 s`` = 120 latent frames
 = 477 frames = 29.8 s, as the official configs name it).
@@ -26,7 +43,7 @@ Video length: ``N`` latent frames decode to ``4N - 3`` frames at 16 fps (``30 s`
 
 from __future__ import annotations
 
-import functools
+import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -38,7 +55,9 @@ from memrope._dtypes import dtype_name
 from memrope.config import MemRoPEConfig
 from memrope.encoders import UMT5_TEXT_DIM, UMT5_TEXT_LEN, WAN21_DIFFUSERS_REPO, HashTextEncoder
 from memrope.loading import CHECKPOINTS, CheckpointKind
+from memrope.memory_plan import GIB, MemoryEstimate, memory_table, preset_estimate
 from memrope.models.wan import CausalWanModel, WanConfig
+from memrope.toy import TOY_LATENT_FRAMES, TOY_LATENT_HW, TOY_MODEL_CONFIG
 from memrope.vae import TinyDecoder
 from memrope.video_lengths import FPS, TEMPORAL_FACTOR, latent_frames_for_seconds, video_frame_count
 
@@ -48,6 +67,7 @@ __all__ = [
     "OFFICIAL_LENGTHS",
     "PRESETS",
     "TINY_MODEL_CONFIG",
+    "WAN21_T2V_14B_CONFIG",
     "MemoryEstimate",
     "ModelFamily",
     "Preset",
@@ -61,7 +81,10 @@ __all__ = [
 ]
 
 SPATIAL_FACTOR = 8
-GIB = 1024**3
+#: Decoder names resolved without a download (:func:`memrope.components.load_decoder`).
+BUILT_IN_DECODERS = ("tiny", "toy")
+#: :attr:`ModelFamily.license` of a family that does not give one.
+LICENSE_NOT_STATED = "not stated"
 
 TINY_MODEL_CONFIG = WanConfig(
     dim=64,
@@ -76,6 +99,9 @@ TINY_MODEL_CONFIG = WanConfig(
 )
 TINY_LATENT_HW = (16, 24)  # 128x192 video with the tiny decoder's x8
 TINY_LATENT_FRAMES = 24  # 8 chunks, 93 frames, 5.8 s
+# Wan2.1-T2V-14B (Wan-AI/Wan2.1-T2V-14B config.json: dim 5120, ffn_dim 13824, 40 heads of 128, 40 layers;
+# in/out 16 channels, text_dim 4096, text_len 512, freq_dim 256 as in the 1.3B model).
+WAN21_T2V_14B_CONFIG = WanConfig(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40)
 
 # Official lengths: name suffix -> latent frames (docs/design.md §10).
 OFFICIAL_LENGTHS: Mapping[str, int] = MappingProxyType(
@@ -83,21 +109,6 @@ OFFICIAL_LENGTHS: Mapping[str, int] = MappingProxyType(
 )
 OFFICIAL_LATENT_HW = (60, 104)
 OFFICIAL_STEPS = (1000, 750, 500, 250)
-
-# umT5-XXL encoder (google/umt5-xxl as shipped in Wan2.1-T2V-1.3B-Diffusers/text_encoder):
-# d_model 4096, 24 layers, d_ff 10240 (gated GELU: wi_0, wi_1, wo), 64 heads x d_kv 64, vocab 256384.
-# embedding 256384*4096 = 1.050e9; per layer 4*4096*4096 (attention) + 3*4096*10240 (FFN) = 1.929e8;
-# 24 layers = 4.63e9; total ~5.68e9 parameters.
-UMT5_XXL_ENCODER_PARAMS = 256_384 * 4096 + 24 * (4 * 4096 * 4096 + 3 * 4096 * 10240)
-# Wan2.1 VAE (AutoencoderKLWan): ~127M parameters (the float32 file is 508 MB); decoded in float32.
-WAN_VAE_PARAMS = 127_000_000
-# Peak workspace of decoding one 60x104 latent frame (4 video frames of 480x832) with the causal
-# feature cache: a handful of float32 activations of up to 4x480x832x96 (153 MB each) at the top
-# resolution plus the cache of the two last inputs of every causal conv. An estimate, not a
-# measurement: 3 GiB.
-WAN_VAE_DECODE_WORKSPACE = 3 * GIB
-# CUDA context, cuBLAS/cuDNN workspaces and allocator slack.
-CUDA_OVERHEAD = 1 * GIB
 
 
 def tiny_model(seed: int = 0) -> CausalWanModel:
@@ -132,47 +143,6 @@ def tiny_decoder() -> TinyDecoder:
 
 
 @dataclass(frozen=True)
-class MemoryEstimate:
-    """Approximate accelerator memory of a run, in bytes (see :meth:`Preset.memory_estimate`).
-
-    The text encoder runs first and is freed before the DiT is loaded, so the peak is the larger of
-    the two phases, not their sum.
-    """
-
-    weights: int
-    cache: int
-    activations: int
-    text_encoder: int
-    vae: int
-    overhead: int
-
-    @property
-    def text_phase(self) -> int:
-        return self.text_encoder + self.overhead
-
-    @property
-    def generation_phase(self) -> int:
-        return self.weights + self.cache + self.activations + self.vae + self.overhead
-
-    @property
-    def peak(self) -> int:
-        return max(self.text_phase, self.generation_phase)
-
-    def to_dict(self) -> dict[str, int]:
-        return {
-            "weights": self.weights,
-            "cache": self.cache,
-            "activations": self.activations,
-            "text_encoder": self.text_encoder,
-            "vae": self.vae,
-            "overhead": self.overhead,
-            "text_phase": self.text_phase,
-            "generation_phase": self.generation_phase,
-            "peak": self.peak,
-        }
-
-
-@dataclass(frozen=True)
 class Preset:
     """Everything needed to generate one kind of video.
 
@@ -192,6 +162,7 @@ class Preset:
         default_dtype: dtype of the DiT and latents on an accelerator (float32 on the CPU unless
             ``--dtype`` says otherwise).
         lora_checkpoint_kind: how a checkpoint given with a LoRA is read (see :class:`ModelFamily`).
+        license: the license of the weights as their publisher states it (see :class:`ModelFamily`).
     """
 
     name: str
@@ -210,6 +181,7 @@ class Preset:
     vae: str = WAN21_DIFFUSERS_REPO
     default_dtype: torch.dtype = torch.bfloat16
     lora_checkpoint_kind: CheckpointKind = "auto"
+    license: str = LICENSE_NOT_STATED
 
     def __post_init__(self) -> None:
         if self.checkpoint is not None and self.checkpoint not in CHECKPOINTS:
@@ -220,6 +192,11 @@ class Preset:
     @property
     def is_tiny(self) -> bool:
         return self.checkpoint is None
+
+    @property
+    def runs_locally(self) -> bool:
+        """Whether it needs nothing but its DiT: hash text encoder and a weight-free decoder (tiny, toy)."""
+        return self.text_encoder == "hash" and self.vae in BUILT_IN_DECODERS
 
     @property
     def chunk_frames(self) -> int:
@@ -241,31 +218,32 @@ class Preset:
     def seconds(self) -> float:
         return self.video_frames / FPS
 
-    def memory_estimate(self, dtype: torch.dtype | None = None, batch_size: int = 1) -> MemoryEstimate:
-        """Approximate accelerator memory of generating with this preset (bytes per component).
+    def memory_estimate(
+        self,
+        dtype: torch.dtype | None = None,
+        batch_size: int = 1,
+        *,
+        kv_dtype: object = None,
+        key_workspace: str = "per_layer",
+        text_encoder_device: str = "gpu",
+    ) -> MemoryEstimate:
+        """GPU memory of generating with this preset, bytes per component (:func:`memrope.memory_plan.estimate_memory`).
 
-        * weights: the DiT's parameter count (the model built on the ``meta`` device) times the
-          dtype size (bf16: 1.42e9 x 2 B = 2.6 GiB for Wan2.1-1.3B; LongLive's LoRA is merged).
-        * cache: :meth:`MemRoPECache.resident_bytes` of the preset's cache built on ``meta`` (keys,
-          values, the roped-key workspace, float32 EMA memories and RoPE tables: 4.8 GiB in bf16).
-          Constant in the video length.
-        * activations: one forward call on a chunk: the FFN hidden state, q/k/v/o, the roped keys of
-          the whole window and attention output, counted twice for temporaries:
-          ``2 * dtype_size * (tokens * (ffn_dim + 6 * dim) + window_tokens * 2 * dim)``, plus the
-          cross-attention keys/values of every layer (``2 * layers * text_len * dim``).
-        * text encoder: umT5-XXL encoder in bf16 (5.68e9 x 2 B = 10.6 GiB), freed before the DiT
-          is loaded; ``0`` for the hash encoder.
-        * vae: the Wan VAE in float32 (127M x 4 B) plus a 3 GiB decoding workspace (estimated).
-        * overhead: 1 GiB of CUDA context and allocator slack.
-
-        The peak is ``max(text phase, generation phase)``. The official code needs ~40 GB on one GPU
-        mostly because it loads the text encoder in float32 on the GPU (22.7 GB) and keeps it there,
-        clones the cache at every call and keeps an unused query cache (docs/design.md §10-11).
+        ``dtype`` defaults to :attr:`default_dtype`; ``kv_dtype`` (``None``, ``"fp8"``, ``"int8"``, ...),
+        ``key_workspace`` and ``text_encoder_device`` (``"gpu"`` or ``"cpu"``) as in
+        :func:`~memrope.memory_plan.estimate_memory`. Weights and cache are exact, the rest estimated;
+        the peak on 1 or 2 GPUs is :func:`memrope.memory_plan.preset_memory_plan`. The official code
+        needs ~40 GB on one GPU mostly because it loads the text encoder in float32 on the GPU (22.7 GB)
+        and keeps it there, clones the cache at every call and keeps an unused query cache
+        (docs/design.md §10-11).
         """
-        dtype = self.default_dtype if dtype is None else dtype
-        frames = self.latent_frames if not self.cache.bounded else 0
-        return _memory_estimate(
-            self.model_config, self.cache, self.latent_hw, frames, self.is_tiny, dtype, batch_size
+        return preset_estimate(
+            self,
+            dtype,
+            batch_size,
+            kv_dtype=kv_dtype,
+            key_workspace=key_workspace,
+            text_encoder_device=text_encoder_device,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -294,45 +272,16 @@ class Preset:
             "text_encoder": self.text_encoder,
             "vae": self.vae,
             "default_dtype": dtype_name(self.default_dtype),
+            "license": self.license,
             "gpu_memory_estimate_bytes": estimate.to_dict(),
         }
-
-
-@functools.lru_cache(maxsize=64)
-def _memory_estimate(
-    config: WanConfig,
-    cache_config: MemRoPEConfig,
-    latent_hw: tuple[int, int],
-    latent_frames: int,
-    is_tiny: bool,
-    dtype: torch.dtype,
-    batch_size: int,
-) -> MemoryEstimate:
-    size = torch.empty(0, dtype=dtype).element_size()
-    with torch.device("meta"):
-        model = CausalWanModel(config)
-    weights = sum(p.numel() for p in model.parameters()) * size
-    cache = model.new_cache(cache_config, batch_size, latent_hw, device="meta", dtype=dtype).resident_bytes()
-    grid = model.token_grid(latent_hw)
-    frame_tokens = grid[0] * grid[1]
-    tokens = batch_size * cache_config.chunk_frames * frame_tokens
-    window = cache_config.cache_frames if cache_config.bounded else latent_frames
-    window_tokens = batch_size * window * frame_tokens
-    per_call = tokens * (config.ffn_dim + 6 * config.dim) + window_tokens * 2 * config.dim
-    context = 2 * config.num_layers * batch_size * config.text_len * config.dim
-    activations = (2 * per_call + context) * size
-    if is_tiny:
-        return MemoryEstimate(weights, cache, activations, 0, 0, 0)
-    text_encoder = UMT5_XXL_ENCODER_PARAMS * 2
-    vae = WAN_VAE_PARAMS * 4 + WAN_VAE_DECODE_WORKSPACE
-    return MemoryEstimate(weights, cache, activations, text_encoder, vae, CUDA_OVERHEAD)
 
 
 def _checkpoint_files(checkpoint: str | None) -> list[str]:
     if checkpoint is None:
         return []
     entry = CHECKPOINTS[checkpoint]
-    return [entry.weights.uri] + ([entry.lora.uri] if entry.lora is not None else [])
+    return [entry.weights.display] + ([entry.lora.display] if entry.lora is not None else [])
 
 
 @dataclass(frozen=True)
@@ -355,6 +304,8 @@ class ModelFamily:
         lora_checkpoint_kind: how :func:`memrope.components.load_model` reads a checkpoint given with
             ``lora=`` (``"longlive"``: a training checkpoint whose base has no EMA copy; ``"auto"``:
             detected from the file).
+        license: the license of the weights as their publisher states it (an SPDX id such as
+            ``"Apache-2.0"``, or a sentence with the page to read); shown by ``memrope presets``.
     """
 
     name: str
@@ -372,6 +323,14 @@ class ModelFamily:
     vae: str = WAN21_DIFFUSERS_REPO
     default_dtype: torch.dtype = torch.bfloat16
     lora_checkpoint_kind: CheckpointKind = "auto"
+    license: str = LICENSE_NOT_STATED
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.license, str) or not self.license.strip():
+            raise ValueError(
+                f"model family {self.name!r}: license must be a non-empty string (e.g. 'Apache-2.0', or "
+                f"{LICENSE_NOT_STATED!r}), got {self.license!r}"
+            )
 
     def preset_name(self, length: str) -> str:
         """``"longlive-60s"`` for ``"60s"``; the family name for ``""``."""
@@ -402,6 +361,7 @@ class ModelFamily:
                 vae=self.vae,
                 default_dtype=self.default_dtype,
                 lora_checkpoint_kind=self.lora_checkpoint_kind,
+                license=self.license,
             )
         return made
 
@@ -439,6 +399,19 @@ def register_model_family(family: ModelFamily) -> ModelFamily:
     return family
 
 
+# Sampler and cache facts of each family, from its own code and configs (cited per entry). Every
+# family below is Self-Forcing's causal Wan2.1 (wan/modules/causal_model.py, the same per-block cache
+# and call protocol); what the configs do not set comes from Self-Forcing's configs/default_config.yaml
+# (independent_first_frame: false, context_noise: 0). The cache is memrope's: the families' own
+# caches (full attention over the trained 21 frames, or a short window) are replaced by the MemRoPE
+# cache of the paper (12 frames = 3 sink + 2 memory + 4 recent + 3 chunk) unless an entry says otherwise.
+# Frame-wise families: chunks of 1 frame, below the 3-frame sink. Like the official MemRoPE code, the
+# rewrite calls of chunks 1 and 2 leave sink frames 1 and 2 with the keys of their first, noisiest call
+# (sink protection, docs/design.md §3): the presets compute what the official code computes;
+# --no-protect-sink (protect_sink_on_rewrite=False) keeps clean sink frames instead.
+FRAMEWISE_CACHE = MemRoPEConfig(chunk_frames=1)
+CAUSAL_FORCING_LICENSE = "Apache-2.0"  # huggingface.co/zhuhz22/Causal-Forcing model card: license: apache-2.0
+
 for _family in (
     ModelFamily(
         name="tiny",
@@ -450,6 +423,20 @@ for _family in (
         text_encoder="hash",
         vae="tiny",
         default_dtype=torch.float32,
+        license="Apache-2.0 (random weights)",
+    ),
+    ModelFamily(
+        name="toy",
+        description="toy DiT trained on bouncing shapes (memrope.toy, shipped), hash text encoder, toy decoder",
+        checkpoint="toy",
+        lengths={"": TOY_LATENT_FRAMES * 2},
+        model_config=TOY_MODEL_CONFIG,
+        latent_hw=TOY_LATENT_HW,
+        text_encoder="hash",
+        vae="toy",
+        shift=1.0,  # the schedule it was trained on (scripts/train_toy.py): sigmas 1, 0.75, 0.5, 0.25
+        default_dtype=torch.float32,
+        license="Apache-2.0 (memrope's own)",
     ),
     ModelFamily(
         name="self-forcing",
@@ -458,6 +445,9 @@ for _family in (
         lengths=OFFICIAL_LENGTHS,
         model_config=WanConfig(),
         latent_hw=OFFICIAL_LATENT_HW,
+        # No license found in the sources read (guandeh17/Self-Forcing README; its model card
+        # huggingface.co/gdhe17/Self-Forcing was not readable here).
+        license="unverified (see model card)",
     ),
     ModelFamily(
         name="longlive",
@@ -467,6 +457,131 @@ for _family in (
         model_config=WanConfig(),
         latent_hw=OFFICIAL_LATENT_HW,
         lora_checkpoint_kind="longlive",
+        # No license found in the sources read (NVlabs/LongLive README; its model card
+        # huggingface.co/Efficient-Large-Model/LongLive-1.3B was not readable here).
+        license="unverified (see model card)",
+    ),
+    # from thu-ml/Causal-Forcing configs/causal_forcing_dmd_chunkwise.yaml (read in its copy
+    # AshadowZ/PackForcing-Unofficial): num_frame_per_block 3, denoising_step_list [1000, 750, 500, 250],
+    # warp_denoising_step true, timestep_shift 5.0; image_or_video_shape [1, 21, 16, 60, 104].
+    ModelFamily(
+        name="causal-forcing-chunkwise",
+        description=f"Causal Forcing chunk-wise 4-step (Wan2.1-T2V-1.3B), {_OFFICIAL_DESCRIPTION}",
+        checkpoint="causal-forcing-chunkwise",
+        lengths=OFFICIAL_LENGTHS,
+        model_config=WanConfig(),
+        latent_hw=OFFICIAL_LATENT_HW,
+        license=CAUSAL_FORCING_LICENSE,
+    ),
+    # from thu-ml/Causal-Forcing long_video/configs/rolling_forcing_dmd.yaml (read in
+    # AshadowZ/PackForcing-Unofficial): num_frame_per_block 3, steps [1000, 750, 500, 250] warped, shift 5.0.
+    # Its own sampler is Rolling Forcing's (several chunks in flight); memrope runs it chunk by chunk.
+    ModelFamily(
+        name="causal-forcing-longvideo",
+        description=f"Causal Forcing long-video generator (Wan2.1-T2V-1.3B), {_OFFICIAL_DESCRIPTION}",
+        checkpoint="causal-forcing-longvideo",
+        lengths=OFFICIAL_LENGTHS,
+        model_config=WanConfig(),
+        latent_hw=OFFICIAL_LATENT_HW,
+        license=CAUSAL_FORCING_LICENSE,
+    ),
+    # from thu-ml/Causal-Forcing configs/causal_forcing_dmd_framewise.yaml (read in
+    # AshadowZ/PackForcing-Unofficial): num_frame_per_block 1, steps [1000, 750, 500, 250] warped, shift 5.0.
+    ModelFamily(
+        name="causal-forcing-framewise",
+        description="Causal Forcing frame-wise 4-step (Wan2.1-T2V-1.3B), "
+        f"{_OFFICIAL_DESCRIPTION}, 1-frame chunks",
+        checkpoint="causal-forcing-framewise",
+        lengths=OFFICIAL_LENGTHS,
+        model_config=WanConfig(),
+        latent_hw=OFFICIAL_LATENT_HW,
+        cache=FRAMEWISE_CACHE,
+        license=CAUSAL_FORCING_LICENSE,
+    ),
+    # from thu-ml/Causal-Forcing configs/causal_forcing_dmd_framewise_2step.yaml
+    # (read in kw7243/Causal-Forcing):
+    # num_frame_per_block 1, denoising_step_list [1000, 500], warped, shift 5.0. The config also gives
+    # denoising_step_list_first_chunk [1000, 750, 500, 250] (its pipeline/causal_inference.py runs it on
+    # block 0 only); memrope's pipeline runs one step list for every chunk, so the first frame gets 2 steps.
+    ModelFamily(
+        name="causal-forcing-framewise-2step",
+        description="Causal Forcing++ frame-wise 2-step (Wan2.1-T2V-1.3B), "
+        f"{_OFFICIAL_DESCRIPTION}, 1-frame chunks",
+        checkpoint="causal-forcing-framewise-2step",
+        lengths=OFFICIAL_LENGTHS,
+        model_config=WanConfig(),
+        latent_hw=OFFICIAL_LATENT_HW,
+        cache=FRAMEWISE_CACHE,
+        denoising_steps=(1000, 500),
+        license=CAUSAL_FORCING_LICENSE,
+    ),
+    # from thu-ml/Causal-Forcing configs/causal_forcing_dmd_framewise_1step.yaml
+    # (read in kw7243/Causal-Forcing):
+    # num_frame_per_block 1, denoising_step_list [1000], warped, shift 5.0; first chunk [1000, 750, 500, 250]
+    # in the official sampler, as for the 2-step model above.
+    ModelFamily(
+        name="causal-forcing-framewise-1step",
+        description="Causal Forcing++ frame-wise 1-step (Wan2.1-T2V-1.3B), "
+        f"{_OFFICIAL_DESCRIPTION}, 1-frame chunks",
+        checkpoint="causal-forcing-framewise-1step",
+        lengths=OFFICIAL_LENGTHS,
+        model_config=WanConfig(),
+        latent_hw=OFFICIAL_LATENT_HW,
+        cache=FRAMEWISE_CACHE,
+        denoising_steps=(1000,),
+        license=CAUSAL_FORCING_LICENSE,
+    ),
+    # from tianweiy/CausVid configs/wan_causal_dmd.yaml (read in its fork yitongdeng2/CausVid):
+    # num_frame_per_block 3, denoising_step_list [1000, 757, 522, 0] of which causal_inference.py drops the
+    # final 0 and does not warp; timestep_shift 8.0 (causvid/models/wan/wan_wrapper.py builds
+    # FlowMatchScheduler(shift=8.0, sigma_min=0.0, extra_one_step=True)); the clean context call runs at t=0.
+    ModelFamily(
+        name="causvid",
+        description=f"CausVid autoregressive 3-step (Wan2.1-T2V-1.3B), {_OFFICIAL_DESCRIPTION}",
+        checkpoint="causvid",
+        lengths=OFFICIAL_LENGTHS,
+        model_config=WanConfig(),
+        latent_hw=OFFICIAL_LATENT_HW,
+        denoising_steps=(1000, 757, 522),
+        warp_denoising_step=False,
+        shift=8.0,
+        license="MIT",  # huggingface.co/tianweiy/CausVid: License: mit (the code's LICENSE is MIT too)
+    ),
+    # from JaydenLyh/Reward-Forcing configs/reward_forcing.yaml (read in its copy
+    # geezhi/Gibbs-Candidate-Matching): num_frame_per_block 3, steps [1000, 750, 500, 250] warped,
+    # timestep_shift 5.0, model_kwargs local_attn_size 9 and sink_size 3. Its own cache
+    # (wan/modules/causal_model.py, read in YepicAI/Reward-Forcing) folds evicted frames into the sink
+    # with an EMA (compression_alpha 0.999); memrope keeps its window of 9 frames and sink of 3, with the
+    # MemRoPE memory (9 = 3 sink + 2 memory + 1 recent + 3 chunk).
+    ModelFamily(
+        name="reward-forcing",
+        description="Reward Forcing (Re-DMD) 4-step (Wan2.1-T2V-1.3B), {length} ({latent_frames} latent "
+        "frames), {height}x{width}, MemRoPE cache of its 9-frame window",
+        checkpoint="reward-forcing",
+        lengths=OFFICIAL_LENGTHS,
+        model_config=WanConfig(),
+        latent_hw=OFFICIAL_LATENT_HW,
+        cache=MemRoPEConfig(cache_frames=9, sink_frames=3),
+        # huggingface.co/JaydenLu666/Reward-Forcing-T2V-1.3B has no license metadata ("empty or missing
+        # yaml metadata in repo card") and its README names none.
+        license=f"{LICENSE_NOT_STATED} (see model card)",
+    ),
+    # from krea-ai/realtime-video configs/self_forcing_server_14b.yaml: num_frame_per_block 3,
+    # denoising_step_list [1000, 750, 500, 250], warp_denoising_step true, timestep_shift 5.0; its
+    # release_server.py GenerateParams: 832x480, context_noise 0.0, kv_cache_num_frames 3 with
+    # do_kv_recomp (the cache is recomputed from the last 3 frames; memrope's MemRoPE cache replaces it),
+    # and a default of 6 linspace steps (num_denoising_steps, "use 4 for performance") that memrope leaves
+    # to --steps. Text encoder and VAE: those of Wan2.1 (its README downloads Wan-AI/Wan2.1-T2V-1.3B).
+    ModelFamily(
+        name="krea-realtime-14b",
+        description=f"Krea Realtime 14B (Wan2.1-T2V-14B, Self-Forcing distilled), {_OFFICIAL_DESCRIPTION}",
+        checkpoint="krea-realtime-video-14b",
+        lengths=OFFICIAL_LENGTHS,
+        model_config=WAN21_T2V_14B_CONFIG,
+        latent_hw=OFFICIAL_LATENT_HW,
+        # huggingface.co/krea/krea-realtime-video front matter: license: apache-2.0 (the inference code in
+        # krea-ai/realtime-video is CC BY-NC-SA 4.0; memrope does not use it).
+        license="Apache-2.0",
     ),
 ):
     register_model_family(_family)
@@ -484,7 +599,43 @@ def get_preset(name: str) -> Preset:
     try:
         return PRESETS[name]
     except KeyError:
-        raise KeyError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}") from None
+        raise KeyError(unknown_preset_message(name)) from None
+
+
+def unknown_preset_message(name: str) -> str:
+    """Why ``name`` is not a preset: the nearest preset, its family's lengths and the other families.
+
+    Every family's presets differ only in the default length, so the message also says that
+    ``--seconds`` / ``--num-frames`` give any length with any of them.
+    """
+    starting = [family for family in MODEL_FAMILIES if family.startswith(str(name)) and name]
+    if len(starting) > 1:
+        return (
+            f"unknown preset {name!r}; it starts the families {', '.join(starting)}: name one of them "
+            "(`memrope presets` lists every preset)"
+        )
+    nearest = difflib.get_close_matches(str(name), list(PRESETS), n=1, cutoff=0.0)
+    family = PRESETS[nearest[0]].family if nearest else None
+    same_family = [preset for preset in PRESETS.values() if preset.family == family]
+    other_families = [other for other in MODEL_FAMILIES if other != family]
+    parts = [f"unknown preset {name!r}"]
+    if nearest:
+        parts.append(f"nearest: {nearest[0]!r}")
+        parts.append(f"family {family!r} has {', '.join(preset.name for preset in same_family)}")
+    parts.append(f"other families: {', '.join(other_families)} (`memrope presets` lists every preset)")
+    return "; ".join(parts) + "; any preset makes any length with --seconds or --num-frames"
+
+
+def _family_names(family: str, members: list[Preset]) -> tuple[str, str]:
+    """Names and lengths of a family's presets: ``("self-forcing-<length>", "30s, 60s")`` when they are
+    named ``family-<length>``, else their names and lengths in seconds."""
+    prefix = f"{family}-"
+    if len(members) > 1 and all(member.name.startswith(prefix) for member in members):
+        return prefix + "<length>", ", ".join(member.name.removeprefix(prefix) for member in members)
+    return (
+        ", ".join(member.name for member in members),
+        ", ".join(_format_seconds(member.seconds) for member in members),
+    )
 
 
 def _format_seconds(seconds: float) -> str:
@@ -498,40 +649,50 @@ def _format_bytes(count: int) -> str:
     return f"{count / GIB:.1f} GiB" if count >= GIB / 10 else f"{count / 1024**2:.1f} MiB"
 
 
-def presets_table(presets: Mapping[str, Preset] | None = None) -> str:
-    """A plain-text table of the presets: name, checkpoint, length, size, estimated GPU memory."""
+def presets_table(presets: Mapping[str, Preset] | None = None, *, every_preset: bool = False) -> str:
+    """A plain-text table of the presets, then their memory plan (:func:`memrope.memory_plan.memory_table`).
+
+    One row per family (its presets differ only in the default length, listed in ``lengths``), or
+    with ``every_preset`` one row per preset with its latent and video frames. Columns: checkpoint,
+    length, video size, chunk, cache layout, steps, estimated GPU memory and the weights' license.
+    """
     presets = PRESETS if presets is None else presets
-    header = (
-        "preset",
-        "checkpoint",
-        "latent",
-        "frames",
-        "length",
-        "video",
-        "chunk",
-        "cache",
-        "steps",
-        "GPU mem",
-    )
-    rows = [header]
+    groups: dict[str, list[Preset]] = {}
     for preset in presets.values():
-        cache = preset.cache
+        groups.setdefault(preset.name if every_preset else preset.family, []).append(preset)
+    if every_preset:
+        header: tuple[str, ...] = ("preset", "checkpoint", "latent", "frames", "length")
+    else:
+        header = ("presets", "checkpoint", "lengths")
+    header += ("video", "chunk", "cache", "steps", "GPU mem", "license")
+    rows = [header]
+    for members in groups.values():
+        first = members[0]
+        cache = first.cache
         layout = (
             f"{cache.policy} {cache.cache_frames}={cache.sink_frames}s+{cache.memory_frames}m+"
             f"{cache.recent_frames}r+{cache.chunk_frames}c"
         )
+        if every_preset:
+            named: tuple[str, ...] = (
+                first.name,
+                first.checkpoint or "(random, seeded)",
+                str(first.latent_frames),
+                str(first.video_frames),
+                _format_seconds(first.seconds),
+            )
+        else:
+            names, lengths = _family_names(first.family, members)
+            named = (names, first.checkpoint or "(random, seeded)", lengths)
         rows.append(
-            (
-                preset.name,
-                preset.checkpoint or "(random, seeded)",
-                str(preset.latent_frames),
-                str(preset.video_frames),
-                _format_seconds(preset.seconds),
-                f"{preset.height}x{preset.width}",
-                str(preset.chunk_frames),
+            named
+            + (
+                f"{first.height}x{first.width}",
+                str(first.chunk_frames),
                 layout,
-                f"{len(preset.denoising_steps)}{' warped' if preset.warp_denoising_step else ''}",
-                "~" + _format_bytes(preset.memory_estimate().peak),
+                f"{len(first.denoising_steps)}{' warped' if first.warp_denoising_step else ''}",
+                "~" + _format_bytes(first.memory_estimate().peak),
+                first.license,
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
@@ -542,13 +703,23 @@ def presets_table(presets: Mapping[str, Preset] | None = None) -> str:
     notes = [
         "",
         (
-            "latent: latent frames (chunk of 3); frames: video frames at 16 fps (4N-3); sampler: steps "
-            "[1000, 750, 500, 250] warped, shift 5.0."
+            "presets: NAME-<length> is one preset per length (`memrope presets --all`: one row each, with "
+            "latent and video frames; 30s = 120 latent frames = 29.8 s); --seconds makes any length with any preset."
+        ),
+        (
+            "latent: latent frames; frames: video frames at 16 fps (4N-3); chunk: latent frames per chunk; "
+            "steps: denoising steps per chunk (warped: onto the shifted schedule; the lists and shifts are in "
+            "`memrope presets --json`)."
         ),
         f"Official presets read umT5-XXL and the Wan2.1 VAE from {WAN21_DIFFUSERS_REPO}; weights: {weights}.",
         (
             "GPU mem: estimated peak in bf16, batch 1 = max(text encoder phase, DiT weights + cache + "
             "activations + VAE); constant in the video length (see Preset.memory_estimate)."
         ),
+        (
+            "license: of the weights, as their publisher states it (model cards on the Hugging Face Hub); "
+            "memrope bundles none of them (toy: its own, trained by scripts/train_toy.py)."
+        ),
     ]
-    return "\n".join(lines + notes)
+    plan = ["", "memory plan (peak GPU memory, GiB):", memory_table(presets)]
+    return "\n".join(lines + notes + plan)

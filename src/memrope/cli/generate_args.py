@@ -11,11 +11,25 @@ from memrope._dtypes import parse_dtype
 from memrope.config import POLICIES
 from memrope.noise import check_seed
 
-__all__ = ["DTYPES", "GENERATE_DESCRIPTION", "PLACEMENTS", "configure_generate"]
+__all__ = [
+    "BACKENDS",
+    "DTYPES",
+    "GENERATE_DESCRIPTION",
+    "KV_DTYPE_CHOICES",
+    "PLACEMENTS",
+    "TEXT_ENCODER_DEVICE_CHOICES",
+    "configure_generate",
+]
 
 #: What ``--dtype`` accepts (by any name :func:`memrope._dtypes.parse_dtype` reads: ``bf16``, ...).
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 PLACEMENTS = ("single", "split", "auto")
+#: What ``--kv-dtype`` accepts: ``auto``, then the names of :data:`memrope.memory_plan.KV_DTYPES`.
+KV_DTYPE_CHOICES = ("auto", "bf16", "fp8", "fp8-e5m2", "int8")
+#: What ``--text-encoder-device`` accepts (see :func:`memrope.devices.plan_devices`).
+TEXT_ENCODER_DEVICE_CHOICES = ("auto", "gpu", "cpu")
+#: What ``--backend`` accepts: memrope's own DiT, or the weights in a diffusers ``WanTransformer3DModel``.
+BACKENDS = ("memrope", "diffusers")
 
 GENERATE_DESCRIPTION = """\
 Generate videos chunk by chunk with a fixed-size KV cache and write them as mp4 files, each with a
@@ -131,6 +145,14 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="'tiny' or a Hub id / local folder in the Diffusers layout holding the Wan VAE "
         "(default: the preset's)",
     )
+    model.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="memrope",
+        help="memrope: memrope's own Wan DiT; diffusers: the same weights converted into a diffusers "
+        "WanTransformer3DModel run through memrope's diffusers adapter (needs the diffusers extra); "
+        "default: memrope",
+    )
     model.add_argument("--list-presets", action="store_true", help="print the presets and exit")
 
 
@@ -188,6 +210,23 @@ def _add_cache_arguments(parser: argparse.ArgumentParser) -> None:
         "--cache-frames", type=_positive_int, metavar="N", help="cache size in latent frames (12)"
     )
     cache.add_argument("--sink-frames", type=_nonnegative_int, metavar="N", help="sink frames (3)")
+    cache.add_argument(
+        "--no-protect-sink",
+        dest="protect_sink",
+        action="store_false",
+        default=None,
+        help="let the rewrite calls of a chunk inside the sink (chunks smaller than the sink, e.g. frame-wise "
+        "models) write its sink frames; by default they keep the first call's keys, as the official code does",
+    )
+    cache.add_argument(
+        "--kv-dtype",
+        choices=KV_DTYPE_CHOICES,
+        default="auto",
+        help="storage of the cached keys and values: bf16 = the model dtype (no quantisation), int8, fp8 "
+        "(float8_e4m3fn) or fp8-e5m2 (8 bits with float32 scales: ~0.55-0.7x the cache memory, attention "
+        "still in the model dtype; int8 is the most accurate); auto: the model dtype, or int8 when only that "
+        "makes --placement auto fit (default: auto)",
+    )
 
 
 def _add_devices_arguments(parser: argparse.ArgumentParser) -> None:
@@ -215,6 +254,14 @@ def _add_devices_arguments(parser: argparse.ArgumentParser) -> None:
         type=_positive_int,
         metavar="N",
         help="with --placement split over 2 devices: the first block on the second device (default: half)",
+    )
+    devices.add_argument(
+        "--text-encoder-device",
+        choices=TEXT_ENCODER_DEVICE_CHOICES,
+        default="auto",
+        help="where umT5 encodes the prompts (it is freed before the DiT loads): gpu; cpu (bf16, ~10.6 GiB "
+        "of RAM, slower, nothing on the GPU); auto: the GPU when its ~11.6 GiB fit in the free GPU memory, "
+        "else the CPU (default: auto)",
     )
     devices.add_argument(
         "--offload",

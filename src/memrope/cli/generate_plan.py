@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -18,10 +19,19 @@ from memrope._dtypes import dtype_name
 from memrope.cli.console import _note
 from memrope.cli.lengths import _latent_frames, _made
 from memrope.config import MemRoPEConfig
-from memrope.devices import DevicePlan, NotEnoughMemoryError, plan_devices
+from memrope.devices import DevicePlan, MemoryProbe, NotEnoughMemoryError, plan_devices
 from memrope.distributed import DistributedEnv, shard_indices
 from memrope.errors import EXIT_FAILURE, CLIError
-from memrope.presets import PRESETS, Preset
+from memrope.memory_plan import (
+    CUDA_OVERHEAD,
+    GIB,
+    MemoryEstimate,
+    cache_supports_kv_dtype,
+    estimate_memory,
+    kv_dtype_name,
+    parse_kv_dtype,
+)
+from memrope.presets import MODEL_FAMILIES, PRESETS, Preset, unknown_preset_message
 from memrope.prompt_schedule import ScheduledPrompt, parse_prompt_schedule
 
 __all__ = ["Plan", "Video", "plan_generate"]
@@ -32,6 +42,8 @@ STATE_SUFFIX = ".resume.safetensors"
 LATENTS_SUFFIX = ".resume.latents"
 RUN_SUFFIX = ".resume.json"
 LOCK_SUFFIX = ".lock"
+#: What ``--kv-dtype auto`` stores the cache in when only an 8-bit cache makes ``--placement auto`` fit.
+AUTO_KV_FALLBACK = torch.int8  # 4x more accurate than fp8 e4m3 at the same size (benchmarks/bench_kv_dtype.py)
 
 
 @dataclass
@@ -105,6 +117,8 @@ class Plan:
     requested: dict[str, Any] = field(default_factory=dict)  # the length as asked (--seconds / --num-frames)
     restart: bool = False
     weight_files: list[tuple[str, Path]] = field(default_factory=list)  # (role, local path), once resolved
+    backend: str = "memrope"  # the DiT code: memrope's own, or a diffusers WanTransformer3DModel
+    kv_dtype: torch.dtype | None = None  # 8-bit storage of the cached keys and values; None: self.dtype
 
     @property
     def chunks(self) -> int:
@@ -131,6 +145,8 @@ class Plan:
             "dtype": dtype_name(self.dtype),
             "denoising_steps": list(self.preset.denoising_steps),
             "shift": self.preset.shift,
+            **({} if self.backend == "memrope" else {"backend": self.backend}),
+            **({} if self.kv_dtype is None else {"kv_dtype": dtype_name(self.kv_dtype)}),
         }
 
 
@@ -139,9 +155,19 @@ def _beside(path: Path, suffix: str) -> Path:
 
 
 def _resolve_preset(name: str) -> Preset:
+    """The preset ``name``; a family name (or the start of only one) means that family's first preset."""
     if name in PRESETS:
         return PRESETS[name]
-    raise CLIError(f"unknown model/preset {name!r}; valid presets: {', '.join(PRESETS)}")
+    families = [family for family in MODEL_FAMILIES.values() if family.name == name] or [
+        family for family in MODEL_FAMILIES.values() if family.name.startswith(name) and name
+    ]
+    if len(families) == 1:
+        preset = next(iter(families[0].presets().values()))
+        _note(
+            f"--model {name}: using preset {preset.name} (family {families[0].name}); --seconds sets the length"
+        )
+        return PRESETS[preset.name]
+    raise CLIError(unknown_preset_message(name))
 
 
 def _schedule_file(text: str) -> Path | None:
@@ -196,6 +222,7 @@ def _cache_config(args: argparse.Namespace, preset: Preset) -> MemRoPEConfig:
             ("alpha_short", args.alpha_short),
             ("cache_frames", args.cache_frames),
             ("sink_frames", args.sink_frames),
+            ("protect_sink_on_rewrite", getattr(args, "protect_sink", None)),
         )
         if value is not None
     }
@@ -310,10 +337,8 @@ def _check_distinct_files(videos: list[Video], attention_stats: bool, inputs: li
         seen[key] = name
 
 
-def _placement(
-    args: argparse.Namespace, preset: Preset, dtype: torch.dtype | None, env: DistributedEnv
-) -> DevicePlan:
-    """Where the DiT, its cache, the text encoder and the VAE go (``--device`` / ``--placement`` / ...)."""
+def _placement_devices(args: argparse.Namespace, env: DistributedEnv) -> list[torch.device] | None:
+    """The devices ``--device`` / ``--devices`` name (``None``: every visible GPU), checked against ``--placement``."""
     if env.is_distributed and args.placement != "single":
         raise CLIError("under torchrun every rank runs on its own device: use --placement single")
     if args.placement == "single" and (args.devices is not None or args.split_at is not None):
@@ -322,27 +347,104 @@ def _placement(
         raise CLIError(f"--placement {args.placement} takes --devices, not --device")
     if args.placement == "auto" and args.split_at is not None:
         raise CLIError("--split-at needs --placement split")
-    devices: list[torch.device] | None = None
     if args.placement == "single":
-        devices = [_single_device(args, env)]
-    elif args.devices is not None:
-        devices = [_device(text.strip()) for text in args.devices.split(",") if text.strip()]
-    layers = preset.model_config.num_layers
-    memory = preset.memory_estimate(dtype) if args.placement == "auto" else None
-    try:
-        return plan_devices(
-            args.placement,
-            devices,
-            num_layers=layers,
-            offload=args.offload,
-            split_at=args.split_at,
-            memory=memory,
-        )
-    except NotEnoughMemoryError as error:
-        raise CLIError(f"--placement auto: {error}", EXIT_FAILURE) from None
-    except (TypeError, ValueError) as error:
-        message = str(error).replace("split_at", "--split-at").replace("devices", "--devices")
-        raise CLIError(f"--placement {args.placement}: {message}") from None
+        return [_single_device(args, env)]
+    if args.devices is not None:
+        return [_device(text.strip()) for text in args.devices.split(",") if text.strip()]
+    return None
+
+
+def _memory_estimate(
+    args: argparse.Namespace,
+    preset: Preset,
+    cache: MemRoPEConfig,
+    num_frames: int,
+    dtype: torch.dtype | None,
+    kv_dtype: torch.dtype | None,
+) -> MemoryEstimate:
+    """The run's GPU memory (``--cache-*``, ``--text-encoder``, ``--vae`` and the length included), text
+    encoder counted on the GPU (:func:`memrope.devices.plan_devices` drops it when it runs on the CPU)."""
+    return estimate_memory(
+        preset.model_config,
+        cache,
+        preset.latent_hw,
+        dtype=preset.default_dtype if dtype is None else dtype,
+        kv_dtype=kv_dtype,
+        text_encoder=args.text_encoder or preset.text_encoder,
+        vae=args.vae or preset.vae,
+        latent_frames=num_frames,
+        overhead=0 if preset.runs_locally else CUDA_OVERHEAD,
+    )
+
+
+def _placement(
+    args: argparse.Namespace,
+    preset: Preset,
+    dtype: torch.dtype | None,
+    env: DistributedEnv,
+    cache: MemRoPEConfig | None = None,
+    num_frames: int | None = None,
+    probe: MemoryProbe | None = None,
+) -> tuple[DevicePlan, torch.dtype | None]:
+    """Where the DiT, its cache, the text encoder and the VAE go, and the cache's storage dtype.
+
+    ``--kv-dtype auto`` keeps the model dtype, except with ``--placement auto`` where no layout fits with
+    it but one fits with an 8-bit cache: then int8 (the most accurate 8-bit format), said in a note line. The memory plan
+    (``--kv-dtype``, ``--text-encoder-device``) is estimated whenever a GPU is in play; ``probe`` answers
+    which GPUs there are and their free memory (default: CUDA's).
+    """
+    devices = _placement_devices(args, env)
+    cache = preset.cache if cache is None else cache
+    num_frames = preset.latent_frames if num_frames is None else num_frames
+    requested_kv = None if args.kv_dtype == "auto" else parse_kv_dtype(args.kv_dtype, "--kv-dtype")
+    on_gpu = devices is None or any(device.type == "cuda" for device in devices)
+    candidates: list[torch.dtype | None] = [requested_kv]
+    if args.kv_dtype == "auto" and args.placement == "auto" and cache_supports_kv_dtype():
+        candidates.append(AUTO_KV_FALLBACK)
+    error: NotEnoughMemoryError | None = None
+    for kv_dtype in candidates:
+        memory = _memory_estimate(args, preset, cache, num_frames, dtype, kv_dtype) if on_gpu else None
+        try:
+            plan = plan_devices(
+                args.placement,
+                devices,
+                num_layers=preset.model_config.num_layers,
+                offload=args.offload,
+                split_at=args.split_at,
+                memory=memory,
+                probe=probe,
+                text_encoder=args.text_encoder_device,
+            )
+        except NotEnoughMemoryError as not_enough:
+            error = not_enough  # the last: with the smallest cache tried
+            continue
+        except (TypeError, ValueError) as bad:
+            message = str(bad).replace("split_at", "--split-at").replace("devices", "--devices")
+            raise CLIError(f"--placement {args.placement}: {message}") from None
+        if kv_dtype is not requested_kv and env.rank == 0:
+            stored = f"{kv_dtype_name(kv_dtype)} ({dtype_name(kv_dtype)})" if kv_dtype is not None else "bf16"
+            _note(
+                f"note: --kv-dtype auto: the run fits only with an 8-bit cache, so the keys and values are stored "
+                f"as {stored}; pass --kv-dtype bf16 to refuse"
+            )
+        return plan, kv_dtype
+    assert error is not None
+    tried = " (with an fp8 cache: --kv-dtype auto tried bf16 first)" if len(candidates) > 1 else ""
+    raise CLIError(f"--placement auto{tried}: {error}", EXIT_FAILURE) from None
+
+
+def _note_memory(
+    plan: DevicePlan, dtype: torch.dtype, kv_dtype: torch.dtype | None, env: DistributedEnv
+) -> None:
+    """A note line with the memory plan of a run on a GPU: per-device peaks, cache storage, text encoder."""
+    if env.rank != 0 or plan.needed_bytes is None or plan.primary_device.type == "cpu":
+        return
+    needs = " + ".join(f"{need / GIB:.1f}" for need in plan.needed_bytes)
+    text = "the CPU" if plan.text_encoder_device.type == "cpu" else str(plan.text_encoder_device)
+    _note(
+        f"note: memory plan: ~{needs} GiB on {', '.join(str(d) for d in plan.devices)} (estimate), KV cache "
+        f"{dtype_name(dtype if kv_dtype is None else kv_dtype)}, text encoder on {text}"
+    )
 
 
 def _input_files(args: argparse.Namespace) -> list[tuple[str, Path]]:
@@ -459,14 +561,17 @@ def plan_generate(args: argparse.Namespace, env: DistributedEnv | None = None) -
     num_frames, requested, asked = _latent_frames(args, preset, chunk)
     _check_length(cache, num_frames, asked)
     prompts, schedule = _prompts_and_schedule(args, chunk, num_frames)
-    placement = _placement(args, preset, args.dtype, env)
+    placement, kv_dtype = _placement(args, preset, args.dtype, env, cache, num_frames)
     dtype = args.dtype
     if dtype is None:
         dtype = preset.default_dtype if placement.primary_device.type != "cpu" else torch.float32
     if args.lora is not None and args.checkpoint is None:
         raise CLIError("--lora needs --checkpoint (the registered presets bring their own LoRA)")
+    if args.backend == "diffusers" and importlib.util.find_spec("diffusers") is None:
+        raise CLIError("--backend diffusers needs diffusers: pip install 'memrope[diffusers]'")
     videos = _this_ranks_videos(args, prompts, schedule, env)
     _note_plan(args, env, asked, num_frames, chunk, schedule)
+    _note_memory(placement, dtype, kv_dtype, env)
     return Plan(
         preset=preset,
         checkpoint=args.checkpoint if args.checkpoint is not None else preset.checkpoint,
@@ -488,4 +593,6 @@ def plan_generate(args: argparse.Namespace, env: DistributedEnv | None = None) -
         total_videos=len(prompts),
         requested=requested,
         restart=args.restart,
+        backend=args.backend,
+        kv_dtype=kv_dtype,
     )

@@ -3,6 +3,7 @@ a failure becomes a one-line :class:`CLIError`."""
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +39,15 @@ def _resolve_weights(plan: Plan) -> None:
 def _load_text_encoder(plan: Plan) -> Any:
     from memrope.components import load_text_encoder
 
+    device = plan.placement.text_encoder_device
+    # umT5 on the CPU beside a DiT on a GPU (--text-encoder-device): bf16 as on a GPU, half the RAM of float32
+    dtype = torch.bfloat16 if device.type == "cpu" and plan.device.type != "cpu" else None
     try:
         return load_text_encoder(
             plan.preset,
             plan.text_encoder,
-            device=plan.placement.text_encoder_device,
+            device=device,
+            dtype=dtype,
             offload=plan.placement.offload_text_encoder,
         )
     except ImportError as error:
@@ -93,15 +98,18 @@ def _encode_prompts(plan: Plan, videos: list[Video]) -> None:
         video.embeds = _prompt_embeds(encoder, video.prompt, config)
         video.switch_embeds = [_prompt_embeds(encoder, entry.prompt, config) for entry in video.switches]
     del encoder
+    gc.collect()  # umT5 on the CPU holds 10.6 GiB of host memory: release it before the DiT loads
     if plan.placement.text_encoder_device.type == "cuda":
         torch.cuda.empty_cache()
 
 
-def _load_model(plan: Plan) -> torch.nn.Module:
+def _load_model(plan: Plan) -> Any:
+    """The DiT the pipeline drives: memrope's ``CausalWanModel`` (``--backend memrope``), or its weights
+    in a diffusers ``WanTransformer3DModel`` behind memrope's diffusers adapter (``--backend diffusers``)."""
     from memrope.components import load_model
 
     try:
-        return load_model(
+        model = load_model(
             plan.preset,
             checkpoint=plan.checkpoint,
             lora=plan.lora,
@@ -114,6 +122,12 @@ def _load_model(plan: Plan) -> torch.nn.Module:
         NonFiniteError,
     ) as error:  # CheckpointKeyError/FormatError: ValueErrors
         raise CLIError(f"cannot load the checkpoint {plan.checkpoint!r}: {error}", EXIT_FAILURE) from None
+    if plan.backend == "memrope":
+        return model
+    from memrope.adapters.diffusers_wan import attach, diffusers_transformer
+
+    transformer = diffusers_transformer(model, model.config)
+    return attach(transformer, plan.cache, text_len=model.config.text_len)
 
 
 def _load_decoder(plan: Plan) -> Any:
@@ -126,8 +140,8 @@ def _load_decoder(plan: Plan) -> Any:
     except ImportError as error:
         raise CLIError(str(error), EXIT_FAILURE) from None
     except (OSError, ValueError) as error:
-        if plan.vae == "tiny":
-            raise CLIError(f"--vae tiny: {error}") from None
+        if plan.vae in ("tiny", "toy"):
+            raise CLIError(f"--vae {plan.vae}: {error}") from None
         raise CLIError(
             f"could not load the Wan VAE from {plan.vae!r}: {error}. Download it with "
             f"`huggingface-cli download {plan.vae} --include 'vae/*'` or pass --vae LOCAL_FOLDER",
