@@ -94,18 +94,9 @@ def run_upstream(args: argparse.Namespace) -> None:
 
 
 def run_tiny(args: argparse.Namespace) -> None:
-    from memrope.testing.upstream import build_pipeline
+    from memrope.testing.upstream import SMALL_MODEL, build_pipeline
 
-    config = {
-        "dim": 64,
-        "ffn_dim": 128,
-        "num_heads": 2,
-        "num_layers": 2,
-        "in_dim": 4,
-        "out_dim": 4,
-        "text_dim": 24,
-        "text_len": 8,
-    }
+    config = SMALL_MODEL
     pipeline = build_pipeline("self_forcing", config, chunk_frames=3, latent_hw=(6, 8), seed=args.seed)
     prompt = torch.randn(1, 5, config["text_dim"], generator=torch.Generator().manual_seed(1))
     noise = torch.randn(

@@ -12,6 +12,7 @@ from memrope.adapters import Attachment, attach
 from memrope.models.wan import CausalWanModel, WanConfig
 from memrope.pipeline import CausalInferencePipeline
 from memrope.testing.upstream import (
+    SMALL_MODEL,
     VARIANTS,
     CausalInferencePipelineStandin,
     CausalWanStandin,
@@ -20,17 +21,7 @@ from memrope.testing.upstream import (
     merged_state_dict,
 )
 
-MODEL = {
-    "dim": 64,
-    "ffn_dim": 128,
-    "num_heads": 2,
-    "num_layers": 2,
-    "in_dim": 4,
-    "out_dim": 4,
-    "text_dim": 24,
-    "text_len": 8,
-    "freq_dim": 32,
-}
+MODEL = SMALL_MODEL
 LATENT_HW = (6, 8)
 FRAME_SEQLEN = 12
 NUM_FRAMES = 18  # 6 chunks: past the first eviction and into steady state

@@ -20,19 +20,10 @@ from typing import Any
 import pytest
 import torch
 
-from memrope.testing.upstream import CausalWanStandin
+from memrope.testing.upstream import SMALL_MODEL, CausalWanStandin
 
 SCRIPT = Path(__file__).resolve().parent.parent / "examples" / "wrap_upstream_pipeline.py"
-TINY_MODEL = {
-    "dim": 64,
-    "ffn_dim": 128,
-    "num_heads": 2,
-    "num_layers": 2,
-    "in_dim": 4,
-    "out_dim": 4,
-    "text_dim": 24,
-    "text_len": 8,
-}
+TINY_MODEL = SMALL_MODEL
 NUM_FRAMES = 6  # two chunks of 3 latent frames
 needs_video = pytest.mark.skipif(
     importlib.util.find_spec("imageio_ffmpeg") is None or importlib.util.find_spec("imageio") is None,

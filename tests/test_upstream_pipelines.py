@@ -19,19 +19,9 @@ from memrope import MemRoPEConfig
 from memrope.adapters import attach
 from memrope.models.wan import CausalWanModel, WanConfig
 from memrope.pipeline import CausalInferencePipeline
-from memrope.testing.upstream import NUM_TRAIN_TIMESTEPS, build_pipeline, merged_state_dict
+from memrope.testing.upstream import NUM_TRAIN_TIMESTEPS, SMALL_MODEL, build_pipeline, merged_state_dict
 
-MODEL = {
-    "dim": 64,
-    "ffn_dim": 128,
-    "num_heads": 2,
-    "num_layers": 2,
-    "in_dim": 4,
-    "out_dim": 4,
-    "text_dim": 24,
-    "text_len": 8,
-    "freq_dim": 32,
-}
+MODEL = SMALL_MODEL
 LATENT_HW = (6, 8)
 CONFIG = MemRoPEConfig()  # 12 frames = 3 sink + 2 memory + 4 recent + 3 chunk
 FIRST_FRAME = dataclasses.replace(CONFIG, first_chunk_frames=1)

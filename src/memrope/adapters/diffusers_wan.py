@@ -40,13 +40,12 @@ import contextlib
 import dataclasses
 import sys
 from collections.abc import Callable, Iterator
-from types import TracebackType
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from memrope.adapters.registry import Adapter, register_adapter
+from memrope.adapters.registry import Adapter, AttachmentContext, register_adapter
 from memrope.attention import rope_on_the_fly
 from memrope.cache import MemRoPECache
 from memrope.config import MemRoPEConfig
@@ -204,7 +203,7 @@ def _float64_sinusoid(module: nn.Module, args: tuple[Any, ...], output: torch.Te
     return sinusoidal_embedding(output.shape[-1], args[0]).to(output.dtype)
 
 
-class DiffusersAttachment:
+class DiffusersAttachment(AttachmentContext):
     """A live :func:`attach` on a diffusers ``WanTransformer3DModel``, and the model memrope's pipeline drives.
 
     Attributes:
@@ -270,11 +269,6 @@ class DiffusersAttachment:
 
     def __enter__(self) -> DiffusersAttachment:  # noqa: PYI034 (Self needs Python 3.11)
         return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
-    ) -> None:
-        self.remove()
 
     def __repr__(self) -> str:
         state = "active" if self.active else "removed"

@@ -19,6 +19,7 @@ from memrope.config import MemRoPEConfig
 
 __all__ = [
     "Adapter",
+    "AttachmentContext",
     "AttachmentLike",
     "attach",
     "available_adapters",
@@ -52,6 +53,21 @@ class AttachmentLike(Protocol):
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
     ) -> None: ...
+
+
+class AttachmentContext:
+    """Base of the built-in attachments: a ``with`` block's exit calls ``remove()``."""
+
+    def remove(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.remove()
 
 
 @dataclass(frozen=True)

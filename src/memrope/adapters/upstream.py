@@ -66,14 +66,13 @@ import warnings
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from memrope.adapters.peft_lora import lora_layers, merge_lora_layer, unmerge_lora_layer
-from memrope.adapters.registry import Adapter, register_adapter
+from memrope.adapters.registry import Adapter, AttachmentContext, register_adapter
 from memrope.cache import MemRoPECache
 from memrope.config import MemRoPEConfig
 from memrope.kv_storage import kv_format
@@ -303,7 +302,7 @@ class _Branch:
         return self.anchor is None or self.anchor() is not None
 
 
-class Attachment:
+class Attachment(AttachmentContext):
     """A live :func:`attach`: the patched objects, the MemRoPE caches and how to undo it all.
 
     Use it as a context manager or call :meth:`remove`. Attributes: ``kind`` (``"pipeline"``,
@@ -409,11 +408,6 @@ class Attachment:
 
     def __enter__(self) -> Attachment:  # noqa: PYI034 (Self needs Python 3.11)
         return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
-    ) -> None:
-        self.remove()
 
     def __repr__(self) -> str:
         state = "active" if self.active else "removed"

@@ -43,7 +43,9 @@ LATENTS_SUFFIX = ".resume.latents"
 RUN_SUFFIX = ".resume.json"
 LOCK_SUFFIX = ".lock"
 #: What ``--kv-dtype auto`` stores the cache in when only an 8-bit cache makes ``--placement auto`` fit.
-AUTO_KV_FALLBACK = torch.int8  # 4x more accurate than fp8 e4m3 at the same size (benchmarks/bench_kv_dtype.py)
+AUTO_KV_FALLBACK = (
+    torch.int8
+)  # 4x more accurate than fp8 e4m3 at the same size (benchmarks/bench_kv_dtype.py)
 
 
 @dataclass

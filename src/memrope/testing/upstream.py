@@ -50,6 +50,7 @@ from memrope.testing.upstream_pipelines import (
 __all__ = [
     "NUM_TRAIN_TIMESTEPS",
     "PIPELINE_CLASSES",
+    "SMALL_MODEL",
     "VARIANTS",
     "BlockStandin",
     "CausalDiffusionInferencePipelineStandin",
@@ -74,6 +75,18 @@ __all__ = [
 ]
 
 VARIANTS = ("self_forcing", "longlive", "official")
+#: A small stand-in shape (``build_pipeline(variant, SMALL_MODEL)``) that runs in milliseconds on a CPU.
+SMALL_MODEL: dict[str, int] = {
+    "dim": 64,
+    "ffn_dim": 128,
+    "num_heads": 2,
+    "num_layers": 2,
+    "in_dim": 4,
+    "out_dim": 4,
+    "text_dim": 24,
+    "text_len": 8,
+    "freq_dim": 32,
+}
 
 
 # ------------------------------------------------------------------------------------ layers
