@@ -67,6 +67,7 @@ class FamilyFacts(NamedTuple):
     cache_frames: int
     sink_frames: int
     license: str
+    first_chunk_steps: tuple[int, ...] | None = None  # Causal Forcing++: denoising_step_list_first_chunk
 
 
 FACTS: dict[str, FamilyFacts] = {
@@ -121,6 +122,7 @@ FACTS: dict[str, FamilyFacts] = {
         12,
         3,
         "Apache-2.0",
+        SF_STEPS,
     ),
     "causal-forcing-framewise-1step": FamilyFacts(
         "causal-forcing-framewise-1step",
@@ -134,6 +136,7 @@ FACTS: dict[str, FamilyFacts] = {
         12,
         3,
         "Apache-2.0",
+        SF_STEPS,
     ),
     "causvid": FamilyFacts(
         "causvid",
@@ -250,6 +253,7 @@ def test_preset_carries_the_family_facts(family: str) -> None:
         )
         assert preset.chunk_frames == facts.chunk_frames
         assert preset.denoising_steps == facts.steps
+        assert preset.first_chunk_denoising_steps == facts.first_chunk_steps
         assert (preset.warp_denoising_step, preset.shift, preset.context_noise) == (
             facts.warp,
             facts.shift,
@@ -464,5 +468,7 @@ def test_family_sampler_runs_on_the_tiny_model(family: str) -> None:
     latents = pipeline.generate(text, num_frames=chunks * facts.chunk_frames, seed=0, latent_hw=(4, 4))
     assert latents.shape == (1, chunks * facts.chunk_frames, 16, 4, 4)
     assert torch.isfinite(latents).all()
-    assert len(calls) == chunks * (len(facts.steps) + 1)  # every step, then the clean context call
+    first_steps = len(facts.steps if facts.first_chunk_steps is None else facts.first_chunk_steps)
+    # every step, then the clean context call; the first chunk has its own steps (Causal Forcing++)
+    assert len(calls) == first_steps + 1 + (chunks - 1) * (len(facts.steps) + 1)
     assert pipeline.cache_config == preset.cache

@@ -107,6 +107,32 @@ def test_unwarped_steps_are_used_as_given(model: CausalWanModel) -> None:
     assert pipe.generate(_prompt(), num_frames=2, seed=0, latent_hw=LATENT_HW).shape[1] == 2
 
 
+def test_a_first_chunk_step_list_applies_to_the_first_chunk_only(
+    model: CausalWanModel, tmp_path: Path
+) -> None:
+    seen: list[tuple[int, float]] = []
+    handle = model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append((kwargs["start_frame"], float(args[1][0, 0]))),
+        with_kwargs=True,
+    )
+    try:
+        pipe = _pipeline(model, denoising_steps=(1000,), first_chunk_denoising_steps=(1000, 750, 500))
+        first = pipe.generate(_prompt(), num_frames=4, seed=0, latent_hw=LATENT_HW)
+    finally:
+        handle.remove()
+    first_steps = pipe.first_chunk_timesteps.tolist()
+    assert len(first_steps) == 3 and pipe.timesteps.tolist() == [1000.0]
+    assert seen == [(0, t) for t in first_steps] + [(0, 0.0), (2, 1000.0), (2, 0.0)]
+    same = _pipeline(model, denoising_steps=(1000,), first_chunk_denoising_steps=(1000, 750, 500))
+    torch.testing.assert_close(same.generate(_prompt(), num_frames=4, seed=0, latent_hw=LATENT_HW), first)
+    next(pipe.stream(_prompt(), num_frames=4, seed=0, latent_hw=LATENT_HW))
+    pipe.save_state(tmp_path / "s.safetensors")
+    with pytest.raises(ValueError, match="first_timesteps"):
+        _pipeline(model, denoising_steps=(1000,)).load_state(tmp_path / "s.safetensors")
+    with pytest.raises(ValueError, match="first_chunk_denoising_steps must be a non-empty"):
+        _pipeline(model, first_chunk_denoising_steps=(), warp_denoising_step=False)
+
+
 class _Bfloat16Facade:
     """Presents a float32 model as a bf16 one (bf16 in and out), to test the pipeline's dtype flow."""
 

@@ -205,6 +205,7 @@ def make_pipeline(
         model,
         preset.cache if cache is None else cache,
         denoising_steps=preset.denoising_steps,
+        first_chunk_denoising_steps=preset.first_chunk_denoising_steps,
         warp_denoising_step=preset.warp_denoising_step,
         shift=preset.shift,
         context_noise=preset.context_noise,

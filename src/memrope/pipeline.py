@@ -166,6 +166,8 @@ class CausalInferencePipeline:
         model: a causal video DiT following :class:`CausalVideoModel` (``CausalWanModel``).
         cache_config: the cache policy; ``cache_config.chunk_frames`` is the chunk size.
         denoising_steps: nominal steps per chunk (official ``denoising_step_list``).
+        first_chunk_denoising_steps: the steps of the video's first chunk when it differs (Causal
+            Forcing++'s ``denoising_step_list_first_chunk``: 4 steps, then 1 or 2); ``None``: the same.
         warp_denoising_step: map the steps onto the shifted schedule (official default ``True``).
         shift: timestep shift of the schedule.
         context_noise: timestep of the extra call that writes the clean chunk into the cache.
@@ -186,6 +188,7 @@ class CausalInferencePipeline:
         cache_config: MemRoPEConfig,
         *,
         denoising_steps: Sequence[int] = (1000, 750, 500, 250),
+        first_chunk_denoising_steps: Sequence[int] | None = None,
         warp_denoising_step: bool = True,
         shift: float = 5.0,
         context_noise: float = 0,
@@ -217,9 +220,19 @@ class CausalInferencePipeline:
         self.dtype = dtype
         self.device = torch.device(device) if device is not None else _model_device(model)
         self.decoder = decoder
-        timesteps = self._step_timesteps()
+        timesteps = self._step_timesteps(self.denoising_steps, "denoising_steps")
         self.timesteps = timesteps.to(self.device)
         self._timestep_values = timesteps.tolist()
+        self.first_chunk_denoising_steps = (
+            None if first_chunk_denoising_steps is None else tuple(first_chunk_denoising_steps)
+        )
+        first_timesteps = (
+            timesteps
+            if self.first_chunk_denoising_steps is None
+            else self._step_timesteps(self.first_chunk_denoising_steps, "first_chunk_denoising_steps")
+        )
+        self.first_chunk_timesteps = first_timesteps.to(self.device)
+        self._first_timestep_values = first_timesteps.tolist()
         self._run: _Run | None = None
 
     @property
@@ -232,15 +245,13 @@ class CausalInferencePipeline:
         """The KV cache of the current run (``None`` before :meth:`stream` or :meth:`generate`)."""
         return None if self._run is None else self._run.cache
 
-    def _step_timesteps(self) -> torch.Tensor:
-        """float32 ``[S]`` timesteps of the denoising steps (warped or not)."""
+    def _step_timesteps(self, denoising_steps: tuple[int, ...], argument: str) -> torch.Tensor:
+        """float32 ``[S]`` timesteps of ``denoising_steps`` (warped or not); ``argument`` names it in errors."""
         if self.warp_denoising_step:
-            return self.scheduler.warp(self.denoising_steps)
-        steps = torch.as_tensor(self.denoising_steps)
+            return self.scheduler.warp(denoising_steps)
+        steps = torch.as_tensor(denoising_steps)
         if steps.ndim != 1 or steps.numel() == 0 or steps.is_floating_point() or steps.dtype == torch.bool:
-            raise ValueError(
-                f"denoising_steps must be a non-empty sequence of ints, got {self.denoising_steps!r}"
-            )
+            raise ValueError(f"{argument} must be a non-empty sequence of ints, got {denoising_steps!r}")
         return steps.to(torch.float32)
 
     # ------------------------------------------------------------------ public API
@@ -389,6 +400,10 @@ class CausalInferencePipeline:
             "chunk_frames": self.chunk_frames,
             "cache_config": self.cache_config.to_dict(),
             "timesteps": self._timestep_values,
+            # None when the first chunk has the same steps: states written before this setting existed match
+            "first_timesteps": None
+            if self.first_chunk_denoising_steps is None
+            else self._first_timestep_values,
             "shift": self.scheduler.shift,
             "context_noise": self.context_noise,
             "dtype": dtype_name(self.dtype),
@@ -659,16 +674,17 @@ class CausalInferencePipeline:
             or the chunk, is NaN).
         """
         batch, frames = x.shape[:2]
-        steps = self.timesteps.numel()
+        timesteps = self.first_chunk_timesteps if start_frame == 0 else self.timesteps
+        steps = timesteps.numel()
         x0 = x
         for step in range(steps):
-            t = self.timesteps[step].expand(batch, frames).clone()
+            t = timesteps[step].expand(batch, frames).clone()
             flow = self.model(x, t, run.context, cache=run.cache, start_frame=start_frame).to(self.device)
             x0 = self.scheduler.to_x0(flow, x, t)
             if step + 1 < steps:
                 fresh = torch.randn((batch * frames, *x.shape[2:]), generator=run.generator, dtype=self.dtype)
                 fresh = fresh.to(self.device).unflatten(0, (batch, frames))
-                t_next = self.timesteps[step + 1].expand(batch, frames)
+                t_next = timesteps[step + 1].expand(batch, frames)
                 x = self.scheduler.add_noise(x0, fresh, t_next)
         t_context = self._context_timesteps(batch, frames)
         context_output = self.model(x0, t_context, run.context, cache=run.cache, start_frame=start_frame)

@@ -157,6 +157,7 @@ class Preset:
         latent_hw: latent height and width (video: 8x that).
         cache: the cache policy (``cache.chunk_frames`` is the chunk size).
         denoising_steps, warp_denoising_step, shift, context_noise: the sampler (docs/design.md §10).
+        first_chunk_denoising_steps: the steps of the first chunk when they differ (Causal Forcing++), else ``None``.
         text_encoder: ``"hash"`` or a Hub id / folder of the Diffusers layout (umT5 in ``text_encoder``).
         vae: ``"tiny"`` or a Hub id / folder of the Diffusers layout (Wan VAE in ``vae``).
         default_dtype: dtype of the DiT and latents on an accelerator (float32 on the CPU unless
@@ -174,6 +175,7 @@ class Preset:
     latent_hw: tuple[int, int]
     cache: MemRoPEConfig = field(default_factory=MemRoPEConfig)
     denoising_steps: tuple[int, ...] = OFFICIAL_STEPS
+    first_chunk_denoising_steps: tuple[int, ...] | None = None
     warp_denoising_step: bool = True
     shift: float = 5.0
     context_noise: float = 0.0
@@ -266,6 +268,9 @@ class Preset:
             "chunk_frames": self.chunk_frames,
             "cache": self.cache.to_dict(),
             "denoising_steps": list(self.denoising_steps),
+            "first_chunk_denoising_steps": (
+                None if self.first_chunk_denoising_steps is None else list(self.first_chunk_denoising_steps)
+            ),
             "warp_denoising_step": self.warp_denoising_step,
             "shift": self.shift,
             "context_noise": self.context_noise,
@@ -299,7 +304,8 @@ class ModelFamily:
         checkpoint: a :data:`memrope.loading.CHECKPOINTS` name, or ``None`` (the seeded random
             weights of :func:`tiny_model`).
         lengths: preset name suffix -> latent frames (each a multiple of the chunk).
-        model_config, latent_hw, cache, denoising_steps, warp_denoising_step, shift, context_noise,
+        model_config, latent_hw, cache, denoising_steps, first_chunk_denoising_steps, warp_denoising_step,
+        shift, context_noise,
         text_encoder, vae, default_dtype: as in :class:`Preset` (``cache.chunk_frames`` is the chunk).
         lora_checkpoint_kind: how :func:`memrope.components.load_model` reads a checkpoint given with
             ``lora=`` (``"longlive"``: a training checkpoint whose base has no EMA copy; ``"auto"``:
@@ -316,6 +322,7 @@ class ModelFamily:
     latent_hw: tuple[int, int]
     cache: MemRoPEConfig = field(default_factory=MemRoPEConfig)
     denoising_steps: tuple[int, ...] = OFFICIAL_STEPS
+    first_chunk_denoising_steps: tuple[int, ...] | None = None
     warp_denoising_step: bool = True
     shift: float = 5.0
     context_noise: float = 0.0
@@ -354,6 +361,7 @@ class ModelFamily:
                 latent_hw=self.latent_hw,
                 cache=self.cache,
                 denoising_steps=self.denoising_steps,
+                first_chunk_denoising_steps=self.first_chunk_denoising_steps,
                 warp_denoising_step=self.warp_denoising_step,
                 shift=self.shift,
                 context_noise=self.context_noise,
@@ -429,7 +437,7 @@ for _family in (
         name="toy",
         description="toy DiT trained on bouncing shapes (memrope.toy, shipped), hash text encoder, toy decoder",
         checkpoint="toy",
-        lengths={"": TOY_LATENT_FRAMES * 2},
+        lengths={"": TOY_LATENT_FRAMES * 4},  # 48 frames: the trained 12, then the cache evicts
         model_config=TOY_MODEL_CONFIG,
         latent_hw=TOY_LATENT_HW,
         text_encoder="hash",
@@ -502,7 +510,7 @@ for _family in (
     # (read in kw7243/Causal-Forcing):
     # num_frame_per_block 1, denoising_step_list [1000, 500], warped, shift 5.0. The config also gives
     # denoising_step_list_first_chunk [1000, 750, 500, 250] (its pipeline/causal_inference.py runs it on
-    # block 0 only); memrope's pipeline runs one step list for every chunk, so the first frame gets 2 steps.
+    # block 0 only): first_chunk_denoising_steps.
     ModelFamily(
         name="causal-forcing-framewise-2step",
         description="Causal Forcing++ frame-wise 2-step (Wan2.1-T2V-1.3B), "
@@ -513,6 +521,7 @@ for _family in (
         latent_hw=OFFICIAL_LATENT_HW,
         cache=FRAMEWISE_CACHE,
         denoising_steps=(1000, 500),
+        first_chunk_denoising_steps=OFFICIAL_STEPS,
         license=CAUSAL_FORCING_LICENSE,
     ),
     # from thu-ml/Causal-Forcing configs/causal_forcing_dmd_framewise_1step.yaml
@@ -529,6 +538,7 @@ for _family in (
         latent_hw=OFFICIAL_LATENT_HW,
         cache=FRAMEWISE_CACHE,
         denoising_steps=(1000,),
+        first_chunk_denoising_steps=OFFICIAL_STEPS,
         license=CAUSAL_FORCING_LICENSE,
     ),
     # from tianweiy/CausVid configs/wan_causal_dmd.yaml (read in its fork yitongdeng2/CausVid):

@@ -146,6 +146,11 @@ class Plan:
             "cache": self.cache.to_dict(),
             "dtype": dtype_name(self.dtype),
             "denoising_steps": list(self.preset.denoising_steps),
+            **(
+                {}
+                if self.preset.first_chunk_denoising_steps is None
+                else {"first_chunk_denoising_steps": list(self.preset.first_chunk_denoising_steps)}
+            ),
             "shift": self.preset.shift,
             **({} if self.backend == "memrope" else {"backend": self.backend}),
             **({} if self.kv_dtype is None else {"kv_dtype": dtype_name(self.kv_dtype)}),

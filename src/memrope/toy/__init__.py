@@ -47,7 +47,7 @@ TOY_MODEL_CONFIG = WanConfig(
     freq_dim=64,
 )
 TOY_LATENT_HW = LATENT_HW  # 16x24 latents, 128x192 video
-TOY_LATENT_FRAMES = 24  # the trained length: 8 chunks, 93 frames, 5.8 s
+TOY_LATENT_FRAMES = 12  # the trained length (the cache's filling phase): 4 chunks, 45 frames, 2.8 s
 TOY_WEIGHTS_FILE = "toy_dit.safetensors"
 TOY_DECODER_UPSAMPLE = 4  # native 32x48 frames shown at 128x192 (x8 of the latent grid)
 
