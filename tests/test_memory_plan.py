@@ -343,6 +343,31 @@ def test_generate_with_an_8_bit_cache_writes_it_in_the_report(tmp_path: Path) ->
     assert report["complete"] and report["signature"]["kv_dtype"] == "float8_e4m3fn"
 
 
+@needs_video
+def test_generate_with_a_shared_key_workspace_holds_less(tmp_path: Path) -> None:
+    sizes = {}
+    for workspace in ("per_layer", "shared"):
+        output = tmp_path / f"{workspace}.mp4"
+        assert main(tiny_args(output, "--key-workspace", workspace, "--num-frames", "6")) == 0
+        report = json.loads(output.with_name(f"{workspace}.mp4.json").read_text())
+        sizes[workspace] = report["cache"]["resident_bytes"]
+        assert report["signature"].get("key_workspace") == (None if workspace == "per_layer" else "shared")
+    assert sizes["shared"] < sizes["per_layer"]
+
+
+def test_the_pipeline_passes_the_key_workspace_to_the_cache() -> None:
+    from memrope.pipeline import CausalInferencePipeline
+    from memrope.presets import TINY_PRESET, tiny_model
+
+    model = tiny_model()
+    pipeline = CausalInferencePipeline(model, TINY_PRESET.cache, key_workspace="shared")
+    text = torch.zeros(1, 4, TINY_PRESET.model_config.text_dim)
+    next(pipeline.stream(text, num_frames=3, seed=0, latent_hw=TINY_PRESET.latent_hw))
+    assert pipeline.cache is not None and pipeline.cache.key_workspace == "shared"
+    with pytest.raises(ValueError, match="key_workspace must be one of"):
+        CausalInferencePipeline(model, TINY_PRESET.cache, key_workspace="global")  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize(
     "free_gib, kv, text_device, mode",
     [

@@ -35,6 +35,7 @@ import gc
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, Literal
 
 import torch
 
@@ -192,15 +193,19 @@ def make_pipeline(
     dtype: torch.dtype | None = None,
     decoder: VideoDecoder | None = None,
     kv_dtype: torch.dtype | str | None = None,
+    key_workspace: Literal["per_layer", "shared"] | None = None,
 ) -> CausalInferencePipeline:
     """A pipeline with the preset's sampler and cache policy (``cache`` overrides the policy).
 
     ``device`` and ``dtype`` default to the model's (its first parameter's); ``kv_dtype`` stores the
     cached keys and values in 8 bits (``torch.float8_e4m3fn``, ``torch.float8_e5m2``, ``torch.int8`` or
-    ``"fp8"``, ...; ``None``: in ``dtype``), see :class:`~memrope.cache.MemRoPECache`.
+    ``"fp8"``, ...; ``None``: in ``dtype``) and ``key_workspace`` picks the RoPE'd-key workspace
+    (``"shared"``: least memory), see :class:`~memrope.cache.MemRoPECache`.
     """
     weight = next(model.parameters())
-    storage: dict[str, torch.dtype | str] = {} if kv_dtype is None else {"kv_dtype": kv_dtype}
+    storage: dict[str, Any] = {} if kv_dtype is None else {"kv_dtype": kv_dtype}
+    if key_workspace is not None:
+        storage["key_workspace"] = key_workspace
     return CausalInferencePipeline(
         model,
         preset.cache if cache is None else cache,

@@ -46,13 +46,13 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 
 from memrope._dtypes import dtype_name
 from memrope._validation import as_int
-from memrope.cache import MemRoPECache
+from memrope.cache import KEY_WORKSPACES, MemRoPECache
 from memrope.config import MemRoPEConfig
 from memrope.errors import NonFiniteError
 from memrope.flow_matching import FlowMatchScheduler
@@ -103,6 +103,7 @@ class CausalVideoModel(Protocol):
         device: torch.device | None = None,
         dtype: torch.dtype | None = None,
         kv_dtype: torch.dtype | str | None = None,
+        key_workspace: Literal["per_layer", "shared"] | None = None,
     ) -> MemRoPECache: ...
 
     def encode_context(self, text_embeds: torch.Tensor) -> Any: ...
@@ -180,6 +181,9 @@ class CausalInferencePipeline:
             ``torch.float8_e5m2``, ``torch.int8`` or a name such as ``"fp8"``), passed to
             ``model.new_cache``; ``None`` (default) keeps them in ``dtype`` and calls ``new_cache``
             without it.
+        key_workspace: ``"per_layer"`` or ``"shared"`` RoPE'd-key workspace of the cache (see
+            :class:`~memrope.cache.MemRoPECache`; ``"shared"``: least memory), passed to ``model.new_cache``;
+            ``None`` (default): the model's default.
     """
 
     def __init__(
@@ -196,6 +200,7 @@ class CausalInferencePipeline:
         device: torch.device | str | None = None,
         decoder: VideoDecoder | None = None,
         kv_dtype: torch.dtype | str | None = None,
+        key_workspace: Literal["per_layer", "shared"] | None = None,
     ) -> None:
         if not isinstance(cache_config, MemRoPEConfig):
             raise TypeError(f"cache_config must be a MemRoPEConfig, got {type(cache_config).__name__}")
@@ -210,7 +215,10 @@ class CausalInferencePipeline:
         ):
             raise ValueError(f"context_noise must be a number >= 0, got {context_noise!r}")
         kv_format(kv_dtype, dtype)  # refuse an unsupported kv_dtype now, not at the first chunk
+        if key_workspace not in (None, *KEY_WORKSPACES):
+            raise ValueError(f"key_workspace must be one of {KEY_WORKSPACES} or None, got {key_workspace!r}")
         self.kv_dtype = kv_dtype
+        self.key_workspace = key_workspace
         self.model = model
         self.cache_config = cache_config
         self.scheduler = FlowMatchScheduler(shift=shift, sigma_min=0.0)
@@ -489,6 +497,8 @@ class CausalInferencePipeline:
         latent_hw = noise.frame_shape[1:]
         # each layer's cache beside its block: a model split over devices keeps its cache split too
         storage: dict[str, Any] = {} if self.kv_dtype is None else {"kv_dtype": self.kv_dtype}
+        if self.key_workspace is not None:
+            storage["key_workspace"] = self.key_workspace
         cache = self.model.new_cache(
             self.cache_config, text_embeds.shape[0], latent_hw, dtype=self.dtype, **storage
         )

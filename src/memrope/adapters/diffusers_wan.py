@@ -307,11 +307,13 @@ class DiffusersAttachment(AttachmentContext):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         kv_dtype: torch.dtype | str | None = None,
+        key_workspace: Literal["per_layer", "shared"] | None = None,
     ) -> MemRoPECache:
         """A cache for this transformer: one layer per block, each beside its block unless ``device`` is given.
 
         ``dtype`` defaults to the dtype of ``patch_embedding``; ``kv_dtype`` stores the cached keys and
-        values in 8 bits (see :class:`~memrope.cache.MemRoPECache`; ``None``: in ``dtype``).
+        values in 8 bits (see :class:`~memrope.cache.MemRoPECache`; ``None``: in ``dtype``);
+        ``key_workspace`` overrides the attachment's.
         """
         self._require_active()
         return new_wan_cache(
@@ -324,7 +326,7 @@ class DiffusersAttachment(AttachmentContext):
                 block.scale_shift_table.device if device is None else device
                 for block in self.transformer.blocks
             ],
-            key_workspace=self.key_workspace,  # type: ignore[arg-type]
+            key_workspace=self.key_workspace if key_workspace is None else key_workspace,
             kv_dtype=kv_dtype,
         )
 

@@ -10,7 +10,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -121,6 +121,7 @@ class Plan:
     weight_files: list[tuple[str, Path]] = field(default_factory=list)  # (role, local path), once resolved
     backend: str = "memrope"  # the DiT code: memrope's own, or a diffusers WanTransformer3DModel
     kv_dtype: torch.dtype | None = None  # 8-bit storage of the cached keys and values; None: self.dtype
+    key_workspace: Literal["per_layer", "shared"] = "per_layer"  # the cache's RoPE'd-key workspace
 
     @property
     def chunks(self) -> int:
@@ -154,6 +155,7 @@ class Plan:
             "shift": self.preset.shift,
             **({} if self.backend == "memrope" else {"backend": self.backend}),
             **({} if self.kv_dtype is None else {"kv_dtype": dtype_name(self.kv_dtype)}),
+            **({} if self.key_workspace == "per_layer" else {"key_workspace": self.key_workspace}),
         }
 
 
@@ -377,6 +379,7 @@ def _memory_estimate(
         preset.latent_hw,
         dtype=preset.default_dtype if dtype is None else dtype,
         kv_dtype=kv_dtype,
+        key_workspace=getattr(args, "key_workspace", "per_layer"),
         text_encoder=args.text_encoder or preset.text_encoder,
         vae=args.vae or preset.vae,
         latent_frames=num_frames,
@@ -602,4 +605,5 @@ def plan_generate(args: argparse.Namespace, env: DistributedEnv | None = None) -
         restart=args.restart,
         backend=args.backend,
         kv_dtype=kv_dtype,
+        key_workspace=args.key_workspace,
     )

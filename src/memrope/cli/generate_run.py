@@ -181,7 +181,13 @@ class _VideoRun:
         self.video = video
         self.weights = weights
         self.pipeline = make_pipeline(
-            plan.preset, model, cache=plan.cache, device=plan.device, dtype=plan.dtype, kv_dtype=plan.kv_dtype
+            plan.preset,
+            model,
+            cache=plan.cache,
+            device=plan.device,
+            dtype=plan.dtype,
+            kv_dtype=plan.kv_dtype,
+            key_workspace=plan.key_workspace,
         )
         self.chunk = plan.cache.chunk_frames
         self.frame_shape = (plan.preset.model_config.in_dim, *plan.preset.latent_hw)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -178,7 +178,7 @@ class CausalWanModel(nn.Module):
         *,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
-        key_workspace: str = "per_layer",
+        key_workspace: Literal["per_layer", "shared"] | None = None,
         kv_dtype: torch.dtype | str | None = None,
     ) -> MemRoPECache:
         """A cache sized for this model.
@@ -186,7 +186,8 @@ class CausalWanModel(nn.Module):
         Each layer's state lives on its block's device (models split over devices work as they are)
         unless ``device`` is given; ``dtype`` defaults to the model's. ``kv_dtype`` stores the cached
         keys and values in 8 bits (``torch.float8_e4m3fn``, ``torch.float8_e5m2``, ``torch.int8``;
-        ``None``: in ``dtype``), see :class:`~memrope.cache.MemRoPECache`.
+        ``None``: in ``dtype``) and ``key_workspace`` is ``"per_layer"`` (``None``, the default) or
+        ``"shared"``, see :class:`~memrope.cache.MemRoPECache`.
         """
         weight = self.patch_embedding.weight
         return new_wan_cache(
@@ -196,7 +197,7 @@ class CausalWanModel(nn.Module):
             self.token_grid(latent_hw),
             dtype=weight.dtype if dtype is None else dtype,
             layer_devices=[block.modulation.device if device is None else device for block in self.blocks],
-            key_workspace=key_workspace,  # type: ignore[arg-type]
+            key_workspace="per_layer" if key_workspace is None else key_workspace,
             kv_dtype=kv_dtype,
         )
 
