@@ -8,12 +8,13 @@ leaves ``path`` as it was. The new file gets the mode any new file gets under th
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_replace", "atomic_write_text", "default_file_mode", "move_into_place"]
+__all__ = ["atomic_replace", "atomic_write_text", "default_file_mode", "move_into_place", "swap_folder"]
 
 
 def default_file_mode() -> int:
@@ -52,3 +53,24 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     """Replace ``path`` atomically with ``text`` (UTF-8)."""
     with atomic_replace(path) as temporary:
         temporary.write_text(text, encoding="utf-8")
+
+
+def swap_folder(staging: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+    """Move the folder ``staging`` onto ``target`` (same file system).
+
+    An existing ``target`` is moved aside first and removed once ``staging`` is in place; if that
+    move fails, ``target`` is put back. A reader sees the old folder or the new one, never a mix.
+    """
+    staging, target = Path(staging), Path(target)
+    if not target.exists():
+        os.replace(staging, target)
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+    aside.rmdir()
+    os.replace(target, aside)
+    try:
+        os.replace(staging, target)
+    except BaseException:
+        os.replace(aside, target)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)

@@ -58,7 +58,7 @@ from huggingface_hub.utils import (
     RevisionNotFoundError,
 )
 
-from memrope._files import atomic_replace, default_file_mode
+from memrope._files import atomic_replace, default_file_mode, swap_folder
 from memrope.checkpoint_files import (
     NONFINITE_WEIGHTS_ADVICE,
     CheckpointFormatError,
@@ -871,7 +871,7 @@ def write_diffusers_folder(
         for path in written:
             os.chmod(path, mode)
         os.chmod(staging, _default_folder_mode())
-        _swap_folder(staging, target)
+        swap_folder(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -891,22 +891,6 @@ def _default_folder_mode() -> int:
     umask = os.umask(0)
     os.umask(umask)
     return 0o777 & ~umask
-
-
-def _swap_folder(staging: Path, target: Path) -> None:
-    """Move ``staging`` onto ``target``; an existing ``target`` is moved aside first and removed after."""
-    if not target.exists():
-        os.replace(staging, target)
-        return
-    aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
-    aside.rmdir()
-    os.replace(target, aside)
-    try:
-        os.replace(staging, target)
-    except BaseException:
-        os.replace(aside, target)
-        raise
-    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _diffusers_version() -> dict[str, str]:
