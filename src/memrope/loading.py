@@ -64,6 +64,7 @@ from memrope.checkpoint_files import (
     check_safetensors_file,
     nonfinite_summary,
 )
+from memrope.convert import from_diffusers_state_dict
 from memrope.errors import NonFiniteError
 
 __all__ = [
@@ -423,8 +424,6 @@ def _is_diffusers_layout(names: Iterable[str]) -> bool:
 
 def _normalise_keys(state_dict: Mapping[str, torch.Tensor], origin: str) -> dict[str, torch.Tensor]:
     if _is_diffusers_layout(state_dict):
-        from memrope.convert import from_diffusers_state_dict  # convert imports this module
-
         try:
             state_dict = from_diffusers_state_dict(state_dict)
         except ValueError as err:
