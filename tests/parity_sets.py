@@ -19,6 +19,22 @@ BUNDLED_PARITY_DIR = Path(__file__).resolve().parent / "data" / "parity"
 EXTRA_PARITY_DIR = os.environ.get(PARITY_DIR_ENV) or None
 PARITY_SETS: list[Path] = collect_parity_sets(BUNDLED_PARITY_DIR, EXTRA_PARITY_DIR)
 PARITY_IDS: list[str] = [path.stem for path in PARITY_SETS]
+TOLERANCE = 1e-4  # max abs error against the official vectors (float32 agrees to about 1e-6)
+
+
+def assert_replay_within_tolerance(
+    name: str, calls: int, flow_errors: list[float], cache_errors: list[tuple[int, float, float]]
+) -> None:
+    """Every call's flow and every chunk's layer-0 cache contents within :data:`TOLERANCE` (see :func:`replay_calls`)."""
+    assert len(flow_errors) == calls
+    worst_call = max(range(len(flow_errors)), key=flow_errors.__getitem__)
+    assert flow_errors[worst_call] < TOLERANCE, (
+        f"{name} call {worst_call}: flow max abs error {flow_errors[worst_call]:.3g}"
+    )
+    for chunk, key_error, value_error in cache_errors:
+        assert key_error < TOLERANCE and value_error < TOLERANCE, (
+            f"{name} chunk {chunk}: cache error k={key_error:.3g} v={value_error:.3g}"
+        )
 
 
 def replay_calls(

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from parity_sets import PARITY_IDS, PARITY_SETS, replay_calls
+from parity_sets import PARITY_IDS, PARITY_SETS, TOLERANCE, assert_replay_within_tolerance, replay_calls
 
 pytest.importorskip("diffusers")
 
@@ -20,7 +20,6 @@ from memrope.adapters.diffusers_wan import DiffusersAttachment, diffusers_transf
 from memrope.pipeline import CausalInferencePipeline
 from memrope.testing.parity import ParitySet, load_parity_set
 
-TOLERANCE = 1e-4
 DIFFUSERS_IDS = [f"diffusers-{name}" for name in PARITY_IDS]
 
 
@@ -37,15 +36,7 @@ def test_diffusers_call_replay_matches_official(path: Path) -> None:
     with _attach(parity) as attachment:
         cache = attachment.new_cache(parity.cache_config, parity.pipeline.batch, parity.pipeline.latent_hw)
         flow_errors, cache_errors = replay_calls(parity, attachment, cache)  # type: ignore[arg-type]
-    assert len(flow_errors) == len(parity.calls)
-    worst_call = max(range(len(flow_errors)), key=flow_errors.__getitem__)
-    assert flow_errors[worst_call] < TOLERANCE, (
-        f"{parity.name} call {worst_call}: flow max abs error {flow_errors[worst_call]:.3g}"
-    )
-    for chunk, key_error, value_error in cache_errors:
-        assert key_error < TOLERANCE and value_error < TOLERANCE, (
-            f"{parity.name} chunk {chunk}: cache error k={key_error:.3g} v={value_error:.3g}"
-        )
+    assert_replay_within_tolerance(parity.name, len(parity.calls), flow_errors, cache_errors)
 
 
 @pytest.mark.parametrize("path", PARITY_SETS, ids=DIFFUSERS_IDS)

@@ -10,11 +10,16 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-from parity_sets import BUNDLED_PARITY_DIR, PARITY_IDS, PARITY_SETS, replay_calls
+from parity_sets import (
+    BUNDLED_PARITY_DIR,
+    PARITY_IDS,
+    PARITY_SETS,
+    TOLERANCE,
+    assert_replay_within_tolerance,
+    replay_calls,
+)
 
 from memrope.testing.parity import ParitySet, load_parity_set
-
-TOLERANCE = 1e-4
 
 
 def test_bundled_parity_sets_are_present() -> None:
@@ -33,15 +38,7 @@ def _replay(parity: ParitySet) -> tuple[list[float], list[tuple[int, float, floa
 def test_call_replay_matches_official(path: Path) -> None:
     parity = load_parity_set(path)
     flow_errors, cache_errors = _replay(parity)
-    assert len(flow_errors) == len(parity.calls)
-    worst_call = max(range(len(flow_errors)), key=flow_errors.__getitem__)
-    assert flow_errors[worst_call] < TOLERANCE, (
-        f"call {worst_call}: flow max abs error {flow_errors[worst_call]:.3g}"
-    )
-    for chunk, key_error, value_error in cache_errors:
-        assert key_error < TOLERANCE and value_error < TOLERANCE, (
-            f"chunk {chunk}: cache error k={key_error:.3g} v={value_error:.3g}"
-        )
+    assert_replay_within_tolerance(parity.name, len(parity.calls), flow_errors, cache_errors)
 
 
 @pytest.mark.parametrize("path", PARITY_SETS, ids=PARITY_IDS)

@@ -18,6 +18,16 @@ NUM_TRAIN_TIMESTEPS = 1000
 
 
 # ------------------------------------------------------------------------------- wrapper
+
+
+def block_sizes(num_frames: int, chunk: int, independent_first_frame: bool) -> list[int]:
+    """Frames of each upstream block: ``[1]`` first with ``independent_first_frame``, then whole chunks."""
+    first = 1 if independent_first_frame else 0
+    if num_frames < first or (num_frames - first) % chunk:
+        raise ValueError(f"the noise has {num_frames} frames, not {first} + a multiple of {chunk} per block")
+    return [1] * first + [chunk] * ((num_frames - first) // chunk)
+
+
 class WanDiffusionWrapperStandin(nn.Module):
     """``WanDiffusionWrapper``-like: ``forward(noisy_image_or_video, conditional_dict, timestep, ...) -> (flow, x0)``."""
 
@@ -191,14 +201,7 @@ class CausalInferencePipelineStandin(nn.Module):
         )
 
     def _block_sizes(self, num_frames: int) -> list[int]:
-        """Frames of each block: ``[1]`` first with ``independent_first_frame``, then whole chunks."""
-        chunk = self.num_frame_per_block
-        first = 1 if self.independent_first_frame else 0
-        if num_frames < first or (num_frames - first) % chunk:
-            raise ValueError(
-                f"the noise has {num_frames} frames, not {first} + a multiple of {chunk} per block"
-            )
-        return [1] * first + [chunk] * ((num_frames - first) // chunk)
+        return block_sizes(num_frames, self.num_frame_per_block, self.independent_first_frame)
 
     def _start_video(self, batch: int, num_frames: int, dtype: torch.dtype, device: torch.device) -> None:
         """Allocate (or, for Self-Forcing, reset) the caches as the upstream pipeline does."""
@@ -402,13 +405,7 @@ class CausalDiffusionInferencePipelineStandin(nn.Module):
         self.crossattn_cache_neg = _text_cache_list(self.wan[0], batch_size, dtype, device, tensor_flag=True)
 
     def _block_sizes(self, num_frames: int) -> list[int]:
-        chunk = self.num_frame_per_block
-        first = 1 if self.independent_first_frame else 0
-        if num_frames < first or (num_frames - first) % chunk:
-            raise ValueError(
-                f"the noise has {num_frames} frames, not {first} + a multiple of {chunk} per block"
-            )
-        return [1] * first + [chunk] * ((num_frames - first) // chunk)
+        return block_sizes(num_frames, self.num_frame_per_block, self.independent_first_frame)
 
     def _start_video(self, batch: int, dtype: torch.dtype, device: torch.device) -> None:
         if self.kv_cache_pos is None:
