@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any
 
@@ -355,24 +355,19 @@ class ModelFamily:
                 description=self.description.format(
                     length=length, latent_frames=latent_frames, height=height, width=width
                 ),
-                checkpoint=self.checkpoint,
-                model_config=self.model_config,
                 latent_frames=latent_frames,
-                latent_hw=self.latent_hw,
-                cache=self.cache,
-                denoising_steps=self.denoising_steps,
-                first_chunk_denoising_steps=self.first_chunk_denoising_steps,
-                warp_denoising_step=self.warp_denoising_step,
-                shift=self.shift,
-                context_noise=self.context_noise,
-                text_encoder=self.text_encoder,
-                vae=self.vae,
-                default_dtype=self.default_dtype,
-                lora_checkpoint_kind=self.lora_checkpoint_kind,
-                license=self.license,
+                **{field_name: getattr(self, field_name) for field_name in _SHARED_WITH_PRESET},
             )
         return made
 
+
+#: The fields a family hands to each of its presets as they are (every Preset field but the per-preset ones).
+_SHARED_WITH_PRESET: tuple[str, ...] = tuple(
+    item.name
+    for item in fields(Preset)
+    if item.name not in ("name", "family", "description", "latent_frames")
+)
+assert set(_SHARED_WITH_PRESET) <= {item.name for item in fields(ModelFamily)}
 
 _OFFICIAL_DESCRIPTION = "{length} ({latent_frames} latent frames), {height}x{width}, MemRoPE cache"
 
