@@ -71,6 +71,7 @@ __all__ = [
     "MemoryEstimate",
     "ModelFamily",
     "Preset",
+    "families_named",
     "get_preset",
     "latent_frames_for_seconds",
     "presets_table",
@@ -607,16 +608,24 @@ def get_preset(name: str) -> Preset:
         raise KeyError(unknown_preset_message(name)) from None
 
 
+def families_named(name: str) -> list[ModelFamily]:
+    """The family called ``name``, else every family whose name starts with ``name`` (none for ``""``)."""
+    if name in MODEL_FAMILIES:
+        return [MODEL_FAMILIES[name]]
+    return [family for family in MODEL_FAMILIES.values() if name and family.name.startswith(name)]
+
+
 def unknown_preset_message(name: str) -> str:
     """Why ``name`` is not a preset: the nearest preset, its family's lengths and the other families.
 
     Every family's presets differ only in the default length, so the message also says that
     ``--seconds`` / ``--num-frames`` give any length with any of them.
     """
-    starting = [family for family in MODEL_FAMILIES if family.startswith(str(name)) and name]
+    starting = families_named(str(name))
     if len(starting) > 1:
         return (
-            f"unknown preset {name!r}; it starts the families {', '.join(starting)}: name one of them "
+            f"unknown preset {name!r}; it starts the families {', '.join(family.name for family in starting)}: "
+            "name one of them "
             "(`memrope presets` lists every preset)"
         )
     nearest = difflib.get_close_matches(str(name), list(PRESETS), n=1, cutoff=0.0)

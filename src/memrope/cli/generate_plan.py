@@ -31,7 +31,7 @@ from memrope.memory_plan import (
     kv_dtype_name,
     parse_kv_dtype,
 )
-from memrope.presets import MODEL_FAMILIES, PRESETS, Preset, unknown_preset_message
+from memrope.presets import PRESETS, Preset, families_named, unknown_preset_message
 from memrope.prompt_schedule import ScheduledPrompt, parse_prompt_schedule
 
 __all__ = ["Plan", "Video", "plan_generate"]
@@ -167,15 +167,12 @@ def _resolve_preset(name: str) -> Preset:
     """The preset ``name``; a family name (or the start of only one) means that family's first preset."""
     if name in PRESETS:
         return PRESETS[name]
-    families = [family for family in MODEL_FAMILIES.values() if family.name == name] or [
-        family for family in MODEL_FAMILIES.values() if family.name.startswith(name) and name
-    ]
+    families = families_named(name)
     if len(families) == 1:
-        preset = next(iter(families[0].presets().values()))
-        _note(
-            f"--model {name}: using preset {preset.name} (family {families[0].name}); --seconds sets the length"
-        )
-        return PRESETS[preset.name]
+        family = families[0]
+        preset = PRESETS[family.preset_name(next(iter(family.lengths)))]
+        _note(f"--model {name}: using preset {preset.name} (family {family.name}); --seconds sets the length")
+        return preset
     raise CLIError(unknown_preset_message(name))
 
 
