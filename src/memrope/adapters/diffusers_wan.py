@@ -267,9 +267,6 @@ class DiffusersAttachment(AttachmentContext):
         self._call.cache, self._call.text = None, None
         self.active = False
 
-    def __enter__(self) -> DiffusersAttachment:  # noqa: PYI034 (Self needs Python 3.11)
-        return self
-
     def __repr__(self) -> str:
         state = "active" if self.active else "removed"
         return (

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol
 
+from typing_extensions import Self
+
 from memrope.cache import MemRoPECache
 from memrope.config import MemRoPEConfig
 
@@ -61,7 +63,7 @@ class AttachmentContext:
     def remove(self) -> None:
         raise NotImplementedError
 
-    def __enter__(self) -> Any:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(

@@ -406,9 +406,6 @@ class Attachment(AttachmentContext):
         if _ATTACHED.get(self.model) is self:
             del _ATTACHED[self.model]
 
-    def __enter__(self) -> Attachment:  # noqa: PYI034 (Self needs Python 3.11)
-        return self
-
     def __repr__(self) -> str:
         state = "active" if self.active else "removed"
         return (
