@@ -12,6 +12,10 @@ with a few flow-matching steps each, then written back into the cache as clean c
 * A run can checkpoint itself (``save_every`` / ``checkpoint_path``) and be resumed bit-identically
   (``resume_from``): the checkpoint holds the cache, the CPU generator state, the prompt
   embeddings and the position in the initial noise (see below).
+* ``initial_latents`` start the video from given clean latents (image-to-video or video continuation,
+  Self-Forcing's ``initial_latent``): they are its first chunks, written into the cache chunk by chunk
+  by a clean call at timestep 0 and yielded unchanged; generation continues after them, and the noise
+  covers only the generated frames.
 * ``prompt_switches`` change the prompt at given latent frames, as LongLive's interactive mode does:
   at a switch the cross-attention context is recomputed for the new prompt and the frames of the
   cache window after the sink (recent frames and the last chunk) are re-encoded under it (KV
@@ -127,7 +131,8 @@ class ChunkResult:
         index: chunk number, from 0.
         start_frame: first latent frame of the chunk in the video.
         latents: clean latents ``[B, f, C, H, W]`` in the pipeline dtype, on its device (``f``:
-            ``chunk_frames``, or ``first_chunk_frames`` for chunk 0 when set).
+            ``chunk_frames``, or ``first_chunk_frames`` for chunk 0 when set); for a chunk of the
+            run's ``initial_latents``, those latents.
         frames: the decoder's output for ``latents``, or ``None`` without a decoder.
     """
 
@@ -158,6 +163,8 @@ class _Run:
     next_chunk: int
     switches: tuple[PromptSwitch, ...] = ()  # increasing frames, embeds in pipeline dtype on device
     history: torch.Tensor | None = None  # clean latents [B, n, C, H, W] of the frames before next_chunk
+    initial_frames: int = 0  # frames of the video given as initial_latents
+    initial: torch.Tensor | None = None  # the given latents from next_chunk on, not yet in the cache
 
 
 class CausalInferencePipeline:
@@ -273,6 +280,7 @@ class CausalInferencePipeline:
         seed: int | None = None,
         latent_hw: tuple[int, int] | None = None,
         prompt_switches: Sequence[tuple[int, torch.Tensor]] | None = None,
+        initial_latents: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Generate a whole latent video ``[B, num_frames, C, H, W]`` (see :meth:`stream`).
 
@@ -286,6 +294,7 @@ class CausalInferencePipeline:
             seed=seed,
             latent_hw=latent_hw,
             prompt_switches=prompt_switches,
+            initial_latents=initial_latents,
         )
         return torch.cat([chunk.latents for chunk in chunks], dim=1)
 
@@ -299,6 +308,7 @@ class CausalInferencePipeline:
         seed: int | None = None,
         latent_hw: tuple[int, int] | None = None,
         prompt_switches: Sequence[tuple[int, torch.Tensor]] | None = None,
+        initial_latents: torch.Tensor | None = None,
         resume_from: PathLike | dict[str, Any] | None = None,
         save_every: int | None = None,
         checkpoint_path: PathLike | None = None,
@@ -310,25 +320,34 @@ class CausalInferencePipeline:
 
         Args:
             text_embeds: prompt embeddings ``[B, L, text_dim]``, ``1 <= L <= text_len``.
-            num_frames: latent frames to generate, a positive multiple of ``chunk_frames`` (with
-                ``first_chunk_frames``: that plus a multiple of ``chunk_frames``).
-            noise: initial noise ``[B, num_frames, C, H, W]``; drawn from the generator when ``None``.
+            num_frames: latent frames of the video, a positive multiple of ``chunk_frames`` (with
+                ``first_chunk_frames``: that plus a multiple of ``chunk_frames``); ``initial_latents``
+                included.
+            noise: initial noise ``[B, num_frames - n, C, H, W]`` of the generated frames (``n``: the
+                frames of ``initial_latents``, else 0); drawn from the generator when ``None``.
             generator: CPU generator for all random draws (it is advanced); exclusive with ``seed``.
             seed: seeds a fresh CPU generator; with neither, a random seed is used.
-            latent_hw: latent ``(H, W)`` when ``noise`` is not given (default ``(60, 104)``: 480x832).
+            latent_hw: latent ``(H, W)`` when neither ``noise`` nor ``initial_latents`` gives it
+                (default ``(60, 104)``: 480x832).
             prompt_switches: ``(frame, text_embeds)`` pairs, frames increasing, each a chunk boundary
                 (a multiple of ``chunk_frames`` unless ``first_chunk_frames`` is set) in
                 ``(0, num_frames)``, embeddings ``[B, L, text_dim]`` with the batch of ``text_embeds``: from ``frame`` on the video follows that prompt (see the module
                 docstring); the frames before ``frame`` are exactly those of a run without the switch.
+            initial_latents: clean latents ``[B, n, C, H, W]`` of the video's first ``n`` frames (the
+                batch of ``text_embeds``), ``n`` a chunk boundary below ``num_frames``: they are
+                written into the cache and yielded as the first chunks, and the rest of the video
+                continues them (see the module docstring).
             resume_from: a checkpoint path or :meth:`state_dict` to continue from; excludes
-                ``text_embeds``, ``num_frames``, ``noise``, ``generator``, ``seed``, ``latent_hw`` and
-                ``prompt_switches``.
+                ``text_embeds``, ``num_frames``, ``noise``, ``generator``, ``seed``, ``latent_hw``,
+                ``prompt_switches`` and ``initial_latents``.
             save_every: write a checkpoint to ``checkpoint_path`` after every ``save_every`` chunks.
             checkpoint_path: where periodic checkpoints go (replaced atomically).
         """
         _check_checkpointing(save_every, checkpoint_path)
         if resume_from is None:
-            run = self._start_run(text_embeds, num_frames, noise, generator, seed, latent_hw, prompt_switches)
+            run = self._start_run(
+                text_embeds, num_frames, noise, generator, seed, latent_hw, prompt_switches, initial_latents
+            )
         else:
             given = {
                 "text_embeds": text_embeds,
@@ -338,6 +357,7 @@ class CausalInferencePipeline:
                 "seed": seed,
                 "latent_hw": latent_hw,
                 "prompt_switches": prompt_switches,
+                "initial_latents": initial_latents,
             }
             conflicting = [name for name, value in given.items() if value is not None]
             if conflicting:
@@ -355,11 +375,13 @@ class CausalInferencePipeline:
         Returns:
             ``{"cache": cache.state_dict(), "generator_state": uint8 tensor, "text_embeds":
             [B, L, text_dim], "noise": InitialNoise.state_dict(), "switches": [(frame, [B, L, text_dim])],
-            "history": [B, n, C, H, W] or None, "meta": JSON-able dict}`` with ``meta`` holding
-            ``next_chunk``, ``start_frame``, ``num_frames`` and the settings a resume must share.
+            "history": [B, n, C, H, W] or None, "initial_latents": [B, m, C, H, W] or None, "meta":
+            JSON-able dict}`` with ``meta`` holding ``next_chunk``, ``start_frame``, ``num_frames``,
+            ``initial_frames`` and the settings a resume must share.
             ``noise`` holds per-item generator states (a few KB), or the unused initial noise
             ``[B, F_left, C, H, W]`` when it is held (see the module docstring); ``history`` the
-            clean latents a later prompt switch re-encodes.
+            clean latents a later prompt switch re-encodes; ``initial_latents`` the given latents not
+            yet written into the cache.
         """
         if self._run is None:
             raise RuntimeError("state_dict() needs a run: call stream() or generate() first")
@@ -377,12 +399,14 @@ class CausalInferencePipeline:
             "noise": run.noise.state_dict(),
             "switches": [(switch.frame, switch.text_embeds.detach().clone()) for switch in run.switches],
             "history": None if run.history is None else run.history.detach().clone(),
+            "initial_latents": None if run.initial is None else run.initial.detach().clone(),
             "meta": {
                 "format": STATE_FORMAT,
                 "version": STATE_VERSION,
                 "next_chunk": run.next_chunk,
                 "start_frame": self.cache_config.chunk_start(run.next_chunk),
                 "num_frames": run.num_frames,
+                "initial_frames": run.initial_frames,
                 **self._settings(),
             },
         }
@@ -429,21 +453,29 @@ class CausalInferencePipeline:
         seed: int | None,
         latent_hw: tuple[int, int] | None,
         prompt_switches: Sequence[tuple[int, torch.Tensor]] | None,
+        initial_latents: torch.Tensor | None,
     ) -> _Run:
         text_embeds = self._check_text_embeds(text_embeds)
         batch = text_embeds.shape[0]
         num_frames = self._check_num_frames(num_frames)
         switches = self._check_switches(prompt_switches, batch, num_frames)
+        given = None
+        if initial_latents is not None:
+            given = self._check_initial_latents(initial_latents, batch, num_frames, latent_hw)
+            latent_hw = (given.shape[3], given.shape[4])
+        initial_frames = 0 if given is None else given.shape[1]
         generator = _make_generator(generator, seed)
         if noise is None:
             height, width = _check_latent_hw(latent_hw if latent_hw is not None else DEFAULT_LATENT_HW)
             frame_shape = (self.model.config.in_dim, height, width)
-            initial = InitialNoise(generator, batch, num_frames, frame_shape, self.dtype)
+            initial = InitialNoise(generator, batch, num_frames - initial_frames, frame_shape, self.dtype)
         else:
             initial = InitialNoise.from_tensor(
-                self._check_noise(noise, batch, num_frames, latent_hw).to(self.dtype)
+                self._check_noise(noise, batch, num_frames, latent_hw, initial_frames).to(self.dtype)
             )
-        run = self._new_run(text_embeds, initial, generator, num_frames, 0, switches, None)
+        run = self._new_run(
+            text_embeds, initial, generator, num_frames, 0, switches, None, initial_frames, given
+        )
         if self.decoder is not None:
             self.decoder.reset()
         return run
@@ -456,8 +488,14 @@ class CausalInferencePipeline:
         generator.set_state(state["generator_state"].clone())  # clone: no storage offset
         text_embeds = self._check_text_embeds(state["text_embeds"], "resume_from text_embeds")
         noise = InitialNoise.from_state_dict(state["noise"])
+        initial_frames = meta.get("initial_frames", 0)
         got = (noise.batch, noise.num_frames, noise.frames_used, noise.frame_shape[0])
-        expected = (text_embeds.shape[0], meta["num_frames"], meta["start_frame"], self.model.config.in_dim)
+        expected = (
+            text_embeds.shape[0],
+            meta["num_frames"] - initial_frames,
+            max(meta["start_frame"] - initial_frames, 0),
+            self.model.config.in_dim,
+        )
         if got != expected:
             raise ValueError(
                 "resume_from initial noise is for (batch, num_frames, frames used, channels) = "
@@ -469,11 +507,28 @@ class CausalInferencePipeline:
         history = state.get("history")
         if history is not None:
             _check_finite(history, "resume_from history (the clean latents kept for prompt switches)")
+        given = state.get("initial_latents")
+        left = max(initial_frames - meta["start_frame"], 0)
+        if (0 if given is None else given.shape[1]) != left:
+            raise ValueError(
+                f"resume_from holds {0 if given is None else given.shape[1]} initial latent frames not yet "
+                f"in the cache, but the run needs {left}"
+            )
+        if given is not None:
+            _check_finite(given, "resume_from initial_latents (the given frames not yet in the cache)")
         for name, value in state["noise"].items():
             if isinstance(value, torch.Tensor):
                 _check_finite(value, f"resume_from initial noise {name!r}")
         run = self._new_run(
-            text_embeds, noise, generator, meta["num_frames"], meta["next_chunk"], switches, history
+            text_embeds,
+            noise,
+            generator,
+            meta["num_frames"],
+            meta["next_chunk"],
+            switches,
+            history,
+            initial_frames,
+            given,
         )
         run.cache.load_state_dict(state["cache"])
         run.cache.check_finite()
@@ -489,6 +544,8 @@ class CausalInferencePipeline:
         next_chunk: int,
         switches: tuple[PromptSwitch, ...],
         history: torch.Tensor | None,
+        initial_frames: int = 0,
+        initial: torch.Tensor | None = None,
     ) -> _Run:
         text_embeds = text_embeds.to(device=self.device, dtype=self.dtype)
         switches = tuple(
@@ -507,7 +564,21 @@ class CausalInferencePipeline:
         context = self.model.encode_context(in_force[-1] if in_force else text_embeds)
         if history is not None:
             history = history.to(device=self.device, dtype=self.dtype)
-        return _Run(text_embeds, context, noise, generator, cache, num_frames, next_chunk, switches, history)
+        if initial is not None:
+            initial = initial.to(device=self.device, dtype=self.dtype)
+        return _Run(
+            text_embeds,
+            context,
+            noise,
+            generator,
+            cache,
+            num_frames,
+            next_chunk,
+            switches,
+            history,
+            initial_frames,
+            initial,
+        )
 
     # ------------------------------------------------------------------ validation
     def _check_text_embeds(self, text_embeds: torch.Tensor | None, name: str = "text_embeds") -> torch.Tensor:
@@ -598,16 +669,57 @@ class CausalInferencePipeline:
             switches.append(PromptSwitch(frame, embeds))
         return tuple(switches)
 
-    def _check_noise(
-        self, noise: torch.Tensor, batch: int, num_frames: int, latent_hw: tuple[int, int] | None
+    def _check_initial_latents(
+        self, initial_latents: torch.Tensor, batch: int, num_frames: int, latent_hw: tuple[int, int] | None
     ) -> torch.Tensor:
+        config = self.cache_config
         channels = self.model.config.in_dim
         hw = "H, W" if latent_hw is None else ", ".join(str(n) for n in _check_latent_hw(latent_hw))
-        expected = f"[{batch}, {num_frames}, {channels}, {hw}]"
+        boundaries = ", ".join(str(config.chunk_start(index)) for index in range(1, 4))
+        expected = f"[{batch}, n, {channels}, {hw}] with n a chunk boundary ({boundaries}, ...) below num_frames={num_frames}"
+        if not isinstance(initial_latents, torch.Tensor) or not initial_latents.is_floating_point():
+            raise TypeError(
+                f"initial_latents must be a floating tensor {expected}, got {initial_latents!r:.80}"
+            )
+        shape = tuple(initial_latents.shape)
+        if (
+            initial_latents.ndim != 5
+            or shape[0] != batch
+            or shape[2] != channels
+            or (latent_hw is not None and shape[3:] != tuple(latent_hw))
+            or config.chunk_index(shape[1]) in (None, 0)
+            or shape[1] >= num_frames
+        ):
+            raise ValueError(
+                f"initial_latents must have shape {expected} (batch from text_embeds), got {list(shape)}"
+            )
+        _check_finite(
+            initial_latents, "initial_latents", "pass finite clean latents (e.g. from the VAE encoder)"
+        )
+        return initial_latents.to(device=self.device, dtype=self.dtype)
+
+    def _check_noise(
+        self,
+        noise: torch.Tensor,
+        batch: int,
+        num_frames: int,
+        latent_hw: tuple[int, int] | None,
+        initial_frames: int = 0,
+    ) -> torch.Tensor:
+        """``noise`` of the generated frames: ``[B, num_frames - initial_frames, C, H, W]``."""
+        channels = self.model.config.in_dim
+        hw = "H, W" if latent_hw is None else ", ".join(str(n) for n in _check_latent_hw(latent_hw))
+        generated = num_frames - initial_frames
+        expected = f"[{batch}, {generated}, {channels}, {hw}]"
+        if initial_frames:
+            expected += (
+                f" (the generated frames only: num_frames={num_frames} less the {initial_frames} "
+                "frames of initial_latents)"
+            )
         if not isinstance(noise, torch.Tensor) or not noise.is_floating_point():
             raise ValueError(f"noise must be a floating tensor {expected}, got {noise!r:.80}")
         shape = tuple(noise.shape)
-        if noise.ndim != 5 or shape[:3] != (batch, num_frames, channels):
+        if noise.ndim != 5 or shape[:3] != (batch, generated, channels):
             raise ValueError(f"noise must have shape {expected} (batch from text_embeds), got {list(shape)}")
         if latent_hw is not None and shape[3:] != tuple(latent_hw):
             raise ValueError(f"noise must have shape {expected} to match latent_hw, got {list(shape)}")
@@ -629,8 +741,13 @@ class CausalInferencePipeline:
             for switch in run.switches:
                 if switch.frame == start:
                     self._switch_prompt(run, switch.text_embeds)
-            x = run.noise.take(chunk).to(device=self.device, dtype=self.dtype)
-            latents, context_output = self._denoise_chunk(run, x, start)
+            if run.initial is not None:
+                latents = run.initial[:, :chunk]
+                run.initial = run.initial[:, chunk:] if run.initial.shape[1] > chunk else None
+                context_output = self._write_given(run, latents, start)
+            else:
+                x = run.noise.take(chunk).to(device=self.device, dtype=self.dtype)
+                latents, context_output = self._denoise_chunk(run, x, start)
             self._check_chunk(run, index, start, latents, context_output)
             self._remember(run, latents, start)
             run.next_chunk = index + 1
@@ -699,6 +816,12 @@ class CausalInferencePipeline:
         t_context = self._context_timesteps(batch, frames)
         context_output = self.model(x0, t_context, run.context, cache=run.cache, start_frame=start_frame)
         return x0, context_output
+
+    def _write_given(self, run: _Run, latents: torch.Tensor, start_frame: int) -> torch.Tensor:
+        """Commit given clean latents ``[B, f, C, H, W]`` to the cache with a clean call at timestep 0 (as
+        Self-Forcing writes its ``initial_latent``); returns the call's output (same shape)."""
+        zero = torch.zeros(latents.shape[:2], dtype=torch.float32, device=self.device)
+        return self.model(latents, zero, run.context, cache=run.cache, start_frame=start_frame)
 
     def _switch_prompt(self, run: _Run, text_embeds: torch.Tensor) -> None:
         """Follow ``text_embeds`` from now on: new cross-attention context, window re-encoded (KV re-cache)."""

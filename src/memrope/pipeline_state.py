@@ -2,7 +2,8 @@
 
 A checkpoint is one safetensors file: the cache tensors (prefixed ``cache.``), the CPU generator state,
 the prompt embeddings, the tensors of the initial noise state (``noise.``), the prompt-switch embeddings
-(``switch_embeds.<i>``) and the kept clean latents (``history``); everything else (settings, position,
+(``switch_embeds.<i>``), the kept clean latents (``history``) and the given first latents not yet
+written into the cache (``initial_latents``); everything else (settings, position,
 the non-tensor noise state, the switch frames) is JSON under the ``memrope_pipeline_state`` metadata key.
 Versions 1 and 2 stay readable and are upgraded to the current form (:func:`upgrade_state`).
 """
@@ -41,6 +42,7 @@ _CACHE_PREFIX = "cache."
 _NOISE_PREFIX = "noise."
 _SWITCH_PREFIX = "switch_embeds."
 _HISTORY_KEY = "history"
+_INITIAL_KEY = "initial_latents"
 PathLike = str | os.PathLike[str]
 
 
@@ -57,8 +59,9 @@ def save_state_file(state: dict[str, Any], path: Path) -> None:
     for index, (frame, embeds) in enumerate(state.get("switches", ())):
         switch_frames.append(frame)
         tensors[f"{_SWITCH_PREFIX}{index}"] = embeds
-    if state.get("history") is not None:
-        tensors[_HISTORY_KEY] = state["history"]
+    for key in (_HISTORY_KEY, _INITIAL_KEY):
+        if state.get(key) is not None:
+            tensors[key] = state[key]
     noise_info = {}
     for name, value in state["noise"].items():
         if isinstance(value, torch.Tensor):
@@ -122,6 +125,7 @@ def read_state_file(path: PathLike) -> dict[str, Any]:
     except KeyError as missing:
         raise ValueError(f"{os.fspath(path)!r} is missing the tensor {missing.args[0]!r}") from None
     state["history"] = tensors.get(_HISTORY_KEY)
+    state["initial_latents"] = tensors.get(_INITIAL_KEY)
     return state
 
 
