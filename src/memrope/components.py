@@ -54,6 +54,7 @@ __all__ = [
     "load_decoder",
     "load_model",
     "load_text_encoder",
+    "make_initial_latents",
     "make_pipeline",
 ]
 
@@ -182,6 +183,24 @@ def load_decoder(
             raise ValueError(f"the toy decoder decodes {TOY_MODEL_CONFIG.out_dim}-channel toy latents only")
         return ToyDecoder()
     return WanVAEDecoder.from_pretrained(source, dtype=torch.float32, device=_device(device), offload=offload)
+
+
+def make_initial_latents(preset: Preset, *, seed: int, batch_size: int = 1) -> torch.Tensor | None:
+    """The clean latents ``[B, f, C, H, W]`` the preset's videos start from (``preset.initial_latents``),
+    for ``CausalInferencePipeline.stream(initial_latents=...)``; ``None`` when it generates every chunk.
+
+    ``"toy-world"``: the first :data:`~memrope.toy.TOY_GIVEN_FRAMES` latent frames (the sink) of the toy
+    world's videos of ``seed`` (:func:`memrope.toy.world.world_latents`: ``batch_size`` scenes drawn
+    from it).
+    """
+    if preset.initial_latents is None:
+        return None
+    if preset.initial_latents == "toy-world":
+        from memrope.toy import TOY_GIVEN_FRAMES
+        from memrope.toy.world import world_latents
+
+        return world_latents(seed, TOY_GIVEN_FRAMES, batch_size)
+    raise ValueError(f"preset {preset.name!r}: unknown initial_latents source {preset.initial_latents!r}")
 
 
 def make_pipeline(

@@ -14,11 +14,13 @@ new family is one entry there or one :func:`register_model_family` call.
   with weights drawn from a fixed seed, the download-free :class:`~memrope.encoders.HashTextEncoder`
   and the weight-free :class:`~memrope.vae.TinyDecoder`. It runs anywhere in seconds; its weights
   are random, so its videos show coloured, temporally blended noise, not the prompt.
-* ``toy``: a 0.69M-parameter causal Wan DiT trained by ``scripts/train_toy.py`` on memrope's
+* ``toy``: a 1.2M-parameter causal Wan DiT trained by ``scripts/train_toy.py`` on memrope's
   synthetic world of coloured shapes bouncing over a fixed background (:mod:`memrope.toy`), its
   weights shipped in the package (:data:`memrope.loading.CHECKPOINTS` ``"toy"``), with the hash
   text encoder (the model is unconditional) and the exact weight-free :class:`~memrope.toy.ToyDecoder`;
-  128x192, the MemRoPE cache, steps [1000, 750, 500, 250] on the unshifted schedule (shift 1).
+  128x192, frame by frame through the MemRoPE cache (3 sink + 2 memory + 6 recent + 1), steps
+  [1000, 750, 500, 250] on the unshifted schedule (shift 1); every video continues the world's first
+  3 latent frames of the seed's scene (``initial_latents="toy-world"``).
 * ``self-forcing-<length>`` / ``longlive-<length>`` for the official lengths 30 s (120 latent
   frames), 60 s (240), 120 s (480), 240 s (960), 480 s (1920) and 1 h (14400): Wan2.1-T2V-1.3B at
   480x832 (latents 60x104), chunks of 3 latent frames, the paper's MemRoPE cache, steps
@@ -57,7 +59,7 @@ from memrope.encoders import UMT5_TEXT_DIM, UMT5_TEXT_LEN, WAN21_DIFFUSERS_REPO,
 from memrope.loading import CHECKPOINTS, CheckpointKind
 from memrope.memory_plan import GIB, MemoryEstimate, memory_table, preset_estimate
 from memrope.models.wan import CausalWanModel, WanConfig
-from memrope.toy import TOY_LATENT_FRAMES, TOY_LATENT_HW, TOY_MODEL_CONFIG
+from memrope.toy import TOY_CACHE, TOY_LATENT_FRAMES, TOY_LATENT_HW, TOY_MODEL_CONFIG
 from memrope.vae import TinyDecoder
 from memrope.video_lengths import FPS, TEMPORAL_FACTOR, latent_frames_for_seconds, video_frame_count
 
@@ -84,6 +86,8 @@ __all__ = [
 SPATIAL_FACTOR = 8
 #: Decoder names resolved without a download (:func:`memrope.components.load_decoder`).
 BUILT_IN_DECODERS = ("tiny", "toy")
+#: The sources of a preset's given first chunk (Preset.initial_latents); None: generated.
+INITIAL_LATENT_SOURCES = (None, "toy-world")
 #: :attr:`ModelFamily.license` of a family that does not give one.
 LICENSE_NOT_STATED = "not stated"
 
@@ -165,6 +169,9 @@ class Preset:
             ``--dtype`` says otherwise).
         lora_checkpoint_kind: how a checkpoint given with a LoRA is read (see :class:`ModelFamily`).
         license: the license of the weights as their publisher states it (see :class:`ModelFamily`).
+        initial_latents: where the video's first chunk comes from when the model continues given
+            frames (:func:`memrope.components.make_initial_latents`): ``"toy-world"``, the toy world's
+            scene of the seed; ``None`` (default): generated from noise like every chunk.
     """
 
     name: str
@@ -185,8 +192,14 @@ class Preset:
     default_dtype: torch.dtype = torch.bfloat16
     lora_checkpoint_kind: CheckpointKind = "auto"
     license: str = LICENSE_NOT_STATED
+    initial_latents: str | None = None
 
     def __post_init__(self) -> None:
+        if self.initial_latents not in INITIAL_LATENT_SOURCES:
+            raise ValueError(
+                f"preset {self.name!r}: initial_latents must be one of {INITIAL_LATENT_SOURCES}, "
+                f"got {self.initial_latents!r}"
+            )
         if self.checkpoint is not None and self.checkpoint not in CHECKPOINTS:
             raise ValueError(f"preset {self.name!r}: unknown checkpoint {self.checkpoint!r}")
         if self.latent_frames % self.cache.chunk_frames:
@@ -313,6 +326,7 @@ class ModelFamily:
             detected from the file).
         license: the license of the weights as their publisher states it (an SPDX id such as
             ``"Apache-2.0"``, or a sentence with the page to read); shown by ``memrope presets``.
+        initial_latents: as in :class:`Preset` (``None``: every chunk is generated).
     """
 
     name: str
@@ -332,6 +346,7 @@ class ModelFamily:
     default_dtype: torch.dtype = torch.bfloat16
     lora_checkpoint_kind: CheckpointKind = "auto"
     license: str = LICENSE_NOT_STATED
+    initial_latents: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.license, str) or not self.license.strip():
@@ -436,11 +451,13 @@ for _family in (
         lengths={"": TOY_LATENT_FRAMES * 4},  # 48 frames: the trained 12, then the cache evicts
         model_config=TOY_MODEL_CONFIG,
         latent_hw=TOY_LATENT_HW,
+        cache=TOY_CACHE,
         text_encoder="hash",
         vae="toy",
         shift=1.0,  # the schedule it was trained on (scripts/train_toy.py): sigmas 1, 0.75, 0.5, 0.25
         default_dtype=torch.float32,
         license="Apache-2.0 (memrope's own)",
+        initial_latents="toy-world",  # it continues the world's first chunk (image-to-video)
     ),
     ModelFamily(
         name="self-forcing",

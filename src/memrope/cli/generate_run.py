@@ -245,6 +245,7 @@ class _VideoRun:
 
     def _start(self, decoder: Any) -> Iterable[Any]:
         """Write the run file, re-decode the frames of an interrupted run and open the chunk stream."""
+        from memrope.components import make_initial_latents
         from memrope.video import to_uint8
 
         plan, video, log = self.plan, self.video, self.log
@@ -268,6 +269,7 @@ class _VideoRun:
             seed=plan.seed,
             latent_hw=plan.preset.latent_hw,
             prompt_switches=switches or None,
+            initial_latents=make_initial_latents(plan.preset, seed=plan.seed),  # one video: batch 1
         )
 
     def _attach_recorder(self) -> None:
