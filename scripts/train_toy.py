@@ -1,70 +1,83 @@
 """Train the toy DiT (``memrope generate --model toy``) from scratch on the synthetic world, on a CPU.
 
 Not run by CI. ``python scripts/train_toy.py`` rewrites ``src/memrope/toy/toy_dit.safetensors``
-(the shipped file: the default arguments, 800 steps of batch 4 in 1041 s on one thread of a shared
-2-core machine, final loss 0.0209 in x0 units; one thread is faster than two there: a batch-8 step
-took 3.0 s on one thread and 13.3 s on two while other jobs ran). Everything is seeded: the world
-videos, the noise, the timesteps and the initial weights.
+(the shipped file: the default arguments, 800 steps of batch 4 on the two threads of this shared
+2-core machine; its metadata record the seed, steps, wall time and final loss, the mean of the last
+``LOSS_WINDOW`` steps in normalised-latent x0 units, the latents having unit variance).
+Everything is seeded: the world videos, the noise, the timesteps and the initial weights (two
+threads may reorder float sums, so a rerun matches in quality, not bit for bit).
 
-Status: this recipe does NOT yet give a working model (issue 14 stays open; tests/test_toy.py marks
-the quality test xfail). Measured with the world's exact measure on the shipped weights:
+Status (issue 14 is open): the model continues the world's first frames with its objects whole for
+a few latent frames, then they shrink, change colour and fade into the background, well before the
+trained 12 frames are over (numbers: README "The toy model", ``benchmarks/toy_drift.py``).
 
-* Given real context (clean frames of the canonical video in the cache), the model continues it:
-  chunk 1 keeps all three objects (pixel counts 45/19/45 of 58/24/52, centroids within 0.5 px,
-  fill 0.8), chunk 2 two of them, chunk 3 two faded ones, chunk 4 none. Teacher-forced x0 error
-  of chunks 1-3 at ``s = 1``: 0.010-0.012 (the variance of the world's latents is 0.074). The
-  model's own outputs drift from the training distribution within two or three chunks, so it
-  never reaches the cache's eviction phase with objects left.
-* From noise (the README command), the first chunk is the weak part: its x0 error at ``s = 1`` is
-  0.070, and the sampler draws blurred blobs where the canonical objects are (one of three passes
-  the measure) that fade by chunk 2. A first chunk has no context to copy from: the model must
-  place a fixed scene with nothing but relative (RoPE) positions, which it learns only through
-  the frame's edges (its mean estimate over noise draws correlates 0.67 with the canonical frames).
-
-Recipe: block-causal teacher forcing in one forward pass, flow matching on the sampler's own steps.
+Recipe: the first frames are given; every later frame is learnt by block-causal teacher forcing in
+one forward pass, with flow matching on the sampler's own steps.
 
 * Model: memrope's :class:`~memrope.models.wan.CausalWanModel` with
-  :data:`memrope.toy.TOY_MODEL_CONFIG` (4 blocks, dim 96, 12-channel latents, 0.69M parameters),
+  :data:`memrope.toy.TOY_MODEL_CONFIG` (4 blocks, dim 128, 2 heads of 64, 12-channel latents),
   run by the same :func:`memrope.models.wan_forward.wan_forward` as at inference. The
   cross-attention output projections are zeroed and frozen, so the model is unconditional (any
   prompt gives the same video for a seed).
-* One training sample is a world video of ``TRAIN_FRAMES`` (12) latent frames, i.e. 4 chunks of 3:
-  the toy cache's filling phase (3 sink + 2 memory + 4 recent + 3 chunk = 12 slots), where the
-  cache puts frame ``f`` at RoPE position ``f``. The model sees the sequence
-  ``[clean frames 0..11 | noisy frames 0..11]`` (24 frames) in one call, through a
-  :class:`TeacherForcingContext` that stands in for the cache: keys are RoPE'd at their frame
-  index (a clean frame and its noisy twin share a position), and the attention kernel
+* Frame by frame (:data:`memrope.toy.TOY_CACHE`: chunks of 1 latent frame, 12 slots = 3 sink +
+  2 memory + 6 recent + 1 current), as Causal Forcing's frame-wise models: each frame is predicted
+  one step ahead of its context.
+* The first :data:`~memrope.toy.TOY_GIVEN_FRAMES` (3) latent frames are the world's (image-to-video:
+  the toy preset's ``initial_latents``), never generated: a model that sees only relative (RoPE)
+  positions cannot place a scene's objects and textured background in an empty frame (a trial that
+  learnt one canonical first scene drew blurred blobs that faded within two chunks).
+* One training sample is a world video of ``TRAIN_FRAMES`` (12) latent frames, the cache's filling
+  phase, where the cache puts frame ``f`` at RoPE position ``f``; its last frame sits where every
+  frame sits once the cache is full (slot 11 after 11 context frames). The model sees ``[clean
+  frames 0..10 | noisy frames 3..11]`` (20 frames) in one call, through a
+  :class:`TeacherForcingContext` that stands in for the cache: keys are RoPE'd at their frame index
+  (a clean frame and its noisy twin share a position), and the attention kernel
   (:func:`block_causal_attention`, threaded through ``wan_forward(..., attention=)``) masks it so a
   clean frame of chunk ``c`` sees the clean frames of chunks ``<= c`` (what the pipeline's context
   call of chunk ``c`` sees) and a noisy frame of chunk ``c`` sees the clean frames of chunks ``< c``
-  and the noisy frames of chunk ``c`` (what a denoising call of chunk ``c`` sees). Clean frames
-  are at timestep 0 (the pipeline's context calls), noisy ones at a per-chunk timestep drawn from
-  the sampler's four steps ``[1000, 750, 500, 250]`` (toy preset, shift 1: sigmas 1, .75, .5, .25),
-  ``x_t = (1 - s) x0 + s e``. Unlike a chunk-by-chunk walk through the real cache (whose in-place
-  buffers cannot carry autograd across calls), the gradient flows through the context keys and
-  values, so the model learns to write context it can read.
-* Loss: the MSE, on the noisy half, of the step's clean estimate ``x_t - s * flow`` (the pipeline's
-  ``x0``) against ``x0``, i.e. the flow error against ``e - x0`` weighted by ``s^2``. A trial with the
-  unweighted flow MSE (batch 8, 160 steps) learnt slower: its loss is dominated by predicting the
-  noise at ``s = 0.25``, while where the objects go is decided at ``s = 1`` and ``0.75``. Clean
-  context frames get a small Gaussian perturbation (std drawn up to ``--context-jitter`` per
-  video) so the model learns to continue imperfect context, as its own outputs will be.
-* The first chunk: the pipeline's sampler re-noises each step's ``x0`` estimate with fresh noise,
-  and an MSE-trained model's estimate of a random scene from pure noise is the mean scene
-  (background, no objects). So the first chunk is learnt from one canonical video only (world
-  seed ``CANONICAL_SEED``; ``CANONICAL_VIDEOS`` of each batch show it, its loss on chunk 0 is the
-  only chunk-0 loss): every generated video starts from that scene. Later chunks given clean
-  context are near-deterministic (constant velocity, bounces), which an MSE model can learn
-  sharply; they are learnt from every video of the batch.
-* Batch 4 (2 canonical videos, 2 random ones) for 800 steps rather than batch 8 for 400: at the same
-  cost, the trial with batch 8 was no further at step 200 than batch 4 at step 200 (x0 error of
-  chunks 1-3 at ``s = 1``: 0.06-0.08 both).
+  and the noisy frames of chunk ``c`` (what a denoising call of chunk ``c`` sees;
+  ``tests/test_toy.py`` checks the two give the same flow). Clean frames are at timestep 0 (the
+  pipeline's context calls), noisy ones at a per-chunk timestep drawn from the sampler's four steps
+  ``[1000, 750, 500, 250]`` (toy preset, shift 1: sigmas 1, .75, .5, .25), ``x_t = (1 - s) x0 + s e``.
+  The gradient flows through the context keys and values, so the model learns to write context it
+  can read. Context frames after the given ones get a small Gaussian perturbation (std drawn up to
+  ``--context-jitter`` per video), as the frames the model made itself will be imperfect.
+* Loss: the MSE of the step's clean estimate ``x_t - s * flow`` (the pipeline's ``x0``) against the
+  world's frames, i.e. the flow error weighted by ``s^2`` (where the objects go is decided at
+  ``s = 1`` and ``0.75``; the unweighted flow MSE is dominated by predicting the noise at ``s = 0.25``).
 * AdamW (lr ``--lr``, ``WARMUP_STEPS`` warm-up, cosine to ``FINAL_LR``, gradient clipping 1.0);
   the file holds an EMA (decay ``EMA_DECAY``, warmed up as ``min(decay, (1 + step) / (10 + step))``)
   of the weights.
 
-The safetensors metadata record the seed, steps, wall time and the final loss (mean of the last
-``LOSS_WINDOW`` steps).
+What was tried (each row changes the one above; 6 rollouts from the first 3 latent frames of world
+seed 12345 through the real pipeline; share of the first frame's objects still a compact blob of
+their colour with 0.5-2x its pixels, in latent frames 3-5 / 6-8):
+
+=====================================================================  ===========  ===========
+trial                                                                  frames 3-5   frames 6-8
+=====================================================================  ===========  ===========
+chunks of 3, dim 96 (3 heads of 32), latents in [-1, 1] (std 0.3),     0.00         0.00
+speeds 0.35-0.75 px/frame, half the context the model's one-step
+estimates (350 steps)
+speeds 0.25-0.5, own estimates only after 40% of 700 steps             0.17         0.00
+2 heads of 48 (Wan's RoPE gives each spatial axis a third of a head:   0.50         0.17
+at 32 that is 5 frequencies, one of which varies over the 8x12 grid)
+latents normalised to unit variance, as a VAE's (the sampler's noise   0.28         0.06
+levels are made for that scale; the background error fell 0.067 to
+0.040 and the grain of the outputs went)
+whole-pixel compass motion, dim 128 (2 heads of 64)                    1.00         0.50
+own context from the real pipeline's rollouts instead (650 steps)      1.00         0.22
+frame by frame, teacher forcing only (300 / 600 of 800 steps)          0.89 / 0.94  0.17 / 0.11
+frame by frame, own rollouts from step 210 (200 / 400 steps)           1.00 / 0.39  0.50 / 0.00
+=====================================================================  ===========  ===========
+
+With own rollouts as context and the world's frames as targets, the model learns to hedge (it
+cannot tell where its own drifted objects should be, so it predicts the mean, the background) and
+fades sooner. Training longer lowers the loss but does not make the objects last longer (the
+frame-by-frame model at 600 steps fades where at 300 it kept blobs of drifting colour): a model
+trained with a regression loss blurs what it cannot predict exactly, and a blurred frame is the
+next frame's context. What it would take (not done): a distribution-matching or adversarial loss
+(Self-Forcing's DMD) instead of the MSE, or far more training than 20 CPU minutes.
 """
 
 from __future__ import annotations
@@ -82,24 +95,22 @@ from safetensors.torch import save_file
 
 from memrope.attention import AttentionFn
 from memrope.cache import CacheContext, MemRoPECache
-from memrope.config import MemRoPEConfig
 from memrope.flow_matching import FlowMatchScheduler
 from memrope.models.wan import CausalWanModel
 from memrope.models.wan_forward import token_grid, wan_forward
 from memrope.rope import RotaryEmbedding, frame_grid_positions
-from memrope.toy import TOY_LATENT_HW, TOY_MODEL_CONFIG, toy_weights_path
+from memrope.toy import TOY_CACHE, TOY_GIVEN_FRAMES, TOY_LATENT_HW, TOY_MODEL_CONFIG, toy_weights_path
 from memrope.toy.world import world_latents
 
 SAMPLER_STEPS = (1000, 750, 500, 250)
 SHIFT = 1.0  # the toy preset's sampler: sigmas 1, 0.75, 0.5, 0.25
-CHUNK_FRAMES = MemRoPEConfig().chunk_frames
-TRAIN_FRAMES = MemRoPEConfig().cache_frames  # 12: the filling phase, RoPE position = frame index
+CHUNK_FRAMES = TOY_CACHE.chunk_frames
+TRAIN_FRAMES = TOY_CACHE.cache_frames  # 12: the filling phase, RoPE position = frame index
 EMA_DECAY = 0.99
 WARMUP_STEPS = 50
 FINAL_LR = 1e-4
 LOSS_WINDOW = 50
-CANONICAL_SEED = 0  # the scene every generated video starts from
-CANONICAL_VIDEOS = 2  # videos of each batch that show it
+GIVEN_FRAMES = TOY_GIVEN_FRAMES  # the world's first frames (image-to-video): context, never generated
 
 
 class TeacherForcingContext:
@@ -113,12 +124,14 @@ class TeacherForcingContext:
     who sees whom (:func:`block_causal_attention`).
     """
 
-    def __init__(self, frames: int, chunk: int, grid: tuple[int, int], num_heads: int, head_dim: int) -> None:
+    def __init__(
+        self, frames: int, chunk: int, grid: tuple[int, int], num_heads: int, head_dim: int, given: int = 0
+    ) -> None:
         self.num_heads = num_heads
         self.head_dim = head_dim
         self.frame_shape = grid
         self.rope = RotaryEmbedding(head_dim, max_positions=max(frames, 1024))
-        positions = frame_grid_positions([*range(frames - chunk), *range(frames)], grid)
+        positions = frame_grid_positions([*range(frames - chunk), *range(given, frames)], grid)
         self.cos, self.sin = self.rope.cos_sin(positions)
 
     def update(self, key: torch.Tensor, value: torch.Tensor, *, layer: int, start_frame: int) -> CacheContext:
@@ -130,7 +143,7 @@ class TeacherForcingContext:
         """No hooks in training."""
 
 
-def block_causal_groups(frames: int, chunk: int) -> list[tuple[slice, tuple[slice, ...]]]:
+def block_causal_groups(frames: int, chunk: int, given: int = 0) -> list[tuple[slice, tuple[slice, ...]]]:
     """Who sees whom in ``[clean 0..F-c-1 | noisy 0..F-1]``: ``(query frames, key frame ranges)`` per chunk.
 
     A clean frame of chunk ``c`` sees the clean frames of chunks ``<= c`` (what the pipeline's context
@@ -138,19 +151,21 @@ def block_causal_groups(frames: int, chunk: int) -> list[tuple[slice, tuple[slic
     the noisy frames of chunk ``c`` (what a denoising call of chunk ``c`` sees). The query ranges
     cover the sequence in order.
     """
-    offset = frames - chunk  # where the noisy frames start
-    clean = [(slice(begin, begin + chunk), (slice(0, begin + chunk),)) for begin in range(0, offset, chunk)]
+    offset = frames - chunk - given  # where the noisy frames start, less the frames they skip
+    clean = [
+        (slice(begin, begin + chunk), (slice(0, begin + chunk),)) for begin in range(0, frames - chunk, chunk)
+    ]
     noisy = [
         (
             slice(offset + begin, offset + begin + chunk),
             (slice(0, begin), slice(offset + begin, offset + begin + chunk)),
         )
-        for begin in range(0, frames, chunk)
+        for begin in range(given, frames, chunk)
     ]
     return clean + noisy
 
 
-def block_causal_attention(frames: int, chunk: int, tokens_per_frame: int) -> AttentionFn:
+def block_causal_attention(frames: int, chunk: int, tokens_per_frame: int, given: int = 0) -> AttentionFn:
     """Kernel ``(q, k, v) -> out`` on ``[B, S*P, H, D]`` with the mask of :func:`block_causal_groups`.
 
     Softmax attention (scale ``1/sqrt(D)``) of each chunk's queries over its keys, one unmasked SDPA
@@ -163,7 +178,7 @@ def block_causal_attention(frames: int, chunk: int, tokens_per_frame: int) -> At
 
     groups = [
         (tokens(queries), [tokens(keys) for keys in ranges])
-        for queries, ranges in block_causal_groups(frames, chunk)
+        for queries, ranges in block_causal_groups(frames, chunk, given)
     ]
 
     def kernel(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
@@ -197,6 +212,28 @@ def learning_rate(step: int, total: int, peak: float) -> float:
     return FINAL_LR + 0.5 * (peak - FINAL_LR) * (1 + math.cos(math.pi * progress))
 
 
+def teacher_forced_flow(
+    model: CausalWanModel,
+    video: torch.Tensor,
+    times: torch.Tensor,
+    context: object,
+    stand_in: TeacherForcingContext,
+    attention: AttentionFn,
+    noisy_from: int,
+) -> torch.Tensor:
+    """The flow ``[B, F', C, H, W]`` of the noisy frames of ``video`` ``[B, S, C, H, W]`` (from index ``noisy_from``)."""
+    return wan_forward(
+        model,
+        video.transpose(1, 2),
+        times,
+        context,
+        cache=cast(MemRoPECache, stand_in),
+        start_frame=0,
+        config=model.config,
+        attention=attention,
+    )[:, noisy_from:]
+
+
 def train(args: argparse.Namespace) -> dict[str, float | int]:
     torch.set_num_threads(args.threads)
     model = build_model(args.seed).train()
@@ -206,49 +243,43 @@ def train(args: argparse.Namespace) -> dict[str, float | int]:
     optimiser = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=0.01)
     scheduler = FlowMatchScheduler(shift=SHIFT, sigma_min=0.0)
     levels = scheduler.warp(SAMPLER_STEPS)
-    frames, chunk, batch = TRAIN_FRAMES, CHUNK_FRAMES, args.batch
-    chunks = frames // chunk
+    frames, chunk, batch, given = TRAIN_FRAMES, CHUNK_FRAMES, args.batch, GIVEN_FRAMES
+    context_frames = frames - chunk  # clean frames 0..10: the context of frames 3..11
+    noisy_frames = frames - given  # noisy frames 3..11: the frames the model generates
     grid = token_grid(config, TOY_LATENT_HW)
-    stand_in = TeacherForcingContext(frames, chunk, grid, config.num_heads, config.head_dim)
-    attention = block_causal_attention(frames, chunk, grid[0] * grid[1])
-    canonical = world_latents(CANONICAL_SEED, frames, 1)
+    stand_in = TeacherForcingContext(frames, chunk, grid, config.num_heads, config.head_dim, given)
+    attention = block_causal_attention(frames, chunk, grid[0] * grid[1], given)
     generator = torch.Generator().manual_seed(args.seed)
-    text = torch.zeros(batch, 1, config.text_dim)
-    # loss weight per (video, chunk): chunk 0 only for the canonical videos
-    weight = torch.ones(batch, chunks)
-    weight[CANONICAL_VIDEOS:, 0] = 0
-    weight = weight.repeat_interleave(chunk, dim=1).view(batch, frames, 1, 1, 1)
-    clean_times = torch.zeros(batch, frames - chunk)
+    with torch.no_grad():  # the cross-attention is frozen at zero: the model is unconditional
+        text = model.encode_context(torch.zeros(batch, 1, config.text_dim))
+    clean_times = torch.zeros(batch, context_frames)
     losses: list[float] = []
     started = time.perf_counter()
     for step in range(args.steps):
         x0 = world_latents(args.seed * 100_003 + step, frames, batch)
-        x0[:CANONICAL_VIDEOS] = canonical
-        noise = torch.randn(x0.shape, generator=generator)
-        choice = torch.randint(len(levels), (batch, chunks), generator=generator)
-        noisy_times = levels[choice].repeat_interleave(chunk, dim=1)
-        x_t = scheduler.add_noise(x0, noise, noisy_times)
+        target = x0[:, given:]
+        context = x0[:, :context_frames].clone()  # the given frames stay exact, as at inference
+        # the context the model made itself at inference is imperfect: perturb it a little
         jitter = args.context_jitter * torch.rand(batch, 1, 1, 1, 1, generator=generator)
-        context = x0[:, : frames - chunk]
-        clean = context + jitter * torch.randn(context.shape, generator=generator)
-        video = torch.cat([clean, x_t], dim=1).transpose(1, 2)  # [B, C, 2F - chunk, H, W]
-        times = torch.cat([clean_times, noisy_times], dim=1)
+        context[:, given:] += jitter * torch.randn(context[:, given:].shape, generator=generator)
+        noise = torch.randn(target.shape, generator=generator)
+        choice = torch.randint(len(levels), (batch, noisy_frames // chunk), generator=generator)
+        noisy_times = levels[choice].repeat_interleave(chunk, dim=1)
+        x_t = scheduler.add_noise(target, noise, noisy_times)
         for group in optimiser.param_groups:
             group["lr"] = learning_rate(step, args.steps, args.lr)
-        flow = wan_forward(
+        flow = teacher_forced_flow(
             model,
-            video,
-            times,
-            model.encode_context(text),
-            cache=cast(MemRoPECache, stand_in),
-            start_frame=0,
-            config=config,
-            attention=attention,
-        )[:, frames - chunk :]
-        # the x0 error of the step, x_t - s * flow against x0: s * (flow - (noise - x0))
-        sigma = scheduler.sigma(noisy_times).view(batch, frames, 1, 1, 1)
-        error = (sigma * (flow - (noise - x0))).pow(2) * weight
-        loss = error.sum() / (weight.sum() * flow[0, 0].numel())
+            torch.cat([context, x_t], dim=1),
+            torch.cat([clean_times, noisy_times], dim=1),
+            text,
+            stand_in,
+            attention,
+            context_frames,
+        )
+        # the x0 error of the step: its clean estimate x_t - s * flow (the pipeline's x0) against the truth
+        sigma = scheduler.sigma(noisy_times).view(batch, noisy_frames, 1, 1, 1)
+        loss = (x_t - sigma * flow - target).pow(2).mean()
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
@@ -297,7 +328,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--context-jitter", type=float, default=0.05)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--own-context", type=float, default=0.5, help="share of videos whose context is the model's own"
+    )
+    parser.add_argument(
+        "--own-context-from", type=float, default=0.3, help="from this fraction of the steps on"
+    )
+    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--log-every", type=int, default=10)
     parser.add_argument("--output", type=Path, default=toy_weights_path())
     parser.add_argument("--save-every", type=int, default=0, help="also write OUTPUT.<step>.safetensors")

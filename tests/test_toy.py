@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import sys
 from pathlib import Path
@@ -10,32 +11,48 @@ from typing import cast
 
 import pytest
 import torch
+from cli_helpers import needs_video
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from safetensors import safe_open
+from safetensors.torch import load_file
 
 from memrope import components
 from memrope.cache import MemRoPECache
-from memrope.config import MemRoPEConfig
+from memrope.cli import main
 from memrope.loading import CHECKPOINTS, PackageFile, check_safetensors_file, resolve_checkpoint
 from memrope.models.wan import CausalWanModel
 from memrope.models.wan_forward import token_grid, wan_forward
 from memrope.presets import PRESETS, TINY_MODEL_CONFIG, get_preset, tiny_model
-from memrope.toy import TOY_MODEL_CONFIG, ToyDecoder, native_frames, toy_weights_path
+from memrope.toy import (
+    TOY_CACHE,
+    TOY_GIVEN_FRAMES,
+    TOY_LATENT_FRAMES,
+    TOY_MODEL_CONFIG,
+    ToyDecoder,
+    native_frames,
+    toy_weights_path,
+)
 from memrope.toy.world import (
+    AXIS_SPEED,
     LATENT_CHANNELS,
     LATENT_HW,
     NATIVE_HW,
-    PALETTE,
+    OBJECT_SIZE,
+    TEMPORAL_FACTOR,
+    FrameMeasure,
     background,
     frames_to_latents,
     latents_to_frames,
     measure_frames,
+    positions,
     render_frames,
     sample_scene,
     world_latents,
 )
 from memrope.vae import TinyDecoder
 
-MAX_WEIGHTS_BYTES = 3_500_000
+MAX_WEIGHTS_BYTES = 6_000_000
 FILL_OF_SHAPE = {0: 0.79, 1: 1.0, 2: 0.5}  # circle, square, triangle
 
 
@@ -73,12 +90,33 @@ def test_world_is_a_function_of_its_seed_and_leaves_the_global_rng_alone() -> No
 
 def test_latent_code_is_exact_and_the_background_is_fixed() -> None:
     frames = render_frames(sample_scene(3, 2), torch.arange(0, 20, 4))
-    assert torch.equal(latents_to_frames(frames_to_latents(frames)), frames)
+    latents = frames_to_latents(frames)
+    torch.testing.assert_close(latents_to_frames(latents), frames, rtol=0, atol=1e-6)
+    assert abs(float(latents.std()) - 1) < 0.15 and abs(float(latents.mean())) < 0.15  # as a VAE's latents
     assert torch.equal(background(), background())
     with pytest.raises(ValueError, match="latents must have shape"):
         latents_to_frames(torch.zeros(1, 2, 16, *LATENT_HW))
     with pytest.raises(TypeError, match="seed must be an int"):
         sample_scene("7")  # type: ignore[arg-type]
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**63 - 1), batch=st.integers(1, 3))
+def test_objects_step_whole_pixels_in_a_compass_direction_and_bounce_inside_the_frame(
+    seed: int, batch: int
+) -> None:
+    scene = sample_scene(seed, batch)
+    components_of = (scene.velocity / AXIS_SPEED).round()
+    assert torch.equal(scene.velocity, AXIS_SPEED * components_of)
+    assert bool((components_of.abs() <= 1).all()) and bool((components_of.abs().sum(-1) > 0).all())
+    centres = positions(scene, TEMPORAL_FACTOR * torch.arange(80))  # [B, K, T, 2], one per latent frame
+    for axis, size in enumerate(NATIVE_HW):
+        along = centres[..., axis]
+        assert float(along.min()) >= OBJECT_SIZE - 1e-4 and float(along.max()) <= size - OBJECT_SIZE + 1e-4
+    steps = centres.diff(dim=2).abs()
+    assert float(steps.max()) <= 1 + 1e-4
+    whole = ((steps - steps.round()).abs() < 1e-4).float().mean()
+    assert float(whole) > 0.85  # all but the steps that reach a wall
 
 
 def test_measure_finds_each_object_with_its_colour_and_shape() -> None:
@@ -116,20 +154,23 @@ def test_toy_decoder_shows_the_world_frames_and_blends_between_them() -> None:
 
 # ----------------------------------------------------------------------------------- training
 def test_teacher_forcing_pass_equals_the_pipeline_walk_through_the_cache() -> None:
-    """One block-causal call of scripts/train_toy.py gives, for every noisy chunk, the flow that the
-    pipeline's walk (denoising call, then clean context call, chunk after chunk) gives at inference."""
+    """One block-causal call of scripts/train_toy.py gives, for every generated frame, the flow that the
+    pipeline's walk (given frames written, then per chunk a denoising call and a clean context call)
+    gives at inference through the toy cache."""
     script = train_script()
-    frames, chunk = script.TRAIN_FRAMES, script.CHUNK_FRAMES
+    frames, chunk, given = script.TRAIN_FRAMES, script.CHUNK_FRAMES, script.GIVEN_FRAMES
+    assert (frames, chunk, given) == (TOY_CACHE.cache_frames, TOY_CACHE.chunk_frames, TOY_GIVEN_FRAMES)
     torch.manual_seed(0)
     model = CausalWanModel(TOY_MODEL_CONFIG).eval()
     generator = torch.Generator().manual_seed(1)
     clean = world_latents(2, frames, 1)
-    noisy = torch.randn(clean.shape, generator=generator)
-    noisy_times = torch.tensor([[1000.0, 750.0, 500.0, 250.0]]).repeat_interleave(chunk, dim=1)
+    noisy = torch.randn(1, frames - given, *clean.shape[2:], generator=generator)
+    levels = torch.tensor([1000.0, 750.0, 500.0, 250.0])
+    noisy_times = levels[torch.arange(frames - given) % 4].view(1, -1)
     context = model.encode_context(torch.zeros(1, 1, TOY_MODEL_CONFIG.text_dim))
     grid = token_grid(model.config, LATENT_HW)
     stand_in = script.TeacherForcingContext(
-        frames, chunk, grid, model.config.num_heads, model.config.head_dim
+        frames, chunk, grid, model.config.num_heads, model.config.head_dim, given
     )
     video = torch.cat([clean[:, : frames - chunk], noisy], dim=1)
     times = torch.cat([torch.zeros(1, frames - chunk), noisy_times], dim=1)
@@ -142,15 +183,23 @@ def test_teacher_forcing_pass_equals_the_pipeline_walk_through_the_cache() -> No
             cache=cast(MemRoPECache, stand_in),
             start_frame=0,
             config=model.config,
-            attention=script.block_causal_attention(frames, chunk, grid[0] * grid[1]),
+            attention=script.block_causal_attention(frames, chunk, grid[0] * grid[1], given),
         )[:, frames - chunk :]
-        cache = model.new_cache(MemRoPEConfig(), 1, LATENT_HW)
+        cache = model.new_cache(TOY_CACHE, 1, LATENT_HW)
         walked = []
         for start in range(0, frames, chunk):
             part = slice(start, start + chunk)
-            walked.append(
-                model(noisy[:, part], noisy_times[:, part], context, cache=cache, start_frame=start)
-            )
+            if start >= given:
+                generated = slice(start - given, start - given + chunk)
+                walked.append(
+                    model(
+                        noisy[:, generated],
+                        noisy_times[:, generated],
+                        context,
+                        cache=cache,
+                        start_frame=start,
+                    )
+                )
             model(clean[:, part], torch.zeros(1, chunk), context, cache=cache, start_frame=start)
     torch.testing.assert_close(taught, torch.cat(walked, dim=1), atol=2e-5, rtol=1e-4)
 
@@ -200,31 +249,91 @@ def test_toy_preset_runs_locally_and_tiny_stays_random() -> None:
         components.load_decoder(tiny, "toy")
 
 
+def test_toy_videos_start_from_the_world_scene_of_the_seed() -> None:
+    toy = get_preset("toy")
+    first = components.make_initial_latents(toy, seed=7, batch_size=2)
+    assert first is not None and torch.equal(first, world_latents(7, TOY_GIVEN_FRAMES, 2))
+    assert not torch.equal(first, components.make_initial_latents(toy, seed=8, batch_size=2))
+    assert components.make_initial_latents(PRESETS["tiny"], seed=7) is None
+    with pytest.raises(
+        ValueError, match=r"initial_latents must be one of \(None, 'toy-world'\), got 'webcam'"
+    ):
+        dataclasses.replace(toy, initial_latents="webcam")
+
+
+@needs_video
+def test_memrope_generate_model_toy_continues_the_world_scene_of_its_seed(tmp_path: Path) -> None:
+    latents_path = tmp_path / "toy.safetensors"
+    args = [
+        "generate",
+        "--model",
+        "toy",
+        "--prompt",
+        "shapes",
+        "--num-frames",
+        "6",
+        "--seed",
+        "3",
+        "--no-progress",
+    ]
+    assert main([*args, "--output", str(tmp_path / "toy.mp4"), "--save-latents", str(latents_path)]) == 0
+    latents = load_file(latents_path)["latents"]
+    assert latents.shape == (1, 6, LATENT_CHANNELS, *LATENT_HW)
+    assert torch.equal(latents[:, :TOY_GIVEN_FRAMES], world_latents(3, TOY_GIVEN_FRAMES, 1))
+    assert not torch.equal(latents[:, 3:], world_latents(3, 6, 1)[:, 3:])  # the rest is the model's
+
+
 # ------------------------------------------------------------------------------------ a short run
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 14 not done: the shipped weights (800 steps) draw the first chunk blurred from noise (one object of "
-    "three) and it fades within two chunks; they continue real context for 2-3 chunks only",
-)
-def test_a_short_toy_run_shows_moving_shapes_not_noise() -> None:
+@pytest.fixture(scope="module")
+def toy_run() -> tuple[torch.Tensor, FrameMeasure]:
+    """The README's main job over the trained length (12 latent frames, 45 video frames), 4 videos:
+    decoded native frames ``[4, 45, 3, 32, 48]`` and the world's measure of each latent frame."""
     preset = get_preset("toy")
     model = components.load_model(preset, device="cpu")
-    decoder = ToyDecoder()
-    pipeline = components.make_pipeline(preset, model, decoder=decoder)
-    text = components.load_text_encoder(preset).encode(["coloured shapes bouncing"])
-    chunks = list(pipeline.stream(text, num_frames=12, seed=0, latent_hw=preset.latent_hw))
+    pipeline = components.make_pipeline(preset, model, decoder=ToyDecoder())
+    batch = 4
+    text = components.load_text_encoder(preset).encode(["coloured shapes bouncing"] * batch)
+    first = components.make_initial_latents(preset, seed=0, batch_size=batch)
+    chunks = list(pipeline.stream(text, num_frames=TOY_LATENT_FRAMES, seed=0, initial_latents=first))
     video = native_frames(torch.cat([chunk.frames for chunk in chunks if chunk.frames is not None], dim=1))
+    return video, measure_frames(latents_to_frames(torch.cat([chunk.latents for chunk in chunks], dim=1)))
+
+
+def _objects_held(measure: FrameMeasure, frame: int) -> torch.Tensor:
+    """Per video and colour: an object of the first frame that is at ``frame`` a compact blob of its
+    colour with half to twice its first-frame pixels ``[B, 6]``; and the first frame's objects."""
+    first = (measure.counts[:, 0] >= 15) & (measure.fill[:, 0] >= 0.4)
+    ratio = measure.counts[:, frame] / measure.counts[:, 0].clamp(min=1)
+    return first & (ratio >= 0.5) & (ratio <= 2.0) & (measure.fill[:, frame] >= 0.35), first
+
+
+def test_a_short_toy_run_moves_smoothly_over_its_background_not_noise(
+    toy_run: tuple[torch.Tensor, FrameMeasure],
+) -> None:
+    video, measure = toy_run
     steps = (video[:, 1:] - video[:, :-1]).abs().mean(dim=(2, 3, 4))
     noise = noise_frames(video.shape[1])
     noise_steps = (noise[:, 1:] - noise[:, :-1]).abs().mean(dim=(2, 3, 4))
     assert float(steps.max()) < 0.05 < float(noise_steps.min())
-    world = measure_frames(latents_to_frames(torch.cat([chunk.latents for chunk in chunks], dim=1)))
-    assert float(world.background_error.max()) < 0.1
-    first, last = 0, world.counts.shape[1] - 1
-    objects = (world.counts[0, first] >= 15) & (world.fill[0, first] >= 0.4)
-    assert int(objects.sum()) >= 2, world.counts[0, first]
-    held = objects & (world.counts[0, last] >= 0.5 * world.counts[0, first]) & (world.fill[0, last] >= 0.4)
-    assert bool(held[objects].all()), (world.counts[0, [first, last]], world.fill[0, [first, last]])
-    moved = (world.centroids[0, last] - world.centroids[0, first]).norm(dim=-1)[objects]
-    assert float(moved.max()) > 2.0
-    assert PALETTE.shape == (6, 3)
+    assert float(measure.background_error.max()) < 0.1  # uniform noise scores ~0.5
+    assert float(measure.object_fraction[:, 3:].max()) < 0.25  # no smear of object colours
+    held, first = _objects_held(measure, TOY_GIVEN_FRAMES)  # the first frame the model draws
+    assert int(first.sum()) >= 8 and float(held.sum() / first.sum()) >= 0.75
+    moved = (measure.centroids[:, TOY_GIVEN_FRAMES] - measure.centroids[:, 0]).norm(dim=-1)[held]
+    assert float(moved.min()) > 0.5 and float(moved.max()) < 6.0  # about 1 px per latent frame
+    truth = measure_frames(latents_to_frames(world_latents(0, TOY_GIVEN_FRAMES + 1, 4)))
+    off_track = (measure.centroids[:, TOY_GIVEN_FRAMES] - truth.centroids[:, TOY_GIVEN_FRAMES]).norm(dim=-1)
+    assert float(off_track[held].max()) < 1.5  # where the world itself moves them
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 14 not done: the toy model's objects shrink, change colour and fade within a few latent "
+    "frames of the given ones, before the trained length (12 latent frames) is over",
+)
+def test_the_toy_model_holds_its_objects_for_the_trained_length(
+    toy_run: tuple[torch.Tensor, FrameMeasure],
+) -> None:
+    _, measure = toy_run
+    held, first = _objects_held(measure, TOY_LATENT_FRAMES - 1)
+    assert float(held.sum() / first.sum()) >= 0.75

@@ -9,9 +9,13 @@
 * :class:`ToyDecoder`: the weight-free, exact decoder of the toy latents to RGB frames.
 
 The model is unconditional: its cross-attention output projections are zero (and were frozen in
-training), so any prompt gives the same video for the same seed. Its first chunk is learnt from one
-canonical scene (world seed 0; see ``scripts/train_toy.py`` for why), so every video starts from
-that scene; what happens after it is the model's own rollout.
+training), so any prompt gives the same video for the same seed. It continues a video, as an
+image-to-video model does: the first chunk (3 latent frames) is the world's own, the scene that
+:func:`memrope.toy.world.sample_scene` draws from the seed (the toy preset's ``initial_latents`` is
+``"toy-world"``, see :func:`memrope.components.make_initial_latents`), and everything after it is
+the model's rollout. A first chunk from noise is not learnable by a model that sees only relative
+(RoPE) positions: it cannot place a scene's objects and textured background in the frame (see
+``scripts/train_toy.py``).
 """
 
 from __future__ import annotations
@@ -22,11 +26,14 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from memrope.config import MemRoPEConfig
 from memrope.models.wan_config import WanConfig
 from memrope.toy.world import LATENT_CHANNELS, LATENT_HW, NATIVE_HW, TEMPORAL_FACTOR, latents_to_frames
 
 __all__ = [
+    "TOY_CACHE",
     "TOY_DECODER_UPSAMPLE",
+    "TOY_GIVEN_FRAMES",
     "TOY_LATENT_FRAMES",
     "TOY_LATENT_HW",
     "TOY_MODEL_CONFIG",
@@ -36,9 +43,9 @@ __all__ = [
 ]
 
 TOY_MODEL_CONFIG = WanConfig(
-    dim=96,
-    ffn_dim=384,
-    num_heads=3,
+    dim=128,
+    ffn_dim=512,
+    num_heads=2,
     num_layers=4,
     in_dim=LATENT_CHANNELS,
     out_dim=LATENT_CHANNELS,
@@ -47,6 +54,9 @@ TOY_MODEL_CONFIG = WanConfig(
     freq_dim=64,
 )
 TOY_LATENT_HW = LATENT_HW  # 16x24 latents, 128x192 video
+#: frame by frame (chunks of 1 latent frame): 12 slots = 3 sink + 2 memory + 6 recent + 1 current
+TOY_CACHE = MemRoPEConfig(chunk_frames=1)
+TOY_GIVEN_FRAMES = 3  # the world's first latent frames every toy video starts from (the sink)
 TOY_LATENT_FRAMES = 12  # the trained length (the cache's filling phase): 4 chunks, 45 frames, 2.8 s
 TOY_WEIGHTS_FILE = "toy_dit.safetensors"
 TOY_DECODER_UPSAMPLE = 4  # native 32x48 frames shown at 128x192 (x8 of the latent grid)
