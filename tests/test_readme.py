@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import shlex
 from pathlib import Path
@@ -76,8 +77,19 @@ def test_the_setup_commands_are_what_ci_runs() -> None:
     assert test_command.endswith('pip install -e ".[test]" && python -m pytest')
     for step in ("pip install --quiet torch==2.13.0", 'pip install --quiet -e ".[test]"', "python -m pytest"):
         assert step in ci
-    assert "memrope generate --model tiny" in blocks("bash")[0]
     assert len(memrope_commands()) >= 10
+
+
+def test_the_main_job_is_the_toy_video_whose_strip_the_readme_shows() -> None:
+    """The first command makes the toy video, and scripts/readme_strip.py regenerates the strip from
+    exactly that command."""
+    spec = importlib.util.spec_from_file_location("readme_strip", ROOT / "scripts" / "readme_strip.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert blocks("bash")[0].strip().endswith("&& " + module.README_COMMAND)
+    assert "--model toy" in module.README_COMMAND
+    assert "](docs/toy_strip.png)" in README and (ROOT / "docs" / "toy_strip.png").is_file()
 
 
 def _printed_table(text: str) -> list[list[str]]:
