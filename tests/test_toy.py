@@ -7,7 +7,6 @@ import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
-from typing import cast
 
 import pytest
 import torch
@@ -18,11 +17,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from memrope import components
-from memrope.cache import MemRoPECache
 from memrope.cli import main
 from memrope.loading import CHECKPOINTS, PackageFile, check_safetensors_file, resolve_checkpoint
 from memrope.models.wan import CausalWanModel
-from memrope.models.wan_forward import token_grid, wan_forward
+from memrope.models.wan_forward import token_grid
 from memrope.presets import PRESETS, TINY_MODEL_CONFIG, get_preset, tiny_model
 from memrope.toy import (
     TOY_CACHE,
@@ -175,16 +173,8 @@ def test_teacher_forcing_pass_equals_the_pipeline_walk_through_the_cache() -> No
     video = torch.cat([clean[:, : frames - chunk], noisy], dim=1)
     times = torch.cat([torch.zeros(1, frames - chunk), noisy_times], dim=1)
     with torch.no_grad():
-        taught = wan_forward(
-            model,
-            video.transpose(1, 2),
-            times,
-            context,
-            cache=cast(MemRoPECache, stand_in),
-            start_frame=0,
-            config=model.config,
-            attention=script.block_causal_attention(frames, chunk, grid[0] * grid[1], given),
-        )[:, frames - chunk :]
+        attention = script.block_causal_attention(frames, chunk, grid[0] * grid[1], given)
+        taught = script.teacher_forced_flow(model, video, times, context, stand_in, attention, frames - chunk)
         cache = model.new_cache(TOY_CACHE, 1, LATENT_HW)
         walked = []
         for start in range(0, frames, chunk):
