@@ -301,6 +301,14 @@ def _as_tensor_dict(mapping: object, *, origin: str) -> dict[str, torch.Tensor]:
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     """Read one safetensors file or every shard of a directory into one dict."""
     shard_paths, indexed_names = _safetensors_shards(path)
+    return _merge_safetensors_shards(shard_paths, indexed_names, path)
+
+
+def _merge_safetensors_shards(
+    shard_paths: list[Path], indexed_names: set[str] | None, path: Path
+) -> dict[str, torch.Tensor]:
+    """Read ``shard_paths`` into one dict: no tensor in two shards, and exactly the names the index of
+    ``path`` promises (``indexed_names``; ``None`` without an index)."""
     merged: dict[str, torch.Tensor] = {}
     for shard_path in shard_paths:
         check_safetensors_file(shard_path)

@@ -30,11 +30,10 @@ from memrope._files import atomic_replace, default_file_mode, swap_folder
 from memrope.checkpoint_files import (
     NONFINITE_WEIGHTS_ADVICE,
     CheckpointFormatError,
-    CheckpointKeyError,
     PathLike,
     _check_finite_tensors,
     _first_names,
-    _read_safetensors,
+    _merge_safetensors_shards,
 )
 from memrope.convert.names import (
     DIFFUSERS_CLASS_NAME,
@@ -131,22 +130,7 @@ def _read_diffusers_folder(folder: Path) -> tuple[dict[str, torch.Tensor], dict[
     if not isinstance(config, dict):
         raise CheckpointFormatError(f"{config_file} holds a {type(config).__name__}, expected a JSON object")
     shards, indexed = _diffusers_weight_files(folder)
-    tensors: dict[str, torch.Tensor] = {}
-    for shard in shards:
-        part = _read_safetensors(shard)
-        repeated = sorted(tensors.keys() & part.keys())
-        if repeated:
-            raise CheckpointFormatError(
-                f"{shard} repeats tensors of earlier shards: {_first_names(repeated)}"
-            )
-        tensors.update(part)
-    if indexed is not None and indexed != tensors.keys():
-        raise CheckpointKeyError(
-            f"the shards in {folder} do not match their index",
-            missing=indexed - tensors.keys(),
-            unexpected=tensors.keys() - indexed,
-        )
-    return tensors, config
+    return _merge_safetensors_shards(shards, indexed, folder), config
 
 
 def _download_diffusers(
