@@ -613,7 +613,7 @@ class CausalInferencePipeline:
             or not isinstance(num_frames, int)
             or config.chunk_index(num_frames) in (None, 0)
         ):
-            valid = ", ".join(str(config.chunk_start(index)) for index in range(1, 4))
+            valid = _first_boundaries(config)
             if config.first_chunk_frames is None:
                 what = f"a positive multiple of chunk_frames={config.chunk_frames}"
             else:
@@ -654,7 +654,7 @@ class CausalInferencePipeline:
                 boundaries = (
                     f"a multiple of chunk_frames={config.chunk_frames}"
                     if config.first_chunk_frames is None
-                    else f"a chunk boundary ({', '.join(str(config.chunk_start(i)) for i in range(1, 4))}, ...)"
+                    else f"a chunk boundary ({_first_boundaries(config)}, ...)"
                 )
                 raise ValueError(
                     f"prompt_switches[{position}] frame must be {boundaries} in "
@@ -674,9 +674,10 @@ class CausalInferencePipeline:
     ) -> torch.Tensor:
         config = self.cache_config
         channels = self.model.config.in_dim
-        hw = "H, W" if latent_hw is None else ", ".join(str(n) for n in _check_latent_hw(latent_hw))
-        boundaries = ", ".join(str(config.chunk_start(index)) for index in range(1, 4))
-        expected = f"[{batch}, n, {channels}, {hw}] with n a chunk boundary ({boundaries}, ...) below num_frames={num_frames}"
+        expected = (
+            f"[{batch}, n, {channels}, {_hw_text(latent_hw)}] with n a chunk boundary "
+            f"({_first_boundaries(config)}, ...) below num_frames={num_frames}"
+        )
         if not isinstance(initial_latents, torch.Tensor) or not initial_latents.is_floating_point():
             raise TypeError(
                 f"initial_latents must be a floating tensor {expected}, got {initial_latents!r:.80}"
@@ -696,7 +697,7 @@ class CausalInferencePipeline:
         _check_finite(
             initial_latents, "initial_latents", "pass finite clean latents (e.g. from the VAE encoder)"
         )
-        return initial_latents.to(device=self.device, dtype=self.dtype)
+        return initial_latents  # _new_run moves it to the pipeline's device and dtype
 
     def _check_noise(
         self,
@@ -708,9 +709,8 @@ class CausalInferencePipeline:
     ) -> torch.Tensor:
         """``noise`` of the generated frames: ``[B, num_frames - initial_frames, C, H, W]``."""
         channels = self.model.config.in_dim
-        hw = "H, W" if latent_hw is None else ", ".join(str(n) for n in _check_latent_hw(latent_hw))
         generated = num_frames - initial_frames
-        expected = f"[{batch}, {generated}, {channels}, {hw}]"
+        expected = f"[{batch}, {generated}, {channels}, {_hw_text(latent_hw)}]"
         if initial_frames:
             expected += (
                 f" (the generated frames only: num_frames={num_frames} less the {initial_frames} "
@@ -897,6 +897,16 @@ def _make_generator(generator: torch.Generator | None, seed: int | None) -> torc
     else:
         fresh.manual_seed(seed)
     return fresh
+
+
+def _first_boundaries(config: MemRoPEConfig) -> str:
+    """The first three chunk boundaries after frame 0, for error messages (``"3, 6, 9"``)."""
+    return ", ".join(str(config.chunk_start(index)) for index in range(1, 4))
+
+
+def _hw_text(latent_hw: tuple[int, int] | None) -> str:
+    """``"H, W"`` for error messages: the given latent size (checked), or the letters."""
+    return "H, W" if latent_hw is None else ", ".join(str(n) for n in _check_latent_hw(latent_hw))
 
 
 def _check_latent_hw(latent_hw: object) -> tuple[int, int]:
