@@ -179,6 +179,11 @@ class CausalInferencePipeline:
         warp_denoising_step: map the steps onto the shifted schedule (official default ``True``).
         shift: timestep shift of the schedule.
         context_noise: timestep of the extra call that writes the clean chunk into the cache.
+        noised_context: noise the clean chunk to ``context_noise`` (fresh noise from the run's
+            generator, drawn after the chunk's denoising noise) before that call writes it into the
+            cache, as Self-Forcing's training rollouts do, for models trained on noised context (the
+            toy model); ``False`` (default, the official inference): the clean chunk at that timestep.
+            The yielded latents are clean either way.
         dtype: dtype of latents and noise (the model's weights should match it).
         device: where latents live (default: the model's parameters' device).
         decoder: optional streaming :class:`~memrope.vae.VideoDecoder` applied to every chunk; it is
@@ -203,6 +208,7 @@ class CausalInferencePipeline:
         warp_denoising_step: bool = True,
         shift: float = 5.0,
         context_noise: float = 0,
+        noised_context: bool = False,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
         decoder: VideoDecoder | None = None,
@@ -221,6 +227,8 @@ class CausalInferencePipeline:
             or context_noise < 0
         ):
             raise ValueError(f"context_noise must be a number >= 0, got {context_noise!r}")
+        if not isinstance(noised_context, bool):
+            raise TypeError(f"noised_context must be True or False, got {noised_context!r}")
         kv_format(kv_dtype, dtype)  # refuse an unsupported kv_dtype now, not at the first chunk
         if key_workspace not in (None, *KEY_WORKSPACES):
             raise ValueError(f"key_workspace must be one of {KEY_WORKSPACES} or None, got {key_workspace!r}")
@@ -232,6 +240,7 @@ class CausalInferencePipeline:
         self.denoising_steps = tuple(denoising_steps)
         self.warp_denoising_step = bool(warp_denoising_step)
         self.context_noise = context_noise
+        self.noised_context = noised_context
         self.dtype = dtype
         self.device = torch.device(device) if device is not None else _model_device(model)
         self.decoder = decoder
@@ -438,6 +447,7 @@ class CausalInferencePipeline:
             else self._first_timestep_values,
             "shift": self.scheduler.shift,
             "context_noise": self.context_noise,
+            "noised_context": self.noised_context,
             "dtype": dtype_name(self.dtype),
         }
 
@@ -809,13 +819,26 @@ class CausalInferencePipeline:
             flow = self.model(x, t, run.context, cache=run.cache, start_frame=start_frame).to(self.device)
             x0 = self.scheduler.to_x0(flow, x, t)
             if step + 1 < steps:
-                fresh = torch.randn((batch * frames, *x.shape[2:]), generator=run.generator, dtype=self.dtype)
-                fresh = fresh.to(self.device).unflatten(0, (batch, frames))
                 t_next = timesteps[step + 1].expand(batch, frames)
-                x = self.scheduler.add_noise(x0, fresh, t_next)
+                x = self.scheduler.add_noise(x0, self._fresh_noise(run, x.shape), t_next)
         t_context = self._context_timesteps(batch, frames)
-        context_output = self.model(x0, t_context, run.context, cache=run.cache, start_frame=start_frame)
+        context = self._context_latents(run, x0, t_context)
+        context_output = self.model(context, t_context, run.context, cache=run.cache, start_frame=start_frame)
         return x0, context_output
+
+    def _fresh_noise(self, run: _Run, shape: torch.Size) -> torch.Tensor:
+        """Noise ``[B, f, C, H, W]`` from the run's generator, drawn as the official code does (``randn([B*f, C, H, W])``
+        in the pipeline dtype on the CPU), then moved to the device."""
+        batch, frames = shape[:2]
+        fresh = torch.randn((batch * frames, *shape[2:]), generator=run.generator, dtype=self.dtype)
+        return fresh.to(self.device).unflatten(0, (batch, frames))
+
+    def _context_latents(self, run: _Run, latents: torch.Tensor, t_context: torch.Tensor) -> torch.Tensor:
+        """What a context call writes for clean ``latents`` ``[B, f, C, H, W]``: themselves, or noised to
+        ``t_context`` with fresh noise when :attr:`noised_context`."""
+        if not self.noised_context:
+            return latents
+        return self.scheduler.add_noise(latents, self._fresh_noise(run, latents.shape), t_context)
 
     def _write_given(self, run: _Run, latents: torch.Tensor, start_frame: int) -> torch.Tensor:
         """Commit given clean latents ``[B, f, C, H, W]`` to the cache with a clean call at timestep 0 (as
@@ -839,8 +862,9 @@ class CausalInferencePipeline:
             )
         window = run.history[:, offset : offset + frames]
         t_context = self._context_timesteps(*window.shape[:2])
+        context = self._context_latents(run, window, t_context)
         with run.cache.recaching() as (start_frame, _):
-            self.model(window, t_context, run.context, cache=run.cache, start_frame=start_frame)
+            self.model(context, t_context, run.context, cache=run.cache, start_frame=start_frame)
 
     def _context_timesteps(self, batch: int, frames: int) -> torch.Tensor:
         """float32 ``[B, F]`` timesteps of the calls that write clean latents into the cache."""

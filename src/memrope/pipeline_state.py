@@ -129,6 +129,10 @@ def read_state_file(path: PathLike) -> dict[str, Any]:
     return state
 
 
+#: The value of a setting in states written before it was saved.
+_SETTINGS_BEFORE_THEY_WERE_SAVED: dict[str, Any] = {"noised_context": False}
+
+
 def check_state(state: dict[str, Any], settings: dict[str, Any]) -> None:
     """Refuse a state of another format or version, or saved with other ``settings`` than the resuming pipeline's."""
     meta = state.get("meta", {})
@@ -138,7 +142,7 @@ def check_state(state: dict[str, Any], settings: dict[str, Any]) -> None:
             f"got format={meta.get('format')!r} version={meta.get('version')!r}"
         )
     for name, expected in settings.items():
-        if meta.get(name) != expected:
+        if meta.get(name, _SETTINGS_BEFORE_THEY_WERE_SAVED.get(name)) != expected:
             raise ValueError(
                 f"resume_from was saved with {name}={meta.get(name)!r} but this pipeline has "
                 f"{name}={expected!r}; resume with a pipeline built the same way"
