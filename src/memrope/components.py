@@ -233,6 +233,7 @@ def make_pipeline(
         warp_denoising_step=preset.warp_denoising_step,
         shift=preset.shift,
         context_noise=preset.context_noise,
+        noised_context=preset.noised_context,
         dtype=weight.dtype if dtype is None else dtype,
         device=weight.device if device is None else device,
         decoder=decoder,

@@ -72,6 +72,7 @@ __all__ = [
     "WAN21_T2V_14B_CONFIG",
     "MemoryEstimate",
     "ModelFamily",
+    "ModelSettings",
     "Preset",
     "families_named",
     "get_preset",
@@ -147,39 +148,36 @@ def tiny_decoder() -> TinyDecoder:
     )
 
 
-@dataclass(frozen=True)
-class Preset:
-    """Everything needed to generate one kind of video.
+@dataclass(frozen=True, kw_only=True)
+class ModelSettings:
+    """What a :class:`ModelFamily` hands to each of its presets as it is: weights, shape, cache, sampler,
+    text encoder and decoder (keyword-only fields of both).
 
     Attributes:
-        name: the CLI name (``memrope generate --model NAME``).
-        family: the :class:`ModelFamily` it comes from (``"tiny"``, ``"self-forcing"``, ``"longlive"``, ...).
-        description: one line for humans.
         checkpoint: a :data:`memrope.loading.CHECKPOINTS` name, or ``None`` (deterministic random
             weights from :func:`tiny_model`).
         model_config: the DiT shape.
-        latent_frames: default video length in latent frames.
         latent_hw: latent height and width (video: 8x that).
         cache: the cache policy (``cache.chunk_frames`` is the chunk size).
-        denoising_steps, warp_denoising_step, shift, context_noise: the sampler (docs/design.md §10).
+        denoising_steps, warp_denoising_step, shift, context_noise, noised_context: the sampler
+            (docs/design.md §10; :class:`~memrope.pipeline.CausalInferencePipeline`).
         first_chunk_denoising_steps: the steps of the first chunk when they differ (Causal Forcing++), else ``None``.
         text_encoder: ``"hash"`` or a Hub id / folder of the Diffusers layout (umT5 in ``text_encoder``).
         vae: ``"tiny"`` or a Hub id / folder of the Diffusers layout (Wan VAE in ``vae``).
         default_dtype: dtype of the DiT and latents on an accelerator (float32 on the CPU unless
             ``--dtype`` says otherwise).
-        lora_checkpoint_kind: how a checkpoint given with a LoRA is read (see :class:`ModelFamily`).
-        license: the license of the weights as their publisher states it (see :class:`ModelFamily`).
+        lora_checkpoint_kind: how :func:`memrope.components.load_model` reads a checkpoint given with
+            ``lora=`` (``"longlive"``: a training checkpoint whose base has no EMA copy; ``"auto"``:
+            detected from the file).
+        license: the license of the weights as their publisher states it (an SPDX id such as
+            ``"Apache-2.0"``, or a sentence with the page to read); shown by ``memrope presets``.
         initial_latents: where the video's first chunk comes from when the model continues given
             frames (:func:`memrope.components.make_initial_latents`): ``"toy-world"``, the toy world's
             scene of the seed; ``None`` (default): generated from noise like every chunk.
     """
 
-    name: str
-    family: str
-    description: str
     checkpoint: str | None
     model_config: WanConfig
-    latent_frames: int
     latent_hw: tuple[int, int]
     cache: MemRoPEConfig = field(default_factory=MemRoPEConfig)
     denoising_steps: tuple[int, ...] = OFFICIAL_STEPS
@@ -187,6 +185,7 @@ class Preset:
     warp_denoising_step: bool = True
     shift: float = 5.0
     context_noise: float = 0.0
+    noised_context: bool = False
     text_encoder: str = WAN21_DIFFUSERS_REPO
     vae: str = WAN21_DIFFUSERS_REPO
     default_dtype: torch.dtype = torch.bfloat16
@@ -194,14 +193,39 @@ class Preset:
     license: str = LICENSE_NOT_STATED
     initial_latents: str | None = None
 
-    def __post_init__(self) -> None:
+    def _check_settings(self, owner: str) -> None:
+        """Refuse settings no family or preset can have; ``owner`` names it in the message."""
         if self.initial_latents not in INITIAL_LATENT_SOURCES:
             raise ValueError(
-                f"preset {self.name!r}: initial_latents must be one of {INITIAL_LATENT_SOURCES}, "
-                f"got {self.initial_latents!r}"
+                f"{owner}: initial_latents must be one of {INITIAL_LATENT_SOURCES}, got {self.initial_latents!r}"
             )
         if self.checkpoint is not None and self.checkpoint not in CHECKPOINTS:
-            raise ValueError(f"preset {self.name!r}: unknown checkpoint {self.checkpoint!r}")
+            raise ValueError(f"{owner}: unknown checkpoint {self.checkpoint!r}")
+        if not isinstance(self.license, str) or not self.license.strip():
+            raise ValueError(
+                f"{owner}: license must be a non-empty string (e.g. 'Apache-2.0', or "
+                f"{LICENSE_NOT_STATED!r}), got {self.license!r}"
+            )
+
+
+@dataclass(frozen=True)
+class Preset(ModelSettings):
+    """Everything needed to generate one kind of video: its :class:`ModelSettings` and a length.
+
+    Attributes:
+        name: the CLI name (``memrope generate --model NAME``).
+        family: the :class:`ModelFamily` it comes from (``"tiny"``, ``"self-forcing"``, ``"longlive"``, ...).
+        description: one line for humans.
+        latent_frames: default video length in latent frames.
+    """
+
+    name: str
+    family: str
+    description: str
+    latent_frames: int
+
+    def __post_init__(self) -> None:
+        self._check_settings(f"preset {self.name!r}")
         if self.latent_frames % self.cache.chunk_frames:
             raise ValueError(f"preset {self.name!r}: latent_frames must be a multiple of the chunk")
 
@@ -288,6 +312,7 @@ class Preset:
             "warp_denoising_step": self.warp_denoising_step,
             "shift": self.shift,
             "context_noise": self.context_noise,
+            "noised_context": self.noised_context,
             "text_encoder": self.text_encoder,
             "vae": self.vae,
             "default_dtype": dtype_name(self.default_dtype),
@@ -304,56 +329,27 @@ def _checkpoint_files(checkpoint: str | None) -> list[str]:
 
 
 @dataclass(frozen=True)
-class ModelFamily:
+class ModelFamily(ModelSettings):
     """One kind of model: where its weights come from, its shape, its lengths and how it samples.
 
     Each family gives one :class:`Preset` per entry of ``lengths``, named ``f"{name}-{length}"`` (or
-    ``name`` alone for the length ``""``). A new family is one entry of :data:`MODEL_FAMILIES` (or a
-    :func:`register_model_family` call); nothing else in memrope names families.
+    ``name`` alone for the length ``""``), with the family's :class:`ModelSettings` as they are. A new
+    family is one entry of :data:`MODEL_FAMILIES` (or a :func:`register_model_family` call); nothing
+    else in memrope names families.
 
     Attributes:
         name: the family name (``Preset.family``), e.g. ``"longlive"``.
         description: each preset's one-line description, a ``str.format`` template that may use
             ``{length}``, ``{latent_frames}``, ``{height}`` and ``{width}``.
-        checkpoint: a :data:`memrope.loading.CHECKPOINTS` name, or ``None`` (the seeded random
-            weights of :func:`tiny_model`).
         lengths: preset name suffix -> latent frames (each a multiple of the chunk).
-        model_config, latent_hw, cache, denoising_steps, first_chunk_denoising_steps, warp_denoising_step,
-        shift, context_noise,
-        text_encoder, vae, default_dtype: as in :class:`Preset` (``cache.chunk_frames`` is the chunk).
-        lora_checkpoint_kind: how :func:`memrope.components.load_model` reads a checkpoint given with
-            ``lora=`` (``"longlive"``: a training checkpoint whose base has no EMA copy; ``"auto"``:
-            detected from the file).
-        license: the license of the weights as their publisher states it (an SPDX id such as
-            ``"Apache-2.0"``, or a sentence with the page to read); shown by ``memrope presets``.
-        initial_latents: as in :class:`Preset` (``None``: every chunk is generated).
     """
 
     name: str
     description: str
-    checkpoint: str | None
     lengths: Mapping[str, int]
-    model_config: WanConfig
-    latent_hw: tuple[int, int]
-    cache: MemRoPEConfig = field(default_factory=MemRoPEConfig)
-    denoising_steps: tuple[int, ...] = OFFICIAL_STEPS
-    first_chunk_denoising_steps: tuple[int, ...] | None = None
-    warp_denoising_step: bool = True
-    shift: float = 5.0
-    context_noise: float = 0.0
-    text_encoder: str = WAN21_DIFFUSERS_REPO
-    vae: str = WAN21_DIFFUSERS_REPO
-    default_dtype: torch.dtype = torch.bfloat16
-    lora_checkpoint_kind: CheckpointKind = "auto"
-    license: str = LICENSE_NOT_STATED
-    initial_latents: str | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.license, str) or not self.license.strip():
-            raise ValueError(
-                f"model family {self.name!r}: license must be a non-empty string (e.g. 'Apache-2.0', or "
-                f"{LICENSE_NOT_STATED!r}), got {self.license!r}"
-            )
+        self._check_settings(f"model family {self.name!r}")
 
     def preset_name(self, length: str) -> str:
         """``"longlive-60s"`` for ``"60s"``; the family name for ``""``."""
@@ -377,13 +373,8 @@ class ModelFamily:
         return made
 
 
-#: The fields a family hands to each of its presets as they are (every Preset field but the per-preset ones).
-_SHARED_WITH_PRESET: tuple[str, ...] = tuple(
-    item.name
-    for item in fields(Preset)
-    if item.name not in ("name", "family", "description", "latent_frames")
-)
-assert set(_SHARED_WITH_PRESET) <= {item.name for item in fields(ModelFamily)}
+#: The fields a family hands to each of its presets as they are.
+_SHARED_WITH_PRESET: tuple[str, ...] = tuple(item.name for item in fields(ModelSettings))
 
 _OFFICIAL_DESCRIPTION = "{length} ({latent_frames} latent frames), {height}x{width}, MemRoPE cache"
 
