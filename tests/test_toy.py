@@ -316,14 +316,31 @@ def test_a_short_toy_run_moves_smoothly_over_its_background_not_noise(
     assert float(off_track[held].max()) < 1.5  # where the world itself moves them
 
 
+def test_the_toy_models_objects_do_not_fade_over_the_trained_length(
+    toy_run: tuple[torch.Tensor, FrameMeasure],
+) -> None:
+    """Its objects stay blobs of palette colour over a clean background (an MSE-trained model blurred
+    them into the background within three frames: none held at the trained length)."""
+    _, measure = toy_run
+    last = TOY_LATENT_FRAMES - 1
+    held, first = _objects_held(measure, last)
+    assert float(held.sum() / first.sum()) >= 0.25
+    assert float(measure.object_fraction[:, last].mean()) >= 0.5 * float(measure.object_fraction[:, 0].mean())
+    assert float(measure.background_error.max()) < 0.07
+
+
 @pytest.mark.xfail(
     strict=True,
-    reason="issue 14 not done: the toy model's objects shrink, change colour and fade within a few latent "
-    "frames of the given ones, before the trained length (12 latent frames) is over",
+    reason="issue 14 not done: the toy model's objects slow down and stop within a few latent frames "
+    "(and some change colour or shape), so at the end of the trained length (12 latent frames) fewer "
+    "than 3 in 4 are still whole and where the world moves them",
 )
-def test_the_toy_model_holds_its_objects_for_the_trained_length(
+def test_the_toy_model_holds_and_moves_its_objects_for_the_trained_length(
     toy_run: tuple[torch.Tensor, FrameMeasure],
 ) -> None:
     _, measure = toy_run
-    held, first = _objects_held(measure, TOY_LATENT_FRAMES - 1)
-    assert float(held.sum() / first.sum()) >= 0.75
+    last = TOY_LATENT_FRAMES - 1
+    held, first = _objects_held(measure, last)
+    truth = measure_frames(latents_to_frames(world_latents(0, TOY_LATENT_FRAMES, 4)))
+    off_track = (measure.centroids[:, last] - truth.centroids[:, last]).norm(dim=-1)
+    assert float((held & (off_track < 2.0)).sum() / first.sum()) >= 0.75

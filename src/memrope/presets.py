@@ -19,8 +19,9 @@ new family is one entry there or one :func:`register_model_family` call.
   weights shipped in the package (:data:`memrope.loading.CHECKPOINTS` ``"toy"``), with the hash
   text encoder (the model is unconditional) and the exact weight-free :class:`~memrope.toy.ToyDecoder`;
   128x192, frame by frame through the MemRoPE cache (3 sink + 2 memory + 6 recent + 1), steps
-  [1000, 750, 500, 250] on the unshifted schedule (shift 1); every video continues the world's first
-  3 latent frames of the seed's scene (``initial_latents="toy-world"``).
+  [1000, 750, 500, 250] on the unshifted schedule (shift 1), its own frames noised to timestep 150
+  before the cache holds them (``noised_context``, as it was trained); every video continues the
+  world's first 3 latent frames of the seed's scene (``initial_latents="toy-world"``).
 * ``self-forcing-<length>`` / ``longlive-<length>`` for the official lengths 30 s (120 latent
   frames), 60 s (240), 120 s (480), 240 s (960), 480 s (1920) and 1 h (14400): Wan2.1-T2V-1.3B at
   480x832 (latents 60x104), chunks of 3 latent frames, the paper's MemRoPE cache, steps
@@ -59,7 +60,7 @@ from memrope.encoders import UMT5_TEXT_DIM, UMT5_TEXT_LEN, WAN21_DIFFUSERS_REPO,
 from memrope.loading import CHECKPOINTS, CheckpointKind
 from memrope.memory_plan import GIB, MemoryEstimate, memory_table, preset_estimate
 from memrope.models.wan import CausalWanModel, WanConfig
-from memrope.toy import TOY_CACHE, TOY_LATENT_FRAMES, TOY_LATENT_HW, TOY_MODEL_CONFIG
+from memrope.toy import TOY_CACHE, TOY_CONTEXT_NOISE, TOY_LATENT_FRAMES, TOY_LATENT_HW, TOY_MODEL_CONFIG
 from memrope.vae import TinyDecoder
 from memrope.video_lengths import FPS, TEMPORAL_FACTOR, latent_frames_for_seconds, video_frame_count
 
@@ -446,6 +447,8 @@ for _family in (
         text_encoder="hash",
         vae="toy",
         shift=1.0,  # the schedule it was trained on (scripts/train_toy.py): sigmas 1, 0.75, 0.5, 0.25
+        context_noise=TOY_CONTEXT_NOISE,  # its own frames enter the cache noised, as in its training
+        noised_context=True,
         default_dtype=torch.float32,
         license="Apache-2.0 (memrope's own)",
         initial_latents="toy-world",  # it continues the world's first chunk (image-to-video)

@@ -32,6 +32,7 @@ from memrope.toy.world import LATENT_CHANNELS, LATENT_HW, NATIVE_HW, TEMPORAL_FA
 
 __all__ = [
     "TOY_CACHE",
+    "TOY_CONTEXT_NOISE",
     "TOY_DECODER_UPSAMPLE",
     "TOY_GIVEN_FRAMES",
     "TOY_LATENT_FRAMES",
@@ -56,6 +57,9 @@ TOY_MODEL_CONFIG = WanConfig(
 TOY_LATENT_HW = LATENT_HW  # 16x24 latents, 128x192 video
 #: frame by frame (chunks of 1 latent frame): 12 slots = 3 sink + 2 memory + 6 recent + 1 current
 TOY_CACHE = MemRoPEConfig(chunk_frames=1)
+#: the timestep (sigma 0.15 on the toy's shift-1 schedule) its own frames are noised to before the
+#: cache holds them (``noised_context``; scripts/train_toy.py trains on sigmas 0-0.3)
+TOY_CONTEXT_NOISE = 150.0
 TOY_GIVEN_FRAMES = 3  # the world's first latent frames every toy video starts from (the sink)
 TOY_LATENT_FRAMES = 12  # the trained length (the cache's filling phase): 4 chunks, 45 frames, 2.8 s
 TOY_WEIGHTS_FILE = "toy_dit.safetensors"
