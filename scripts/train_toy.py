@@ -106,8 +106,10 @@ L1 and noised context, 500 steps (the defaults: the shipped file)   0.65 / 0.50 
 Also tried and dropped: objects stepping a whole patch token (4 pixels) per latent frame, so that
 the next frame is an exact token copy one token over (after 600 of 800 steps the model did not move
 its objects even one step ahead of the world's own frames: 0.39 held); fine-tuning the MSE model for
-150 steps with its own one-step estimates as context (no better); more sampler steps at the trained
-levels (no better). With L1 and noised context the objects stay sharp blobs of their colour over a
+150 steps with its own one-step estimates as context (no better); the same with L1 and noised
+context, the model's own 4-step draws one frame ahead of the world's as context for the last 40% of
+the 500 steps (743 s; held 0.57 / 0.39 / 0.33, speed 0.70: no better); more sampler steps at the
+trained levels (no better). With L1 and noised context the objects stay sharp blobs of their colour over a
 clean background, but the model underestimates their motion, a little more each frame: they slow
 down (0.6 px per frame over frames 6-11, 0.15-0.35 by frames 20-23) and stop, off their track by 13 pixels at
 frame 23; some take a neighbour's colour or a blockier shape. What it would take (not done): a
