@@ -9,24 +9,16 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from small_pipeline import CACHE, LATENT_HW, STEPS, TINY, small_model
 
-from memrope.config import MemRoPEConfig
 from memrope.flow_matching import FlowMatchScheduler
-from memrope.models.wan import CausalWanModel, WanConfig
+from memrope.models.wan import CausalWanModel
 from memrope.pipeline import CausalInferencePipeline
-
-TINY = WanConfig(
-    dim=32, ffn_dim=64, num_heads=2, num_layers=2, in_dim=4, out_dim=4, text_dim=8, text_len=6, freq_dim=16
-)
-LATENT_HW = (4, 6)
-CACHE = MemRoPEConfig(cache_frames=8, sink_frames=1, chunk_frames=2)
-STEPS = (1000, 750, 500, 250)
 
 
 @pytest.fixture(scope="module")
 def model() -> CausalWanModel:
-    torch.manual_seed(0)
-    return CausalWanModel(TINY).eval()
+    return small_model()
 
 
 def _prompt() -> torch.Tensor:
