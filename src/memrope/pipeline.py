@@ -822,8 +822,8 @@ class CausalInferencePipeline:
                 t_next = timesteps[step + 1].expand(batch, frames)
                 x = self.scheduler.add_noise(x0, self._fresh_noise(run, x.shape), t_next)
         t_context = self._context_timesteps(batch, frames)
-        context = self._context_latents(run, x0, t_context)
-        context_output = self.model(context, t_context, run.context, cache=run.cache, start_frame=start_frame)
+        cached = self._context_latents(run, x0, t_context)
+        context_output = self.model(cached, t_context, run.context, cache=run.cache, start_frame=start_frame)
         return x0, context_output
 
     def _fresh_noise(self, run: _Run, shape: torch.Size) -> torch.Tensor:
@@ -862,9 +862,9 @@ class CausalInferencePipeline:
             )
         window = run.history[:, offset : offset + frames]
         t_context = self._context_timesteps(*window.shape[:2])
-        context = self._context_latents(run, window, t_context)
+        cached = self._context_latents(run, window, t_context)
         with run.cache.recaching() as (start_frame, _):
-            self.model(context, t_context, run.context, cache=run.cache, start_frame=start_frame)
+            self.model(cached, t_context, run.context, cache=run.cache, start_frame=start_frame)
 
     def _context_timesteps(self, batch: int, frames: int) -> torch.Tensor:
         """float32 ``[B, F]`` timesteps of the calls that write clean latents into the cache."""
