@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import torch
+from script_modules import import_script
 
 from memrope.testing.upstream import SMALL_MODEL, CausalWanStandin
 
@@ -223,11 +224,7 @@ def test_documented_command_from_inside_the_checkout(tmp_path: Path) -> None:
 
 
 def _load_script() -> Any:
-    spec = importlib.util.spec_from_file_location("wrap_upstream_pipeline", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script
+    return import_script(SCRIPT)
 
 
 @needs_video

@@ -4,12 +4,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import shlex
 from pathlib import Path
 
 import pytest
+from script_modules import import_script
 
 from memrope.cli import build_parser, main
 
@@ -83,10 +83,7 @@ def test_the_setup_commands_are_what_ci_runs() -> None:
 def test_the_main_job_is_the_toy_video_whose_strip_the_readme_shows() -> None:
     """The first command makes the toy video, and scripts/readme_strip.py regenerates the strip from
     exactly that command."""
-    spec = importlib.util.spec_from_file_location("readme_strip", ROOT / "scripts" / "readme_strip.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = import_script(ROOT / "scripts" / "readme_strip.py")
     assert blocks("bash")[0].strip().endswith("&& " + module.README_COMMAND)
     assert "--model toy" in module.README_COMMAND
     assert "](docs/toy_strip.png)" in README and (ROOT / "docs" / "toy_strip.png").is_file()

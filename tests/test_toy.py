@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -15,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors import safe_open
 from safetensors.torch import load_file
+from script_modules import import_script
 
 from memrope import components
 from memrope.cli import main
@@ -59,12 +58,7 @@ TRAIN_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train_toy.py"
 
 def train_script() -> ModuleType:
     """``scripts/train_toy.py`` imported as a module (it is not part of the package)."""
-    spec = importlib.util.spec_from_file_location("train_toy", TRAIN_SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return import_script(TRAIN_SCRIPT)
 
 
 def noise_frames(count: int, seed: int = 0) -> torch.Tensor:
