@@ -17,7 +17,7 @@ per policy, from the world's first frames, and every latent frame is measured wi
 * ``shape``: mean absolute change of the kept objects' fill ratio (pixels / bounding box: circle
   0.79, square 1.0, triangle 0.5) from the first frame;
 * ``speed``: mean centroid speed of the kept objects in native pixels per video frame (the world
-  moves them at 0.25-0.5; 0 means frozen);
+  moves them at 0.25 along an axis, 0.35 diagonally; 0 means frozen);
 * ``track``: mean distance (native pixels) between the kept objects' centroids and where the world
   itself puts them (the world is deterministic: the video the given first frames start has one true
   continuation), a measure of the motion, which grows as small velocity errors add up.

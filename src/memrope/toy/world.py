@@ -10,9 +10,9 @@ Geometry and time:
 * Latent frame ``n`` is the world at video frame ``4n`` (the pipeline's temporal factor 4),
   normalised as a VAE's latents are (:data:`LATENT_MEAN`, :data:`LATENT_STD`: about unit variance)
   and folded by a 2x2 space-to-depth into ``[12, 16, 24]`` (:data:`LATENT_CHANNELS`,
-  :data:`LATENT_HW`): an exact, lossless code (:func:`latents_to_frames` inverts it). The decoder shows the video frames in
-  between as linear blends of consecutive latent frames, so ``N`` latent frames give ``4N - 3``
-  video frames, as with Wan's VAE. (Packing all four video frames into one latent frame would need
+  :data:`LATENT_HW`): an exact, lossless code (:func:`latents_to_frames` inverts it). The decoder
+  shows the video frames in between as linear blends of consecutive latent frames, so ``N`` latent
+  frames give ``4N - 3`` video frames, as with Wan's VAE. (Packing all four video frames into one latent frame would need
   48 channels, 192 per 2x2 patch token: more than the toy DiT's width can carry through.)
 
 Content: :data:`NUM_OBJECTS` objects, each a circle, a square or a triangle of one of the six colours
@@ -20,8 +20,9 @@ of :data:`PALETTE` (all different), keeps its shape and colour for the whole vid
 of the 8 compass directions, one whole native pixel per axis per latent frame (:data:`AXIS_SPEED`
 0.25 pixels per video frame), bouncing off the frame's edges. Whole-pixel steps make the motion
 exactly predictable from two frames, which a model this small, trained with a regression loss on a
-CPU, needs: what it cannot predict exactly it blurs, and blur compounds over a rollout. Objects are drawn in a fixed order (later ones on
-top) with anti-aliased edges over :func:`background`, which is the same for every video.
+CPU, needs: what it cannot predict exactly it blurs, and blur compounds over a rollout. Objects are
+drawn in a fixed order (later ones on top) with anti-aliased edges over :func:`background`, which
+is the same for every video.
 
 The exact measure (:func:`measure_frames`): a pixel belongs to palette colour ``k`` when it lies
 within :data:`COLOUR_RADIUS` of it (background and anti-aliased edges do not); per frame that gives
