@@ -12,8 +12,9 @@ Geometry and time:
   and folded by a 2x2 space-to-depth into ``[12, 16, 24]`` (:data:`LATENT_CHANNELS`,
   :data:`LATENT_HW`): an exact, lossless code (:func:`latents_to_frames` inverts it). The decoder
   shows the video frames in between as linear blends of consecutive latent frames, so ``N`` latent
-  frames give ``4N - 3`` video frames, as with Wan's VAE. (Packing all four video frames into one latent frame would need
-  48 channels, 192 per 2x2 patch token: more than the toy DiT's width can carry through.)
+  frames give ``4N - 3`` video frames, as with Wan's VAE. (Packing all four video frames into one
+  latent frame would need 48 channels, 192 per 2x2 patch token: more than the toy DiT's width can
+  carry through.)
 
 Content: :data:`NUM_OBJECTS` objects, each a circle, a square or a triangle of one of the six colours
 of :data:`PALETTE` (all different), keeps its shape and colour for the whole video and moves in one
