@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from types import ModuleType
 
@@ -265,6 +266,21 @@ def test_memrope_generate_model_toy_continues_the_world_scene_of_its_seed(tmp_pa
     assert latents.shape == (1, 6, LATENT_CHANNELS, *LATENT_HW)
     assert torch.equal(latents[:, :TOY_GIVEN_FRAMES], world_latents(3, TOY_GIVEN_FRAMES, 1))
     assert not torch.equal(latents[:, 3:], world_latents(3, 6, 1)[:, 3:])  # the rest is the model's
+
+
+def test_the_unconditional_toy_needs_no_prompt_and_ignores_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["generate", "--model", "toy", "--num-frames", "4", "--seed", "2", "--no-progress"]
+    bare = [*args, "--output", str(tmp_path / "bare.mp4"), "--save-latents", str(tmp_path / "bare.st")]
+    assert main(bare) == 0
+    assert "ignores prompts (it is unconditional): making one video without one" in capsys.readouterr().err
+    report = json.loads((tmp_path / "bare.mp4.json").read_text())
+    assert report["prompt"] == ""
+    prompted = [*args, "--prompt", "a red fox", "--output", str(tmp_path / "fox.mp4")]
+    assert main([*prompted, "--save-latents", str(tmp_path / "fox.st")]) == 0
+    assert torch.equal(load_file(tmp_path / "bare.st")["latents"], load_file(tmp_path / "fox.st")["latents"])
+    assert not get_preset("tiny").unconditional  # a conditional model still asks for a prompt
 
 
 # ------------------------------------------------------------------------------------ a short run

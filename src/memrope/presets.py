@@ -175,6 +175,8 @@ class ModelSettings:
         initial_latents: where the video's first chunk comes from when the model continues given
             frames (:func:`memrope.components.make_initial_latents`): ``"toy-world"``, the toy world's
             scene of the seed; ``None`` (default): generated from noise like every chunk.
+        unconditional: the DiT ignores its prompt (the toy's cross-attention outputs are zero), so
+            ``memrope generate`` makes one video without ``--prompt``.
     """
 
     checkpoint: str | None
@@ -193,6 +195,7 @@ class ModelSettings:
     lora_checkpoint_kind: CheckpointKind = "auto"
     license: str = LICENSE_NOT_STATED
     initial_latents: str | None = None
+    unconditional: bool = False
 
     def _check_settings(self, owner: str) -> None:
         """Refuse settings no family or preset can have; ``owner`` names it in the message."""
@@ -202,6 +205,8 @@ class ModelSettings:
             )
         if self.checkpoint is not None and self.checkpoint not in CHECKPOINTS:
             raise ValueError(f"{owner}: unknown checkpoint {self.checkpoint!r}")
+        if not isinstance(self.unconditional, bool):
+            raise TypeError(f"{owner}: unconditional must be a bool, got {self.unconditional!r}")
         if not isinstance(self.license, str) or not self.license.strip():
             raise ValueError(
                 f"{owner}: license must be a non-empty string (e.g. 'Apache-2.0', or "
@@ -452,6 +457,7 @@ for _family in (
         default_dtype=torch.float32,
         license="Apache-2.0 (memrope's own)",
         initial_latents="toy-world",  # it continues the world's first chunk (image-to-video)
+        unconditional=True,  # its cross-attention outputs were zeroed and frozen in training
     ),
     ModelFamily(
         name="self-forcing",

@@ -37,7 +37,8 @@ JSON report beside it (<video>.json).
 
 One video per prompt, generated one after the other with the same seed: a single --prompt writes
 OUTPUT; several prompts (repeated --prompt, or --prompts-file with one prompt per line, blank lines
-ignored) write OUTPUT_STEM_<i>.mp4 beside OUTPUT.
+ignored) write OUTPUT_STEM_<i>.mp4 beside OUTPUT. An unconditional model (--model toy) needs no
+prompt: without one it makes one video.
 
 Length: N latent frames decode to 4N-3 video frames at 16 fps, made in whole chunks (3 latent
 frames). --seconds S makes the shortest whole-chunk video at least S seconds long (--seconds 4 -> 18

@@ -195,7 +195,7 @@ def _read_schedule(text: str, chunk: int, num_frames: int) -> tuple[ScheduledPro
         raise CLIError(f"--prompt-schedule: {error}") from None
 
 
-def _read_prompts(args: argparse.Namespace) -> list[str]:
+def _read_prompts(args: argparse.Namespace, preset: Preset) -> list[str]:
     prompts: list[str] = []
     for prompt in args.prompt:
         if not prompt.strip():
@@ -214,6 +214,9 @@ def _read_prompts(args: argparse.Namespace) -> list[str]:
         if not from_file:
             raise CLIError(f"--prompts-file {path} holds no prompt (only blank lines)")
         prompts.extend(from_file)
+    if not prompts and preset.unconditional:
+        _note(f"--model {preset.name} ignores prompts (it is unconditional): making one video without one")
+        return [""]
     if not prompts:
         raise CLIError("no prompt: give --prompt TEXT (repeatable) or --prompts-file PATH")
     return prompts
@@ -488,11 +491,12 @@ def _check_length(cache: MemRoPEConfig, num_frames: int, asked: str) -> None:
 
 
 def _prompts_and_schedule(
-    args: argparse.Namespace, chunk: int, num_frames: int
+    args: argparse.Namespace, preset: Preset, chunk: int, num_frames: int
 ) -> tuple[list[str], tuple[ScheduledPrompt, ...]]:
-    """The prompts (one video each) and, with ``--prompt-schedule``, its entries."""
+    """The prompts (one video each; an unconditional preset's one video has the prompt ``""`` when
+    none is given) and, with ``--prompt-schedule``, its entries."""
     if args.prompt_schedule is None:
-        return _read_prompts(args), ()
+        return _read_prompts(args, preset), ()
     if args.prompt or args.prompts_file is not None:
         raise CLIError(
             "--prompt-schedule describes one video; do not combine it with --prompt or --prompts-file"
@@ -567,7 +571,7 @@ def plan_generate(args: argparse.Namespace, env: DistributedEnv | None = None) -
     chunk = cache.chunk_frames
     num_frames, requested, asked = _latent_frames(args, preset, chunk)
     _check_length(cache, num_frames, asked)
-    prompts, schedule = _prompts_and_schedule(args, chunk, num_frames)
+    prompts, schedule = _prompts_and_schedule(args, preset, chunk, num_frames)
     placement, kv_dtype = _placement(args, preset, args.dtype, env, cache, num_frames)
     dtype = args.dtype
     if dtype is None:
