@@ -24,6 +24,7 @@ from memrope.models.wan_forward import token_grid
 from memrope.presets import PRESETS, TINY_MODEL_CONFIG, get_preset, tiny_model
 from memrope.toy import (
     TOY_CACHE,
+    TOY_CONTEXT_NOISE,
     TOY_GIVEN_FRAMES,
     TOY_LATENT_FRAMES,
     TOY_MODEL_CONFIG,
@@ -266,6 +267,18 @@ def test_memrope_generate_model_toy_continues_the_world_scene_of_its_seed(tmp_pa
     assert latents.shape == (1, 6, LATENT_CHANNELS, *LATENT_HW)
     assert torch.equal(latents[:, :TOY_GIVEN_FRAMES], world_latents(3, TOY_GIVEN_FRAMES, 1))
     assert not torch.equal(latents[:, 3:], world_latents(3, 6, 1)[:, 3:])  # the rest is the model's
+
+
+def test_the_toy_report_records_its_sampler_settings(tmp_path: Path) -> None:
+    output = tmp_path / "toy.mp4"
+    args = ["generate", "--model", "toy", "--num-frames", "4", "--no-progress", "--output", str(output)]
+    assert main(args) == 0
+    signature = json.loads(output.with_name("toy.mp4.json").read_text())["signature"]
+    preset = get_preset("toy")
+    assert signature["shift"] == preset.shift == 1.0
+    assert signature["context_noise"] == preset.context_noise == TOY_CONTEXT_NOISE
+    assert signature["noised_context"] is True
+    assert "warp_denoising_step" not in signature  # the official default, like every official setting
 
 
 def test_the_unconditional_toy_needs_no_prompt_and_ignores_one(

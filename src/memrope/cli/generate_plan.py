@@ -153,9 +153,19 @@ class Plan:
                 else {"first_chunk_denoising_steps": list(self.preset.first_chunk_denoising_steps)}
             ),
             "shift": self.preset.shift,
+            **self._sampler_settings(),
             **({} if self.backend == "memrope" else {"backend": self.backend}),
             **({} if self.kv_dtype is None else {"kv_dtype": dtype_name(self.kv_dtype)}),
             **({} if self.key_workspace == "per_layer" else {"key_workspace": self.key_workspace}),
+        }
+
+    def _sampler_settings(self) -> dict[str, Any]:
+        """The preset's sampler settings that differ from the official inference's (none for it)."""
+        preset = self.preset
+        return {
+            **({} if preset.warp_denoising_step else {"warp_denoising_step": False}),
+            **({} if preset.context_noise == 0.0 else {"context_noise": preset.context_noise}),
+            **({"noised_context": True} if preset.noised_context else {}),
         }
 
 
