@@ -112,9 +112,43 @@ the 500 steps (743 s; held 0.57 / 0.39 / 0.33, speed 0.70: no better); more samp
 trained levels (no better). With L1 and noised context the objects stay sharp blobs of their colour over a
 clean background, but the model underestimates their motion, a little more each frame: they slow
 down (0.6 px per frame over frames 6-11, 0.15-0.35 by frames 20-23) and stop, off their track by 13 pixels at
-frame 23; some take a neighbour's colour or a blockier shape. What it would take (not done): a
-distribution-matching or adversarial loss (Self-Forcing's DMD), training on its own rollouts with
-targets consistent with them, or far more training than 20 CPU minutes.
+frame 23; some take a neighbour's colour or a blockier shape.
+
+Then, measured with ``benchmarks/toy_motion.py`` (16 videos of world seed 0, noise seed 1): "one
+step" is how far the model moves the objects per latent frame along the world's direction when it
+draws a frame from the world's own frames (mean over frames 3-11; the world moves them 1.24), then
+the share held (as ``tests/test_toy.py`` counts it) at frames 6 / 11 / 23 of the free rollout, and
+the share held and within 2 pixels of the world's track at frames 4 / 6:
+
+==================================================================  ========  ==================  ===========
+trial                                                               one step  held 6 / 11 / 23    track 4 / 6
+==================================================================  ========  ==================  ===========
+the shipped file (above)                                            0.57      0.65 / 0.50 / 0.37  0.57 / 0
+drifting context: in 3 of 4 videos each context frame after the     0.49      0.63 / 0.41 / 0.35  0.54 / 0.02
+given ones moves each object 0.3-1 of its step and strays 0.2 px,
+the target one whole step on from the context (500 steps)
+and each object's leading half drawn lighter (its heading shown     0.39      0.54 / 0.24 / 0.17  0.37 / 0
+in every frame)
+no drift or heading; the L1 weighted 1 + 4 x the target's change    0.78      0.33 / 0.07 / 0.02  0.57 / 0.04
+from the previous context frame (the moving edges; taken against
+the noised context), 500 steps on 1 thread
+the same with drifting context                                      0.88      0.54 / 0.13 / 0     0.63 / 0.09
+weight 1.5, drifting context, 800 steps (959 s)                     0.92      0.67 / 0.15 / 0     0.74 / 0.20
+weight 1.5 (against the clean context), drifting context, then for  0.30      0.76 / 0.41 / 0.17  0.37 / 0.04
+the last 60% of 500 steps the model's own 4-step draws (one ahead
+of the world's frames) as context and, as targets, each object one
+step on from the centroid of its colour in them (977 s)
+==================================================================  ========  ==================  ===========
+
+So the model never learnt to move its objects a whole step, even from the world's own frames: it
+moves them about half of one, its first drawn frame already blocky at the 4-pixel patch grid (a copy
+of the last frame nudged forward), and from its own frames it stops them within two frames.
+Weighting the moving edges teaches the one-step motion (0.92 of 1.24) but costs the objects'
+persistence, and no context augmentation tried (lagging, straying, its own draws with targets
+continued from them) kept them moving in its own rollout. What it would take (not done): a
+distribution-matching or adversarial loss (Self-Forcing's DMD), a model with finer tokens than the
+2x2 patches of the 2x2-folded latents (16x the attention, far over 20 CPU minutes), or far more
+training.
 """
 
 from __future__ import annotations
@@ -134,7 +168,7 @@ from memrope.attention import AttentionFn
 from memrope.cache import CacheContext, MemRoPECache
 from memrope.flow_matching import FlowMatchScheduler
 from memrope.models.wan import CausalWanModel
-from memrope.models.wan_forward import token_grid, wan_forward
+from memrope.models.wan_forward import CrossAttentionContext, token_grid, wan_forward
 from memrope.rope import RotaryEmbedding, frame_grid_positions
 from memrope.toy import TOY_CACHE, TOY_GIVEN_FRAMES, TOY_LATENT_HW, TOY_MODEL_CONFIG, toy_weights_path
 from memrope.toy.world import world_latents
@@ -189,10 +223,10 @@ def block_causal_groups(frames: int, chunk: int, given: int = 0) -> list[tuple[s
     cover the sequence in order.
     """
     offset = frames - chunk - given  # where the noisy frames start, less the frames they skip
-    clean = [
+    clean: list[tuple[slice, tuple[slice, ...]]] = [
         (slice(begin, begin + chunk), (slice(0, begin + chunk),)) for begin in range(0, frames - chunk, chunk)
     ]
-    noisy = [
+    noisy: list[tuple[slice, tuple[slice, ...]]] = [
         (
             slice(offset + begin, offset + begin + chunk),
             (slice(0, begin), slice(offset + begin, offset + begin + chunk)),
@@ -253,7 +287,7 @@ def teacher_forced_flow(
     model: CausalWanModel,
     video: torch.Tensor,
     times: torch.Tensor,
-    context: object,
+    context: CrossAttentionContext,
     stand_in: TeacherForcingContext,
     attention: AttentionFn,
     noisy_from: int,
