@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 from types import ModuleType
 
@@ -61,6 +62,13 @@ TRAIN_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train_toy.py"
 def train_script() -> ModuleType:
     """``scripts/train_toy.py`` imported as a module (it is not part of the package)."""
     return import_script(TRAIN_SCRIPT)
+
+
+def motion_benchmark() -> ModuleType:
+    """``benchmarks/toy_motion.py`` as a module (after ``toy_drift.py``, whose definitions it shares)."""
+    benchmarks = TRAIN_SCRIPT.parents[1] / "benchmarks"
+    import_script(benchmarks / "toy_drift.py")
+    return import_script(benchmarks / "toy_motion.py")
 
 
 def noise_frames(count: int, seed: int = 0) -> torch.Tensor:
@@ -294,6 +302,32 @@ def test_the_unconditional_toy_needs_no_prompt_and_ignores_one(
     assert main([*prompted, "--save-latents", str(tmp_path / "fox.st")]) == 0
     assert torch.equal(load_file(tmp_path / "bare.st")["latents"], load_file(tmp_path / "fox.st")["latents"])
     assert not get_preset("tiny").unconditional  # a conditional model still asks for a prompt
+
+
+def test_the_motion_benchmark_scores_the_worlds_own_step_as_the_worlds_step() -> None:
+    motion = motion_benchmark()
+    truth = measure_frames(latents_to_frames(world_latents(0, 6, 4)))
+    step = motion.step_along_world(truth.centroids[:, 4], truth.centroids[:, 3], truth, 4)
+    world_step = (truth.centroids[:, 4] - truth.centroids[:, 3]).norm(dim=-1)
+    present = ~torch.isnan(step)
+    assert int(present.sum()) >= 8
+    assert torch.allclose(step[present], world_step[present])
+    frozen = motion.step_along_world(truth.centroids[:, 3], truth.centroids[:, 3], truth, 4)
+    assert torch.all(frozen[present] == 0)
+    backwards = motion.step_along_world(truth.centroids[:, 3], truth.centroids[:, 4], truth, 4)
+    assert torch.allclose(backwards[present], -world_step[present])
+
+
+def test_the_motion_benchmark_runs_the_shipped_model() -> None:
+    result = motion_benchmark().measure_motion(
+        None, batch=2, frames=TOY_GIVEN_FRAMES + 2, seed=0, noise_seed=1
+    )
+    rows = result["frames"]
+    assert [row["frame"] for row in rows] == [TOY_GIVEN_FRAMES, TOY_GIVEN_FRAMES + 1]
+    for row in rows:
+        assert 1.0 <= row["world_step"] <= 1.45  # 1 pixel per axis per latent frame
+        assert 0.0 <= row["on_track"] <= row["held"] <= 1.0
+        assert math.isfinite(row["one_step"])
 
 
 # ------------------------------------------------------------------------------------ a short run
