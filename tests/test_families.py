@@ -472,3 +472,12 @@ def test_family_sampler_runs_on_the_tiny_model(family: str) -> None:
     # every step, then the clean context call; the first chunk has its own steps (Causal Forcing++)
     assert len(calls) == first_steps + 1 + (chunks - 1) * (len(facts.steps) + 1)
     assert pipeline.cache_config == preset.cache
+
+
+def test_only_the_toy_is_unconditional_and_the_flag_is_a_bool() -> None:
+    assert [name for name, preset in PRESETS.items() if preset.unconditional] == ["toy"]
+    for bad in (1, "yes", None):
+        with pytest.raises(TypeError, match="model family 'toy': unconditional must be a bool"):
+            dataclasses.replace(MODEL_FAMILIES["toy"], unconditional=bad)
+        with pytest.raises(TypeError, match="preset 'toy': unconditional must be a bool"):
+            dataclasses.replace(PRESETS["toy"], unconditional=bad)
