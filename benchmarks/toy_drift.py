@@ -86,9 +86,8 @@ def rollout(policy: str, frames: int, batch: int, weights: str | None, seed: int
                 centroids = measure.centroids[:, 0]
                 if not reference:
                     reference = {"counts": counts, "histogram": histogram, "fill": fill}
-                present = (reference["counts"] >= MIN_PIXELS) & (reference["fill"] >= MIN_FILL)
-                ratio = counts / reference["counts"].clamp(min=1)
-                kept = present & (ratio >= 0.5) & (ratio <= 2.0) & (fill >= MIN_FILL)
+                present = first_frame_objects(reference["counts"], reference["fill"])
+                kept = objects_held(present, reference["counts"], counts, fill)
                 series["background"].append(float(measure.background_error.mean()))
                 series["histogram"].append(
                     float((histogram - reference["histogram"]).abs().sum(dim=1).mean())
@@ -106,6 +105,21 @@ def rollout(policy: str, frames: int, batch: int, weights: str | None, seed: int
                 truth = measure_frames(render_frames(scenes, torch.tensor([time]))).centroids[:, 0]
                 series["track"].append(_masked_mean((centroids - truth).norm(dim=-1), kept))
     return series
+
+
+def first_frame_objects(counts: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
+    """The first frame's objects ``[B, 6]``: colours covering ``MIN_PIXELS`` as a compact blob, from
+    that frame's pixel ``counts`` and ``fill`` ``[B, 6]``."""
+    return (counts >= MIN_PIXELS) & (fill >= MIN_FILL)
+
+
+def objects_held(
+    objects: torch.Tensor, first_counts: torch.Tensor, counts: torch.Tensor, fill: torch.Tensor
+) -> torch.Tensor:
+    """Which of the first frame's ``objects`` ``[B, 6]`` a frame still shows as a compact blob of their
+    colour with 0.5x-2x their first-frame pixels (``first_counts``; the frame's ``counts``, ``fill``)."""
+    ratio = counts / first_counts.clamp(min=1)
+    return objects & (ratio >= 0.5) & (ratio <= 2.0) & (fill >= MIN_FILL)
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> float:

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 import torch
-from toy_drift import MIN_FILL, MIN_PIXELS, PROMPT
+from toy_drift import PROMPT, first_frame_objects, objects_held
 
 from memrope import components
 from memrope.presets import get_preset
@@ -64,7 +64,7 @@ def measure_motion(
     text = components.load_text_encoder(preset).encode([PROMPT] * batch)
     world = world_latents(seed, frames, batch)
     truth = _measure(world)
-    first = (truth.counts[:, 0] >= MIN_PIXELS) & (truth.fill[:, 0] >= MIN_FILL)  # [B, 6]
+    first = first_frame_objects(truth.counts[:, 0], truth.fill[:, 0])  # [B, 6]
 
     def run(given: int, length: int) -> torch.Tensor:
         chunks = pipeline.stream(
@@ -80,16 +80,15 @@ def measure_motion(
         rollout = _measure(run(TOY_GIVEN_FRAMES, frames))
         rows = []
         for frame in range(TOY_GIVEN_FRAMES, frames):
-            moving = first & ((truth.centroids[:, frame] - truth.centroids[:, frame - 1]).norm(dim=-1) > 0.5)
+            world_step = (truth.centroids[:, frame] - truth.centroids[:, frame - 1]).norm(dim=-1)
+            moving = first & (world_step > 0.5)
             one_ahead = _measure(run(frame, frame + 1)).centroids[:, frame]
             ahead = step_along_world(one_ahead, truth.centroids[:, frame - 1], truth, frame)
             free = step_along_world(
                 rollout.centroids[:, frame], rollout.centroids[:, frame - 1], truth, frame
             )
-            ratio = rollout.counts[:, frame] / truth.counts[:, 0].clamp(min=1)
-            held = first & (ratio >= 0.5) & (ratio <= 2.0) & (rollout.fill[:, frame] >= MIN_FILL)
+            held = objects_held(first, truth.counts[:, 0], rollout.counts[:, frame], rollout.fill[:, frame])
             off_track = (rollout.centroids[:, frame] - truth.centroids[:, frame]).norm(dim=-1)
-            world_step = (truth.centroids[:, frame] - truth.centroids[:, frame - 1]).norm(dim=-1)
             rows.append(
                 {
                     "frame": frame,
