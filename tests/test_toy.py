@@ -71,6 +71,13 @@ def motion_benchmark() -> ModuleType:
     return import_script(benchmarks / "toy_motion.py")
 
 
+def attention_benchmark() -> ModuleType:
+    """``benchmarks/toy_attention.py`` as a module (after ``toy_drift.py``, whose prompt it shares)."""
+    benchmarks = TRAIN_SCRIPT.parents[1] / "benchmarks"
+    import_script(benchmarks / "toy_drift.py")
+    return import_script(benchmarks / "toy_attention.py")
+
+
 def noise_frames(count: int, seed: int = 0) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     return torch.rand(1, count, 3, *NATIVE_HW, generator=generator) * 2 - 1
@@ -328,6 +335,41 @@ def test_the_motion_benchmark_runs_the_shipped_model() -> None:
         assert 1.0 <= row["world_step"] <= 1.45  # 1 pixel per axis per latent frame
         assert 0.0 <= row["on_track"] <= row["held"] <= 1.0
         assert math.isfinite(row["one_step"])
+
+
+def test_the_attention_benchmark_places_each_share_at_its_frame_and_offset() -> None:
+    statistics = attention_benchmark().head_statistics
+    height, width = 4, 5
+    tokens = height * width
+    frames = 3  # two context frames and the frame being drawn
+    weights = torch.zeros(2, tokens, frames * tokens)
+    for row in range(height):
+        for col in range(width):
+            source = row * width + max(col - 1, 0)  # the previous frame's token to its left
+            weights[:, row * width + col, (frames - 2) * tokens + source] = 1.0
+    result = statistics(weights, (height, width))
+    assert result["frames"] == [0.0, 1.0, 0.0]
+    # the first column's queries have no left neighbour: they read their own token
+    assert result["previous_3x3"] == [[0.0, 0.0, 0.0], [0.8, 0.2, 0.0], [0.0, 0.0, 0.0]]
+    assert result["entropy"] == pytest.approx(0.0, abs=1e-6)
+    uniform = statistics(torch.full((1, tokens, frames * tokens), 1.0 / (frames * tokens)), (height, width))
+    assert uniform["entropy"] == pytest.approx(uniform["uniform"])
+    assert uniform["frames"] == pytest.approx([1 / 3] * 3, abs=1e-3)
+
+
+def test_the_attention_benchmark_reads_the_first_denoising_call_of_the_shipped_model() -> None:
+    result = attention_benchmark().measure_attention(
+        None, batch=1, frame=TOY_GIVEN_FRAMES + 1, seed=0, noise_seed=1
+    )
+    layers = result["layers"]
+    config = get_preset("toy").model_config
+    assert len(layers) == config.num_layers and all(len(heads) == config.num_heads for heads in layers)
+    for heads in layers:
+        for head in heads:
+            assert len(head["frames"]) == TOY_GIVEN_FRAMES + 2  # the context and the frame being drawn
+            assert sum(head["frames"]) == pytest.approx(1.0, abs=1e-2)
+            assert 0.0 <= head["entropy"] <= head["uniform"] + 1e-4
+            assert sum(map(sum, head["previous_3x3"])) <= head["frames"][-2] + 1e-2
 
 
 # ------------------------------------------------------------------------------------ a short run
