@@ -42,7 +42,8 @@ from memrope.toy.world import world_latents
 
 class FirstCallAttention:
     """Attention hook keeping, per layer, the softmax attention ``[B, H, Lq, Lk]`` of its first call
-    over ``key_tokens`` keys (the first denoising call of a frame; its context call has one frame less)."""
+    over ``key_tokens`` keys: the first denoising call of the frame being drawn (the context call of
+    the frame before it has one frame of keys less)."""
 
     def __init__(self, key_tokens: int) -> None:
         self.key_tokens = key_tokens
