@@ -30,12 +30,10 @@ import time
 from pathlib import Path
 
 import torch
-from toy_drift import PROMPT
+from toy_drift import toy_pipeline
 
-from memrope import components
 from memrope.cache import CacheContext, MemRoPECache
 from memrope.models.wan_forward import token_grid
-from memrope.presets import get_preset
 from memrope.toy import TOY_GIVEN_FRAMES, TOY_LATENT_FRAMES
 from memrope.toy.world import world_latents
 
@@ -87,10 +85,7 @@ def measure_attention(
     weights: str | None, batch: int, frame: int, seed: int, noise_seed: int
 ) -> dict[str, object]:
     """Per layer and head, the statistics of :func:`head_statistics` for drawing latent frame ``frame``."""
-    preset = get_preset("toy")
-    model = components.load_model(preset, checkpoint=weights, device="cpu")
-    pipeline = components.make_pipeline(preset, model)
-    text = components.load_text_encoder(preset).encode([PROMPT] * batch)
+    preset, pipeline, text = toy_pipeline(weights, batch)
     world = world_latents(seed, frame, batch)
     grid = token_grid(preset.model_config, preset.latent_hw)
     hook = FirstCallAttention((frame + 1) * grid[0] * grid[1])

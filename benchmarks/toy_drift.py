@@ -45,7 +45,8 @@ import torch
 
 from memrope import components
 from memrope.config import MemRoPEConfig
-from memrope.presets import get_preset
+from memrope.pipeline import CausalInferencePipeline
+from memrope.presets import Preset, get_preset
 from memrope.toy import TOY_LATENT_FRAMES
 from memrope.toy.world import TEMPORAL_FACTOR, latents_to_frames, measure_frames, render_frames, sample_scene
 
@@ -62,13 +63,21 @@ def cache_for(policy: str) -> MemRoPEConfig:
     return dataclasses.replace(get_preset("toy").cache, policy=policy)
 
 
-def rollout(policy: str, frames: int, batch: int, weights: str | None, seed: int) -> dict[str, list[float]]:
-    """Per-latent-frame measures (batch means) of one rollout of ``frames`` latent frames."""
+def toy_pipeline(
+    weights: str | None, batch: int, cache: MemRoPEConfig | None = None
+) -> tuple[Preset, CausalInferencePipeline, torch.Tensor]:
+    """The toy preset, its pipeline on the CPU (``weights``: a checkpoint, ``None`` the shipped one;
+    ``cache``: another cache than the preset's) and the text embeddings of ``batch`` videos of :data:`PROMPT`."""
     preset = get_preset("toy")
     model = components.load_model(preset, checkpoint=weights, device="cpu")
-    pipeline = components.make_pipeline(preset, model, cache=cache_for(policy))
-    encoder = components.load_text_encoder(preset)
-    text = encoder.encode([PROMPT] * batch)
+    pipeline = components.make_pipeline(preset, model, cache=cache)
+    text = components.load_text_encoder(preset).encode([PROMPT] * batch)
+    return preset, pipeline, text
+
+
+def rollout(policy: str, frames: int, batch: int, weights: str | None, seed: int) -> dict[str, list[float]]:
+    """Per-latent-frame measures (batch means) of one rollout of ``frames`` latent frames."""
+    preset, pipeline, text = toy_pipeline(weights, batch, cache=cache_for(policy))
     first = components.make_initial_latents(preset, seed=seed, batch_size=batch)  # the world's first frames
     stream = pipeline.stream(text, num_frames=frames, seed=seed, initial_latents=first)
     scenes = sample_scene(seed, batch)  # the scenes of the given first frames

@@ -29,10 +29,8 @@ import time
 from pathlib import Path
 
 import torch
-from toy_drift import PROMPT, first_frame_objects, objects_held
+from toy_drift import first_frame_objects, objects_held, toy_pipeline
 
-from memrope import components
-from memrope.presets import get_preset
 from memrope.toy import TOY_GIVEN_FRAMES, TOY_LATENT_FRAMES
 from memrope.toy.world import FrameMeasure, latents_to_frames, measure_frames, world_latents
 
@@ -58,10 +56,7 @@ def measure_motion(
 ) -> dict[str, object]:
     """Per generated latent frame: the world's step, the model's step one ahead and in its rollout
     (px along the world's direction), and the rollout's held and on-track shares."""
-    preset = get_preset("toy")
-    model = components.load_model(preset, checkpoint=weights, device="cpu")
-    pipeline = components.make_pipeline(preset, model)
-    text = components.load_text_encoder(preset).encode([PROMPT] * batch)
+    preset, pipeline, text = toy_pipeline(weights, batch)
     world = world_latents(seed, frames, batch)
     truth = _measure(world)
     first = first_frame_objects(truth.counts[:, 0], truth.fill[:, 0])  # [B, 6]

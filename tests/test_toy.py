@@ -64,18 +64,11 @@ def train_script() -> ModuleType:
     return import_script(TRAIN_SCRIPT)
 
 
-def motion_benchmark() -> ModuleType:
-    """``benchmarks/toy_motion.py`` as a module (after ``toy_drift.py``, whose definitions it shares)."""
+def toy_benchmark(name: str) -> ModuleType:
+    """``benchmarks/<name>.py`` as a module, after ``toy_drift.py``, whose definitions the toy benchmarks share."""
     benchmarks = TRAIN_SCRIPT.parents[1] / "benchmarks"
     import_script(benchmarks / "toy_drift.py")
-    return import_script(benchmarks / "toy_motion.py")
-
-
-def attention_benchmark() -> ModuleType:
-    """``benchmarks/toy_attention.py`` as a module (after ``toy_drift.py``, whose prompt it shares)."""
-    benchmarks = TRAIN_SCRIPT.parents[1] / "benchmarks"
-    import_script(benchmarks / "toy_drift.py")
-    return import_script(benchmarks / "toy_attention.py")
+    return import_script(benchmarks / f"{name}.py")
 
 
 def noise_frames(count: int, seed: int = 0) -> torch.Tensor:
@@ -312,7 +305,7 @@ def test_the_unconditional_toy_needs_no_prompt_and_ignores_one(
 
 
 def test_the_motion_benchmark_scores_the_worlds_own_step_as_the_worlds_step() -> None:
-    motion = motion_benchmark()
+    motion = toy_benchmark("toy_motion")
     truth = measure_frames(latents_to_frames(world_latents(0, 6, 4)))
     step = motion.step_along_world(truth.centroids[:, 4], truth.centroids[:, 3], truth, 4)
     world_step = (truth.centroids[:, 4] - truth.centroids[:, 3]).norm(dim=-1)
@@ -326,7 +319,7 @@ def test_the_motion_benchmark_scores_the_worlds_own_step_as_the_worlds_step() ->
 
 
 def test_the_motion_benchmark_runs_the_shipped_model() -> None:
-    result = motion_benchmark().measure_motion(
+    result = toy_benchmark("toy_motion").measure_motion(
         None, batch=2, frames=TOY_GIVEN_FRAMES + 2, seed=0, noise_seed=1
     )
     rows = result["frames"]
@@ -338,7 +331,7 @@ def test_the_motion_benchmark_runs_the_shipped_model() -> None:
 
 
 def test_the_attention_benchmark_places_each_share_at_its_frame_and_offset() -> None:
-    statistics = attention_benchmark().head_statistics
+    statistics = toy_benchmark("toy_attention").head_statistics
     height, width = 4, 5
     tokens = height * width
     frames = 3  # two context frames and the frame being drawn
@@ -358,7 +351,7 @@ def test_the_attention_benchmark_places_each_share_at_its_frame_and_offset() -> 
 
 
 def test_the_attention_benchmark_reads_the_first_denoising_call_of_the_shipped_model() -> None:
-    result = attention_benchmark().measure_attention(
+    result = toy_benchmark("toy_attention").measure_attention(
         None, batch=1, frame=TOY_GIVEN_FRAMES + 1, seed=0, noise_seed=1
     )
     layers = result["layers"]
