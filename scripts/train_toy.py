@@ -226,6 +226,9 @@ the same, 1000 steps on 2 threads (1161 s, final loss 0.052): they move   1.00 /
 and stay recognisable shapes, softened
 each colour its own compass heading, wrapping on both axes (the torus     0.72 / 0.02 / 0     0.54 / 0.60 / 0.65
 world above), 1000 steps on 2 threads (1214 s): lost by frame 11
+each object moving left or right (two headings, inferred from the         0.90 / 0.83 / 0.76  0.66 / 0.73 / 0.96
+frames), wrapping, 1000 steps on 2 threads (1116 s): kept, but blocky
+and stopping
 finer tokens: the world at 16x24 pixels (objects of radius 2.6, shown     0.41 / 0.25 / 0.06  0.92 / 0.86 / 0.74
 x8), 3-channel latents, tokens of 2x2 pixels (the same 96 per frame)
 Haar-coded latents (per 2x2 pixels and colour: the mean and three         0.02 / 0 / 0        1.47 / 0.93 / 0.67
@@ -243,8 +246,8 @@ and ``torch.compile`` of the forward saves 16% of a step after 120 s of compilin
 So the model learns to copy a frame, detail within its tokens included, in 500 CPU steps, and to
 move every object the same way (one shared heading) in 1000; what it does not learn in 20 CPU
 minutes is to move different objects differently: with a heading per colour (nothing to infer from
-frame differences) it loses them by frame 11, and with the world's 8 headings, inferred from the
-frames, it stops them. Finer tokens or a re-coded latent lose them sooner.
+frame differences) it loses them by frame 11, and with two headings (left or right) or the world's
+8, inferred from the frames, it stops them. Finer tokens or a re-coded latent lose them sooner.
 """
 
 from __future__ import annotations
