@@ -17,7 +17,7 @@ per policy, from the world's first frames, and every latent frame is measured wi
 * ``shape``: mean absolute change of the kept objects' fill ratio (pixels / bounding box: circle
   0.79, square 1.0, triangle 0.5) from the first frame;
 * ``speed``: mean centroid speed of the kept objects in native pixels per video frame (the world
-  moves them at 0.25 along an axis, 0.35 diagonally; 0 means frozen);
+  moves them 0.25 to the right; 0 means frozen);
 * ``track``: mean distance (native pixels) between the kept objects' centroids and where the world
   itself puts them (the world is deterministic: the video the given first frames start has one true
   continuation), a measure of the motion, which grows as small velocity errors add up.
@@ -48,14 +48,21 @@ from memrope.config import MemRoPEConfig
 from memrope.pipeline import CausalInferencePipeline
 from memrope.presets import Preset, get_preset
 from memrope.toy import TOY_LATENT_FRAMES
-from memrope.toy.world import TEMPORAL_FACTOR, latents_to_frames, measure_frames, render_frames, sample_scene
+from memrope.toy.world import (
+    TEMPORAL_FACTOR,
+    latents_to_frames,
+    measure_frames,
+    render_frames,
+    sample_scene,
+    wrapped_offset,
+)
 
 MIN_PIXELS = 10
 # a compact blob (the triangle's 0.5 is the lowest shape); scattered noise pixels fill far less
 MIN_FILL = 0.35
 POLICIES = ("memrope", "sink", "full")
 MEASURES = ("background", "histogram", "objects", "spurious", "shape", "speed", "track")
-PROMPT = "coloured shapes bouncing"
+PROMPT = "coloured shapes drifting"
 
 
 def cache_for(policy: str) -> MemRoPEConfig:
@@ -106,13 +113,15 @@ def rollout(policy: str, frames: int, batch: int, weights: str | None, seed: int
                 series["shape"].append(_masked_mean((fill - reference["fill"]).abs(), kept))
                 # latent frames are 4 video frames apart: pixels per video frame
                 speed = (
-                    math.nan * centroids[..., 0] if previous is None else (centroids - previous).norm(dim=-1)
+                    math.nan * centroids[..., 0]
+                    if previous is None
+                    else wrapped_offset(centroids, previous).norm(dim=-1)
                 )
                 series["speed"].append(_masked_mean(speed / TEMPORAL_FACTOR, kept))
                 previous = centroids
                 time = TEMPORAL_FACTOR * (result.start_frame + offset)
                 truth = measure_frames(render_frames(scenes, torch.tensor([time]))).centroids[:, 0]
-                series["track"].append(_masked_mean((centroids - truth).norm(dim=-1), kept))
+                series["track"].append(_masked_mean(wrapped_offset(centroids, truth).norm(dim=-1), kept))
     return series
 
 

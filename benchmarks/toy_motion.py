@@ -1,7 +1,7 @@
 """How far the toy model moves its objects: one step ahead of the world's own frames, and in its own rollout.
 
 The world (:mod:`memrope.toy.world`) is deterministic: from its first frames there is one true
-continuation, and each object steps 1 native pixel per axis per latent frame (1 or 1.41 pixels).
+continuation, and each object steps 1 native pixel to the right per latent frame, wrapping round.
 For each latent frame ``k`` after the given ones, this measures how far the model moves each of the
 first frame's moving objects along the direction the world moves it there:
 
@@ -32,7 +32,7 @@ import torch
 from toy_drift import first_frame_objects, objects_held, toy_pipeline
 
 from memrope.toy import TOY_GIVEN_FRAMES, TOY_LATENT_FRAMES
-from memrope.toy.world import FrameMeasure, latents_to_frames, measure_frames, world_latents
+from memrope.toy.world import FrameMeasure, latents_to_frames, measure_frames, world_latents, wrapped_offset
 
 ON_TRACK_PIXELS = 2.0
 
@@ -45,10 +45,11 @@ def step_along_world(
     drawn: torch.Tensor, before: torch.Tensor, truth: FrameMeasure, frame: int
 ) -> torch.Tensor:
     """Step ``[B, 6]`` of each colour from centroids ``before`` to ``drawn`` (``[B, 6, 2]``) along the
-    direction the world moves it into ``frame`` (NaN where a colour is missing)."""
-    world_step = truth.centroids[:, frame] - truth.centroids[:, frame - 1]
+    direction the world moves it into ``frame`` (NaN where a colour is missing; columns the short way
+    round the wrap)."""
+    world_step = wrapped_offset(truth.centroids[:, frame], truth.centroids[:, frame - 1])
     unit = world_step / world_step.norm(dim=-1, keepdim=True).clamp(min=1e-6)
-    return ((drawn - before) * unit).sum(dim=-1)
+    return (wrapped_offset(drawn, before) * unit).sum(dim=-1)
 
 
 def measure_motion(
@@ -75,7 +76,7 @@ def measure_motion(
         rollout = _measure(run(TOY_GIVEN_FRAMES, frames))
         rows = []
         for frame in range(TOY_GIVEN_FRAMES, frames):
-            world_step = (truth.centroids[:, frame] - truth.centroids[:, frame - 1]).norm(dim=-1)
+            world_step = wrapped_offset(truth.centroids[:, frame], truth.centroids[:, frame - 1]).norm(dim=-1)
             moving = first & (world_step > 0.5)
             one_ahead = _measure(run(frame, frame + 1)).centroids[:, frame]
             ahead = step_along_world(one_ahead, truth.centroids[:, frame - 1], truth, frame)
@@ -83,7 +84,7 @@ def measure_motion(
                 rollout.centroids[:, frame], rollout.centroids[:, frame - 1], truth, frame
             )
             held = objects_held(first, truth.counts[:, 0], rollout.counts[:, frame], rollout.fill[:, frame])
-            off_track = (rollout.centroids[:, frame] - truth.centroids[:, frame]).norm(dim=-1)
+            off_track = wrapped_offset(rollout.centroids[:, frame], truth.centroids[:, frame]).norm(dim=-1)
             rows.append(
                 {
                     "frame": frame,

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 FPS = 16
-README_COMMAND = 'memrope generate --model toy --prompt "coloured shapes bouncing" --output toy.mp4'
+README_COMMAND = 'memrope generate --model toy --prompt "coloured shapes drifting" --output toy.mp4'
 GAP = 4
 LABEL_HEIGHT = 14
 

@@ -1,16 +1,18 @@
 """Train the toy DiT (``memrope generate --model toy``) from scratch on the synthetic world, on a CPU.
 
 Not run by CI. ``python scripts/train_toy.py`` rewrites ``src/memrope/toy/toy_dit.safetensors``
-(the shipped file: the default arguments, 500 steps of batch 4 on the two threads of this shared
-2-core machine; its metadata record the seed, steps, wall time and final loss, the mean of the last
-``LOSS_WINDOW`` steps of the L1 loss in normalised-latent units, the latents having unit variance).
+(the shipped file: seed 1, 1000 steps of batch 4; its metadata record the seed, steps, batch,
+threads, wall time and final loss, the mean of the last ``LOSS_WINDOW`` steps of the L1 loss in
+normalised-latent units, the latents having unit variance).
 Everything is seeded: the world videos, the noise, the timesteps and the initial weights (two
 threads may reorder float sums, so a rerun matches in quality, not bit for bit).
 
-Status (issue 14 is open): the model continues the world's first frames with its objects as sharp
-blobs of their colour over a clean background, most of them for the trained 12 frames and many far
-beyond, but they slow down and stop within a few frames, and some change colour or shape (numbers:
-README "The toy model", ``benchmarks/toy_drift.py``).
+Status: on the shipped world (every object carried right by one current, :mod:`memrope.toy.world`)
+the model continues the world's first frames with its objects whole, recognisable shapes that move
+with the world's current for the trained 12 frames and, in most videos, for minutes beyond, over a
+clean background; they are softer than the world's and drift off its exact track by a few pixels.
+Whether a training run gets there depends on its seed (the last table below): the default seed 1
+does, seed 0 does not. Numbers: README "The toy model", ``benchmarks/toy_drift.py``.
 
 Recipe: the first frames are given; every later frame is learnt by block-causal teacher forcing in
 one forward pass, with flow matching on the sampler's own steps.
@@ -248,6 +250,26 @@ move every object the same way (one shared heading) in 1000; what it does not le
 minutes is to move different objects differently: with a heading per colour (nothing to infer from
 frame differences) it loses them by frame 11, and with two headings (left or right) or the world's
 8, inferred from the frames, it stops them. Finer tokens or a re-coded latent lose them sooner.
+
+So the world was simplified to what is learnt (:mod:`memrope.toy.world`): one current carries every
+object one pixel to the right per latent frame, columns wrap round, and the objects start one per
+third of the width so they never overlap (the one-heading trial above let them cross). With the
+defaults (1000 steps), on the same screen (16 rollouts of world seed 987654, noise seed 1):
+
+=====================================================  ======  ==========  ==================  ==================
+run                                                    time    final loss  held 6 / 11 / 23    error 4 / 6 / 11
+=====================================================  ======  ==========  ==================  ==================
+REPRO_ROW
+seed 1, 1 thread, two runs at once (the shipped file)  1281 s  0.045       1.00 / 1.00 / 1.00  0.29 / 0.22 / 0.21
+seed 2, the same                                       1282 s  0.053       1.00 / 0.96 / 0.83  0.38 / 0.23 / 0.23
+seed 0, 2 threads                                      687 s   0.057       0.77 / 0.06 / 0     0.53 / 0.57 / 0.62
+=====================================================  ======  ==========  ==================  ==================
+
+Whether the rollout holds depends on the training seed, at about the same final loss: seed 0's
+objects shrink and vanish by frame 11, and no inference setting rescued them (context noise 0 or
+300 instead of 150, or no noised context: at best 0.90 / 0.23 / 0). Hence the default seed 1; a
+run with another seed should be screened (``benchmarks/toy_motion.py``) before it is shipped. The
+time of a step varies with this shared machine's load (0.69-1.3 s at 2 threads on different days).
 """
 
 from __future__ import annotations
@@ -497,8 +519,8 @@ def save_weights(weights: dict[str, torch.Tensor], record: dict[str, float | int
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--context-noise", type=float, default=0.3, help="most sigma of the context noise")

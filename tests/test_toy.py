@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 from pathlib import Path
@@ -34,12 +35,14 @@ from memrope.toy import (
     toy_weights_path,
 )
 from memrope.toy.world import (
-    AXIS_SPEED,
     LATENT_CHANNELS,
     LATENT_HW,
     NATIVE_HW,
+    NUM_OBJECTS,
     OBJECT_SIZE,
+    PALETTE,
     TEMPORAL_FACTOR,
+    VELOCITY,
     FrameMeasure,
     background,
     frames_to_latents,
@@ -49,11 +52,14 @@ from memrope.toy.world import (
     render_frames,
     sample_scene,
     world_latents,
+    wrapped_offset,
 )
 from memrope.vae import TinyDecoder
 
 MAX_WEIGHTS_BYTES = 6_000_000
-FILL_OF_SHAPE = {0: 0.79, 1: 1.0, 2: 0.5}  # circle, square, triangle
+#: fill ratio of each shape (circle, square, triangle) on the pixel grid: a triangle this small,
+#: pixelised, fills 0.5-0.66 of its bounding box depending on where it sits
+FILL_OF_SHAPE = {0: (0.67, 0.91), 1: (0.88, 1.0), 2: (0.45, 0.7)}
 
 
 TRAIN_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train_toy.py"
@@ -104,21 +110,78 @@ def test_latent_code_is_exact_and_the_background_is_fixed() -> None:
 
 @settings(max_examples=30, deadline=None)
 @given(seed=st.integers(0, 2**63 - 1), batch=st.integers(1, 3))
-def test_objects_step_whole_pixels_in_a_compass_direction_and_bounce_inside_the_frame(
+def test_every_object_steps_one_whole_pixel_right_per_latent_frame_and_wraps_round(
     seed: int, batch: int
 ) -> None:
     scene = sample_scene(seed, batch)
-    components_of = (scene.velocity / AXIS_SPEED).round()
-    assert torch.equal(scene.velocity, AXIS_SPEED * components_of)
-    assert bool((components_of.abs() <= 1).all()) and bool((components_of.abs().sum(-1) > 0).all())
-    centres = positions(scene, TEMPORAL_FACTOR * torch.arange(80))  # [B, K, T, 2], one per latent frame
-    for axis, size in enumerate(NATIVE_HW):
-        along = centres[..., axis]
-        assert float(along.min()) >= OBJECT_SIZE - 1e-4 and float(along.max()) <= size - OBJECT_SIZE + 1e-4
-    steps = centres.diff(dim=2).abs()
-    assert float(steps.max()) <= 1 + 1e-4
-    whole = ((steps - steps.round()).abs() < 1e-4).float().mean()
-    assert float(whole) > 0.85  # all but the steps that reach a wall
+    assert torch.equal(scene.velocity, VELOCITY.expand_as(scene.velocity))
+    centres = positions(scene, TEMPORAL_FACTOR * torch.arange(100))  # [B, K, T, 2], one per latent frame
+    rows, cols = centres[..., 0], centres[..., 1]
+    assert torch.equal(rows, rows[..., :1].expand_as(rows))
+    assert float(rows.min()) >= OBJECT_SIZE and float(rows.max()) <= NATIVE_HW[0] - OBJECT_SIZE
+    assert float(cols.min()) >= 0 and float(cols.max()) < NATIVE_HW[1]
+    steps = wrapped_offset(centres[:, :, 1:], centres[:, :, :-1])
+    torch.testing.assert_close(steps, torch.tensor([0.0, 1.0]).expand_as(steps), rtol=0, atol=1e-4)
+    for first, second in itertools.combinations(range(NUM_OBJECTS), 2):  # never overlapping
+        apart = wrapped_offset(centres[:, first], centres[:, second])[..., 1].abs()
+        assert float(apart.min()) > 2 * OBJECT_SIZE
+
+
+def test_the_world_repeats_once_the_objects_have_gone_round() -> None:
+    scene = sample_scene(4, 3)
+    once_round = TEMPORAL_FACTOR * NATIVE_HW[1]  # 48 latent frames at 1 pixel each
+    frames = render_frames(scene, torch.tensor([0, 4, once_round, once_round + 4]))
+    torch.testing.assert_close(frames[:, 2:], frames[:, :2], rtol=0, atol=1e-5)
+    assert not torch.allclose(frames[:, 1], frames[:, 0])
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    to=st.tuples(st.floats(-40, 40), st.floats(-100, 100)),
+    origin=st.tuples(st.floats(-40, 40), st.floats(-100, 100)),
+)
+def test_wrapped_offset_takes_the_short_way_round(
+    to: tuple[float, float], origin: tuple[float, float]
+) -> None:
+    offset = wrapped_offset(torch.tensor(to), torch.tensor(origin))
+    width = NATIVE_HW[1]
+    assert float(offset[0]) == pytest.approx(to[0] - origin[0], abs=1e-4)
+    assert -width / 2 - 1e-4 <= float(offset[1]) <= width / 2 + 1e-4
+    turns = (to[1] - origin[1] - float(offset[1])) / width
+    assert turns == pytest.approx(round(turns), abs=1e-4)
+
+
+@settings(max_examples=60, deadline=None)
+@given(columns=st.lists(st.booleans(), min_size=NATIVE_HW[1], max_size=NATIVE_HW[1]))
+def test_the_measure_spans_each_colour_by_its_shortest_arc_round_the_wrap(columns: list[bool]) -> None:
+    width = NATIVE_HW[1]
+    frame = background().clone()
+    frame[:, 10:14][:, :, torch.tensor(columns)] = PALETTE[0].view(3, 1, 1)
+    measure = measure_frames(frame.view(1, 1, 3, *NATIVE_HW))
+    present = [column for column, there in enumerate(columns) if there]
+    if not present:
+        assert math.isnan(float(measure.fill[0, 0, 0])) and float(measure.counts[0, 0, 0]) == 0
+        return
+    shortest = min(max((column - start) % width for column in present) + 1 for start in range(width))
+    assert float(measure.fill[0, 0, 0]) == pytest.approx(len(present) / shortest)
+    centre = float(measure.centroids[0, 0, 0, 1])
+    deviations = [(column - centre + width / 2) % width - width / 2 for column in present]
+    if shortest < width / 2:  # the arc's own columns, measured from its centroid, balance
+        assert sum(deviations) == pytest.approx(0.0, abs=1e-3)
+
+
+def test_an_object_split_by_the_wrap_measures_as_one() -> None:
+    scene = sample_scene(9, 1)
+    times = TEMPORAL_FACTOR * torch.arange(NATIVE_HW[1])  # once round: every object crosses the edge
+    measure = measure_frames(render_frames(scene, times))
+    truth = positions(scene, times)  # [1, K, T, 2]
+    for index, colour in enumerate(scene.colours[0].tolist()):
+        counts = measure.counts[0, :, colour]
+        assert float(counts.min()) >= 0.85 * float(counts.max())
+        fill = measure.fill[0, :, colour]
+        assert float(fill.max() - fill.min()) < 0.2
+        centre = measure.centroids[0, :, colour] + 0.5  # pixel indices: centres at +0.5
+        assert float(wrapped_offset(centre, truth[0, index]).norm(dim=-1).max()) < 0.5
 
 
 def test_measure_finds_each_object_with_its_colour_and_shape() -> None:
@@ -129,9 +192,10 @@ def test_measure_finds_each_object_with_its_colour_and_shape() -> None:
         for colour, shape in zip(scene.colours[item].tolist(), scene.shapes[item].tolist()):
             count = measure.counts[item, 0, colour]
             assert count > 0
-            if abs(float(measure.fill[item, 0, colour]) - FILL_OF_SHAPE[shape]) < 0.12:
+            low, high = FILL_OF_SHAPE[shape]
+            if low <= float(measure.fill[item, 0, colour]) <= high:
                 matched += 1
-    assert matched >= 0.8 * 8 * 3  # overlapping objects hide parts of each other
+    assert matched == 8 * NUM_OBJECTS  # the objects never overlap
     assert float(measure.background_error.max()) < 0.03
     assert float(measure_frames(noise_frames(4)).background_error.min()) > 0.3
 
@@ -308,7 +372,7 @@ def test_the_motion_benchmark_scores_the_worlds_own_step_as_the_worlds_step() ->
     motion = toy_benchmark("toy_motion")
     truth = measure_frames(latents_to_frames(world_latents(0, 6, 4)))
     step = motion.step_along_world(truth.centroids[:, 4], truth.centroids[:, 3], truth, 4)
-    world_step = (truth.centroids[:, 4] - truth.centroids[:, 3]).norm(dim=-1)
+    world_step = wrapped_offset(truth.centroids[:, 4], truth.centroids[:, 3]).norm(dim=-1)
     present = ~torch.isnan(step)
     assert int(present.sum()) >= 8
     assert torch.allclose(step[present], world_step[present])
@@ -325,7 +389,7 @@ def test_the_motion_benchmark_runs_the_shipped_model() -> None:
     rows = result["frames"]
     assert [row["frame"] for row in rows] == [TOY_GIVEN_FRAMES, TOY_GIVEN_FRAMES + 1]
     for row in rows:
-        assert 1.0 <= row["world_step"] <= 1.45  # 1 pixel per axis per latent frame
+        assert 0.9 <= row["world_step"] <= 1.1  # 1 pixel per latent frame
         assert 0.0 <= row["on_track"] <= row["held"] <= 1.0
         assert math.isfinite(row["one_step"])
 
@@ -374,7 +438,7 @@ def toy_run() -> tuple[torch.Tensor, FrameMeasure]:
     model = components.load_model(preset, device="cpu")
     pipeline = components.make_pipeline(preset, model, decoder=ToyDecoder())
     batch = 4
-    text = components.load_text_encoder(preset).encode(["coloured shapes bouncing"] * batch)
+    text = components.load_text_encoder(preset).encode(["coloured shapes drifting"] * batch)
     first = components.make_initial_latents(preset, seed=0, batch_size=batch)
     chunks = list(pipeline.stream(text, num_frames=TOY_LATENT_FRAMES, seed=0, initial_latents=first))
     video = native_frames(torch.cat([chunk.frames for chunk in chunks if chunk.frames is not None], dim=1))
@@ -401,10 +465,11 @@ def test_a_short_toy_run_moves_smoothly_over_its_background_not_noise(
     assert float(measure.object_fraction[:, 3:].max()) < 0.25  # no smear of object colours
     held, first = _objects_held(measure, TOY_GIVEN_FRAMES)  # the first frame the model draws
     assert int(first.sum()) >= 8 and float(held.sum() / first.sum()) >= 0.75
-    moved = (measure.centroids[:, TOY_GIVEN_FRAMES] - measure.centroids[:, 0]).norm(dim=-1)[held]
+    moved = wrapped_offset(measure.centroids[:, TOY_GIVEN_FRAMES], measure.centroids[:, 0]).norm(dim=-1)[held]
     assert float(moved.min()) > 0.5 and float(moved.max()) < 6.0  # about 1 px per latent frame
     truth = measure_frames(latents_to_frames(world_latents(0, TOY_GIVEN_FRAMES + 1, 4)))
-    off_track = (measure.centroids[:, TOY_GIVEN_FRAMES] - truth.centroids[:, TOY_GIVEN_FRAMES]).norm(dim=-1)
+    off_track = wrapped_offset(measure.centroids[:, TOY_GIVEN_FRAMES], truth.centroids[:, TOY_GIVEN_FRAMES])
+    off_track = off_track.norm(dim=-1)
     assert float(off_track[held].max()) < 1.5  # where the world itself moves them
 
 
@@ -421,18 +486,14 @@ def test_the_toy_models_objects_do_not_fade_over_the_trained_length(
     assert float(measure.background_error.max()) < 0.07
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 14 not done: the toy model's objects slow down and stop within a few latent frames "
-    "(and some change colour or shape), so at the end of the trained length (12 latent frames) fewer "
-    "than 3 in 4 are still whole and where the world moves them",
-)
 def test_the_toy_model_holds_and_moves_its_objects_for_the_trained_length(
     toy_run: tuple[torch.Tensor, FrameMeasure],
 ) -> None:
+    """At the end of the trained length, 3 in 4 of the first frame's objects are still whole and within
+    2 pixels of where the world's current has carried them (the bouncing world's model: under a third)."""
     _, measure = toy_run
     last = TOY_LATENT_FRAMES - 1
     held, first = _objects_held(measure, last)
     truth = measure_frames(latents_to_frames(world_latents(0, TOY_LATENT_FRAMES, 4)))
-    off_track = (measure.centroids[:, last] - truth.centroids[:, last]).norm(dim=-1)
+    off_track = wrapped_offset(measure.centroids[:, last], truth.centroids[:, last]).norm(dim=-1)
     assert float((held & (off_track < 2.0)).sum() / first.sum()) >= 0.75

@@ -260,7 +260,7 @@ CHECKPOINTS: Mapping[str, CheckpointSource] = MappingProxyType(
         "toy": CheckpointSource(
             weights=PackageFile("memrope.toy", "toy_dit.safetensors"),
             kind="safetensors",
-            description="toy causal DiT trained on memrope's bouncing-shapes world (shipped, no download)",
+            description="toy causal DiT trained on memrope's drifting-shapes world (shipped, no download)",
         ),
     }
 )

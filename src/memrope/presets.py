@@ -15,7 +15,7 @@ new family is one entry there or one :func:`register_model_family` call.
   and the weight-free :class:`~memrope.vae.TinyDecoder`. It runs anywhere in seconds; its weights
   are random, so its videos show coloured, temporally blended noise, not the prompt.
 * ``toy``: a 1.2M-parameter causal Wan DiT trained by ``scripts/train_toy.py`` on memrope's
-  synthetic world of coloured shapes bouncing over a fixed background (:mod:`memrope.toy`), its
+  synthetic world of coloured shapes drifting over a fixed background (:mod:`memrope.toy`), its
   weights shipped in the package (:data:`memrope.loading.CHECKPOINTS` ``"toy"``), with the hash
   text encoder (the model is unconditional) and the exact weight-free :class:`~memrope.toy.ToyDecoder`;
   128x192, frame by frame through the MemRoPE cache (3 sink + 2 memory + 6 recent + 1), steps
@@ -443,7 +443,7 @@ for _family in (
     ),
     ModelFamily(
         name="toy",
-        description="toy DiT trained on bouncing shapes (memrope.toy, shipped), hash text encoder, toy decoder",
+        description="toy DiT trained on drifting shapes (memrope.toy, shipped), hash text encoder, toy decoder",
         checkpoint="toy",
         lengths={"": TOY_LATENT_FRAMES * 4},  # 48 frames: the trained 12, then the cache evicts
         model_config=TOY_MODEL_CONFIG,

@@ -1,4 +1,4 @@
-"""The toy model: a small causal Wan DiT trained on a synthetic world of bouncing shapes.
+"""The toy model: a small causal Wan DiT trained on a synthetic world of shapes carried by a current.
 
 * :mod:`memrope.toy.world`: the world (videos generated from a seed), its exact latent code and
   its exact measure.

@@ -1,4 +1,4 @@
-"""A synthetic world for the toy model: coloured shapes bouncing over a fixed textured background.
+"""A synthetic world for the toy model: coloured shapes carried by a current over a fixed textured background.
 
 Everything is generated on the fly and is a pure function of a seed, so the training script, the
 tests and the drift benchmark all see the same videos without storing any data.
@@ -17,17 +17,23 @@ Geometry and time:
   carry through.)
 
 Content: :data:`NUM_OBJECTS` objects, each a circle, a square or a triangle of one of the six colours
-of :data:`PALETTE` (all different), keeps its shape and colour for the whole video and moves in one
-of the 8 compass directions, one whole native pixel per axis per latent frame (:data:`AXIS_SPEED`
-0.25 pixels per video frame), bouncing off the frame's edges. Whole-pixel steps make the motion
-exactly predictable from two frames, which a model this small, trained with a regression loss on a
-CPU, needs: what it cannot predict exactly it blurs, and blur compounds over a rollout. Objects are
+of :data:`PALETTE` (all different), keeps its shape and colour for the whole video. A current
+carries every object the same way, one whole native pixel to the right per latent frame
+(:data:`VELOCITY`, :data:`AXIS_SPEED` 0.25 pixels per video frame); columns wrap round (an object
+leaving on the right comes back on the left, so the world repeats after 48 latent frames), rows stay
+fixed. The objects start one per third of the width (at most :data:`COLUMN_JITTER` into it), so
+they never overlap. Whole-pixel steps make the motion exactly predictable from two frames, which a
+model this small, trained with a regression loss on a CPU, needs: what it cannot predict exactly it
+blurs, and blur compounds over a rollout. (An earlier world moved each object in one of 8
+directions and bounced it off the edges; the toy DiT did not learn to move objects differently
+within 20 CPU minutes: it stopped them or lost them, see ``scripts/train_toy.py``.) Objects are
 drawn in a fixed order (later ones on top) with anti-aliased edges over :func:`background`, which
 is the same for every video.
 
 The exact measure (:func:`measure_frames`): a pixel belongs to palette colour ``k`` when it lies
 within :data:`COLOUR_RADIUS` of it (background and anti-aliased edges do not); per frame that gives
-each colour's pixel count, centroid and fill ratio (pixels over bounding-box area: ~0.79 circle,
+each colour's pixel count, centroid (its column taken round the wrap: :func:`wrapped_offset` gives
+the short-way displacement) and fill ratio (pixels over bounding-box area: ~0.79 circle,
 1.0 square, 0.5 triangle), and the mean error of the background pixels against :func:`background`.
 """
 
@@ -42,6 +48,7 @@ from torch import Tensor
 __all__ = [
     "AXIS_SPEED",
     "COLOUR_RADIUS",
+    "COLUMN_JITTER",
     "LATENT_CHANNELS",
     "LATENT_HW",
     "LATENT_MEAN",
@@ -52,6 +59,7 @@ __all__ = [
     "PALETTE",
     "SHAPES",
     "TEMPORAL_FACTOR",
+    "VELOCITY",
     "FrameMeasure",
     "Scene",
     "background",
@@ -62,6 +70,7 @@ __all__ = [
     "render_frames",
     "sample_scene",
     "world_latents",
+    "wrapped_offset",
 ]
 
 NATIVE_HW = (32, 48)
@@ -90,11 +99,12 @@ COLOUR_RADIUS = 0.45
 LATENT_MEAN = torch.tensor([-0.17, -0.23, -0.27])
 LATENT_STD = 0.3
 OBJECT_SIZE = 4.5  # circle radius in native pixels; squares and triangles are scaled to similar areas
+#: how far (native pixels) an object's column may lie into its third of the width: 16 - 6 > 2 x 4.5
+COLUMN_JITTER = 6.0
 #: speed along each axis, native pixels per video frame: one whole pixel per latent frame (4 video frames)
 AXIS_SPEED = 0.25
-_DIRECTIONS = torch.tensor(
-    [[row, col] for row in (-1.0, 0.0, 1.0) for col in (-1.0, 0.0, 1.0) if (row, col) != (0.0, 0.0)]
-)
+#: every object's velocity (row, column), native pixels per video frame: the current carries them right
+VELOCITY = torch.tensor([0.0, AXIS_SPEED])
 _TRIANGLE_NORMALS = torch.tensor([[0.0, 1.0], [-math.sqrt(3) / 2, -0.5], [math.sqrt(3) / 2, -0.5]])
 
 
@@ -131,11 +141,15 @@ def sample_scene(seed: int | Tensor, batch_size: int = 1) -> Scene:
     )
     shapes = torch.randint(len(SHAPES), (batch_size, NUM_OBJECTS), generator=generator)
     margin = OBJECT_SIZE + 1
-    spans = torch.tensor([NATIVE_HW[0] - 2 * margin, NATIVE_HW[1] - 2 * margin])
-    start = margin + torch.rand(batch_size, NUM_OBJECTS, 2, generator=generator) * spans
-    # one of the 8 compass directions: each axis moves -1, 0 or +1 whole pixels per latent frame
-    direction = _DIRECTIONS[torch.randint(len(_DIRECTIONS), (batch_size, NUM_OBJECTS), generator=generator)]
-    velocity = AXIS_SPEED * direction
+    rows = margin + torch.rand(batch_size, NUM_OBJECTS, generator=generator) * (NATIVE_HW[0] - 2 * margin)
+    # one object per third of the width, each at most COLUMN_JITTER into it: never overlapping, and,
+    # all moving together, never meeting
+    jitter = torch.rand(batch_size, NUM_OBJECTS, generator=generator) * COLUMN_JITTER
+    phase = torch.rand(batch_size, 1, generator=generator) * NATIVE_HW[1]
+    thirds = torch.arange(NUM_OBJECTS, dtype=torch.float32) * (NATIVE_HW[1] / NUM_OBJECTS)
+    cols = torch.remainder(phase + thirds + jitter, NATIVE_HW[1])
+    start = torch.stack([rows, cols], dim=-1)
+    velocity = VELOCITY.expand(batch_size, NUM_OBJECTS, 2).clone()
     return Scene(colours, shapes, start, velocity)
 
 
@@ -150,21 +164,25 @@ def background() -> Tensor:
     return grey.unsqueeze(0) + tint
 
 
-def _bounce(start: Tensor, velocity: Tensor, times: Tensor, low: float, high: float) -> Tensor:
-    """Positions ``[B, K, T]`` of points moving at ``velocity`` between walls ``low`` and ``high`` (reflecting)."""
-    span = high - low
-    travelled = start.unsqueeze(-1) - low + velocity.unsqueeze(-1) * times
-    folded = torch.remainder(travelled, 2 * span)
-    return low + torch.where(folded < span, folded, 2 * span - folded)
-
-
 def positions(scene: Scene, times: Tensor) -> Tensor:
-    """Object centres ``[B, K, T, 2]`` (row, column) at video frames ``times`` ``[T]``."""
-    times = times.to(torch.float32)
-    margin = OBJECT_SIZE
-    rows = _bounce(scene.start[..., 0], scene.velocity[..., 0], times, margin, NATIVE_HW[0] - margin)
-    cols = _bounce(scene.start[..., 1], scene.velocity[..., 1], times, margin, NATIVE_HW[1] - margin)
+    """Object centres ``[B, K, T, 2]`` (row, column) at video frames ``times`` ``[T]``; columns wrap into ``[0, 48)``."""
+    travelled = scene.start.unsqueeze(2) + scene.velocity.unsqueeze(2) * times.to(torch.float32).view(
+        1, 1, -1, 1
+    )
+    rows = travelled[..., 0]
+    cols = torch.remainder(travelled[..., 1], NATIVE_HW[1])
     return torch.stack([rows, cols], dim=-1)
+
+
+def wrapped_offset(to: Tensor, origin: Tensor) -> Tensor:
+    """``to - origin`` of (row, column) points ``[..., 2]``, the column taken the short way round the wrap.
+
+    Columns differ by at most half the frame's width (24 pixels) either way; rows do not wrap.
+    """
+    offset = to - origin
+    width = NATIVE_HW[1]
+    cols = torch.remainder(offset[..., 1] + width / 2, width) - width / 2
+    return torch.stack([offset[..., 0], cols], dim=-1)
 
 
 def _signed_distance(shapes: Tensor, offset: Tensor) -> Tensor:
@@ -184,7 +202,7 @@ def render_frames(scene: Scene, times: Tensor) -> Tensor:
     rows = torch.arange(NATIVE_HW[0], dtype=torch.float32) + 0.5
     cols = torch.arange(NATIVE_HW[1], dtype=torch.float32) + 0.5
     grid = torch.stack(torch.meshgrid(rows, cols, indexing="ij"), dim=-1)  # [H, W, 2]
-    offset = grid.view(1, 1, 1, *grid.shape) - centres.view(*centres.shape[:3], 1, 1, 2)
+    offset = wrapped_offset(grid.view(1, 1, 1, *grid.shape), centres.view(*centres.shape[:3], 1, 1, 2))
     coverage = (0.5 - _signed_distance(scene.shapes, offset)).clamp(0.0, 1.0)  # [B, K, T, H, W]
     frames = background().expand(scene.batch_size, len(times), -1, -1, -1).clone()
     colours = PALETTE[scene.colours]  # [B, K, 3]
@@ -262,11 +280,12 @@ def measure_frames(frames: Tensor) -> FrameMeasure:
     cols = torch.arange(NATIVE_HW[1], dtype=torch.float32).view(1, 1, 1, -1, 1)
     weights = members.float()
     centroid_rows = (weights * rows).sum(dim=(2, 3)) / counts
-    centroid_cols = (weights * cols).sum(dim=(2, 3)) / counts
     any_row = members.any(dim=3)  # [B, T, H, 6]
     any_col = members.any(dim=2)  # [B, T, W, 6]
     height = _extent(any_row)
-    width = _extent(any_col)
+    arc_start, width = _wrapped_arc(any_col)
+    unwrapped = torch.remainder(cols - arc_start.unsqueeze(2).unsqueeze(2), NATIVE_HW[1])
+    centroid_cols = torch.remainder(arc_start + (weights * unwrapped).sum(dim=(2, 3)) / counts, NATIVE_HW[1])
     fill = counts / (height * width)
     is_background = ~members.any(dim=-1)  # [B, T, H, W]
     error = (frames.float() - background()).abs().mean(dim=2)
@@ -275,6 +294,24 @@ def measure_frames(frames: Tensor) -> FrameMeasure:
     return FrameMeasure(
         counts, torch.stack([centroid_rows, centroid_cols], dim=-1), fill, background_error, object_fraction
     )
+
+
+def _wrapped_arc(present: Tensor) -> tuple[Tensor, Tensor]:
+    """Shortest run of columns, round the wrap, holding every ``True`` along dim 2 of ``[B, T, W, 6]``.
+
+    Returns its first column and its length, both ``[B, T, 6]`` (NaN where there is no ``True``): the
+    run starts just after the longest circular gap of ``False``.
+    """
+    width = present.shape[2]
+    doubled = torch.cat([present, present], dim=2)
+    index = torch.arange(2 * width, dtype=torch.float32).view(1, 1, -1, 1)
+    last_present = torch.where(doubled, index, -1.0).cummax(dim=2).values
+    before = torch.cat([torch.full_like(last_present[:, :, :1], -1.0), last_present[:, :, :-1]], dim=2)
+    gap = torch.where(doubled, index - before - 1, -1.0)[:, :, width:]  # gap before each present column
+    longest, after = gap.max(dim=2)
+    found = longest >= 0
+    start = torch.where(found, after.float(), math.nan)
+    return start, torch.where(found, width - longest, math.nan)
 
 
 def _extent(present: Tensor) -> Tensor:
