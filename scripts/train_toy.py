@@ -253,13 +253,15 @@ frame differences) it loses them by frame 11, and with two headings (left or rig
 
 So the world was simplified to what is learnt (:mod:`memrope.toy.world`): one current carries every
 object one pixel to the right per latent frame, columns wrap round, and the objects start one per
-third of the width so they never overlap (the one-heading trial above let them cross). With the
-defaults (1000 steps), on the same screen (16 rollouts of world seed 987654, noise seed 1):
+third of the width so they never overlap (in the one-heading trial above they could start on top
+of each other). With the defaults (1000 steps), on the same screen (16 rollouts of world seed
+987654, noise seed 1):
 
 =====================================================  ======  ==========  ==================  ==================
 run                                                    time    final loss  held 6 / 11 / 23    error 4 / 6 / 11
 =====================================================  ======  ==========  ==================  ==================
-REPRO_ROW
+seed 1, 2 threads, sharing the cores (a slow day: 2.7   4435 s  0.046       1.00 / 1.00 / 0.98  0.30 / 0.21 / 0.21
+s a step alone)
 seed 1, 1 thread, two runs at once (the shipped file)  1281 s  0.045       1.00 / 1.00 / 1.00  0.29 / 0.22 / 0.21
 seed 2, the same                                       1282 s  0.053       1.00 / 0.96 / 0.83  0.38 / 0.23 / 0.23
 seed 0, 2 threads                                      687 s   0.057       0.77 / 0.06 / 0     0.53 / 0.57 / 0.62
@@ -269,7 +271,8 @@ Whether the rollout holds depends on the training seed, at about the same final 
 objects shrink and vanish by frame 11, and no inference setting rescued them (context noise 0 or
 300 instead of 150, or no noised context: at best 0.90 / 0.23 / 0). Hence the default seed 1; a
 run with another seed should be screened (``benchmarks/toy_motion.py``) before it is shipped. The
-time of a step varies with this shared machine's load (0.69-1.3 s at 2 threads on different days).
+time of a step varies with this shared machine's load (0.69-1.3 s at 2 threads on most days, 2.7 s
+on one).
 """
 
 from __future__ import annotations
