@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import json
 import math
@@ -70,11 +71,13 @@ def train_script() -> ModuleType:
     return import_script(TRAIN_SCRIPT)
 
 
+@functools.cache
 def toy_benchmark(name: str) -> ModuleType:
-    """``benchmarks/<name>.py`` as a module, after ``toy_drift.py``, whose definitions the toy benchmarks share."""
-    benchmarks = TRAIN_SCRIPT.parents[1] / "benchmarks"
-    import_script(benchmarks / "toy_drift.py")
-    return import_script(benchmarks / f"{name}.py")
+    """``benchmarks/<name>.py`` as a module, executed once, after ``toy_drift.py``, whose definitions
+    the toy benchmarks share."""
+    if name != "toy_drift":
+        toy_benchmark("toy_drift")
+    return import_script(TRAIN_SCRIPT.parents[1] / "benchmarks" / f"{name}.py")
 
 
 def noise_frames(count: int, seed: int = 0) -> torch.Tensor:

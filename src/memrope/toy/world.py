@@ -101,7 +101,7 @@ LATENT_STD = 0.3
 OBJECT_SIZE = 4.5  # circle radius in native pixels; squares and triangles are scaled to similar areas
 #: how far (native pixels) an object's column may lie into its third of the width: 16 - 6 > 2 x 4.5
 COLUMN_JITTER = 6.0
-#: speed along each axis, native pixels per video frame: one whole pixel per latent frame (4 video frames)
+#: the current's speed, native pixels per video frame: one whole pixel per latent frame (4 video frames)
 AXIS_SPEED = 0.25
 #: every object's velocity (row, column), native pixels per video frame: the current carries them right
 VELOCITY = torch.tensor([0.0, AXIS_SPEED])
